@@ -1,0 +1,115 @@
+"""The WSGI app every entry point serves: the standalone server and each framework adapter.
+
+Routes: ``/metrics``, ``/hirefire/<token>/info``, ``/hirefire`` (token in the ``HireFire-Token`` header),
+``/hirefire/test`` and ``/healthz``. A wrong token is a 404 indistinguishable from an unknown path.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING
+
+from prometheus_client import CollectorRegistry, make_wsgi_app
+from werkzeug.exceptions import HTTPException, InternalServerError, NotFound
+from werkzeug.routing import Map, Rule
+from werkzeug.wrappers import Request, Response
+
+from . import hirefire
+from .collection import Collection
+from .prometheus import SnapshotCollector
+
+if TYPE_CHECKING:
+    from _typeshed.wsgi import StartResponse, WSGIEnvironment
+
+    from .procs.base import Proc
+
+log = logging.getLogger("hirefire_exporter")
+
+TEST_BODY = "HireFire Middleware Found!"
+
+_ROUTES = Map(
+    [
+        Rule("/metrics", endpoint="metrics", methods=["GET"]),
+        Rule("/hirefire/test", endpoint="test", methods=["GET"]),
+        Rule("/hirefire/<token>/info", endpoint="info", methods=["GET"]),
+        Rule("/hirefire", endpoint="header_info", methods=["GET"]),
+        Rule("/healthz", endpoint="healthz", methods=["GET"]),
+    ],
+    strict_slashes=False,
+    merge_slashes=False,
+)
+
+
+class ExporterApp:
+    """The exporter as a WSGI app over one :class:`Collection`.
+
+    ``metrics=False`` leaves ``/metrics`` out (a 404), for apps that do not want to publish queue figures.
+    """
+
+    def __init__(self, collection: Collection, token: str | None = None, *, metrics: bool = True) -> None:
+        self.collection = collection
+        self.token = hirefire.Token(token)
+        self.metrics_enabled = metrics
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(SnapshotCollector(collection))
+        self._metrics_app = make_wsgi_app(self.registry)
+
+    def handles(self, path: str) -> bool:
+        """Whether a request path belongs to the exporter (what middleware intercepts; the rest passes through)."""
+        return path.startswith("/hirefire") or path == "/healthz" or (self.metrics_enabled and path == "/metrics")
+
+    def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
+        request = Request(environ)
+        try:
+            endpoint, args = _ROUTES.bind_to_environ(environ).match()
+            if endpoint == "metrics":
+                if not self.metrics_enabled:
+                    raise NotFound()
+                return self._metrics_app(environ, start_response)
+            response = getattr(self, f"_{endpoint}")(request, **args)
+        except HTTPException as exc:
+            response = exc.get_response(environ)
+        except Exception:
+            log.exception("hirefire-exporter: error while serving %s", request.path)
+            response = InternalServerError().get_response(environ)
+        return response(environ, start_response)
+
+    def _test(self, request: Request) -> Response:
+        return Response(TEST_BODY, mimetype="text/plain")
+
+    def _healthz(self, request: Request) -> Response:
+        return Response("ok\n", mimetype="text/plain")
+
+    def _info(self, request: Request, token: str) -> Response:
+        return self._hirefire_info(token)
+
+    def _header_info(self, request: Request) -> Response:
+        return self._hirefire_info(request.headers.get("HireFire-Token"))
+
+    def _hirefire_info(self, token: str | None) -> Response:
+        if not self.token.matches(token):
+            raise NotFound()
+        status, body = hirefire.info(self.collection.snapshot())
+        return Response(json.dumps(body), status=status, mimetype="application/json", headers=hirefire.HEADERS)
+
+
+def create_app(
+    procs: Sequence[Proc | str | type],
+    token: str | None = None,
+    *,
+    max_age: float = 5.0,
+    stale_after: float = 60.0,
+    timeout: float = 3.0,
+    metrics: bool = True,
+    setting: str = "procs",
+) -> ExporterApp:
+    """Build the exporter app from procs (instances, classes or dotted paths). ``setting`` names where the procs
+    came from, for error messages (``HIREFIRE_PROCS``, ``--procs``...)."""
+    from .loading import load_procs
+
+    collection = Collection(
+        load_procs(procs, setting=setting), max_age=max_age, stale_after=stale_after, timeout=timeout
+    )
+    return ExporterApp(collection, token, metrics=metrics)

@@ -1,0 +1,134 @@
+"""The Proc API: what one Procfile process type measures.
+
+Compatible with the old ``hirefire`` package: a ``Proc`` subclass names a Procfile entry (``name``) and the queues its
+workers consume (``queues``). Old-style procs implement ``quantity(**kwargs)`` and nothing else; the backends shipped
+here implement ``read(cache)``, which returns a :class:`Reading` with a per-queue breakdown by job state.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+#: Heroku process type names: letters, digits, dashes and underscores.
+PROC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+
+METRICS = ("size", "latency")
+
+
+def _is_method(cls: type, key: str) -> bool:
+    return inspect.isroutine(getattr(cls, key)) or isinstance(inspect.getattr_static(cls, key), property)
+
+
+class ProcConfigError(ValueError):
+    """A proc is misconfigured. Raised at start-up, with the proc's name or dotted path in the message."""
+
+
+@dataclass(frozen=True)
+class QueueReading:
+    """One queue, as measured in one cycle.
+
+    ``jobs`` maps a job state (``queued``, ``started``, ``scheduled``, ...) to a count. ``counted`` lists the states
+    that count towards the proc's total (jobs that need a worker now or are on one). ``latency`` is the age in seconds
+    of the oldest waiting job, ``None`` where the backend cannot tell, ``0.0`` for an empty queue.
+    """
+
+    name: str
+    jobs: Mapping[str, int]
+    counted: frozenset[str] = frozenset({"queued"})
+    latency: float | None = None
+
+    @property
+    def quantity(self) -> int:
+        return sum(count for state, count in self.jobs.items() if state in self.counted)
+
+
+@dataclass(frozen=True)
+class Reading:
+    """What one proc measured in one cycle: its total (what HireFire gets) and, where known, a per-queue breakdown."""
+
+    quantity: int
+    queues: tuple[QueueReading, ...] = ()
+    latency: float | None = None
+
+    @classmethod
+    def from_queues(cls, queues: Iterable[QueueReading]) -> Reading:
+        queues = tuple(queues)
+        latencies = [q.latency for q in queues if q.latency is not None]
+        return cls(
+            quantity=sum(q.quantity for q in queues),
+            queues=queues,
+            latency=max(latencies) if latencies else None,
+        )
+
+
+class Proc:
+    """The base proc. Subclass it declaratively or instantiate it with keyword arguments.
+
+    Custom procs implement ``quantity(**kwargs)`` (the old API: return the number of jobs) or ``read(cache)``
+    (return a :class:`Reading`). ``kwargs`` always carries ``cache``, a dict shared by all procs in one cycle.
+    Any class attribute can be overridden per instance: ``RQProc('worker', queues=['default'], connection=redis)``.
+    """
+
+    #: The Procfile process type this proc measures (required).
+    name: str | None = None
+    #: The queues its workers consume (required; a backend may have a default).
+    queues: list[str] | tuple[str, ...] | str | None = None
+    #: ``size``: HireFire gets the job count; ``latency``: the oldest waiting job's age in seconds
+    #: (HireFire's job-latency manager).
+    metric: str = "size"
+    #: Whether the backend can measure the oldest waiting job's age (required for ``metric = "latency"``).
+    supports_latency: ClassVar[bool] = False
+
+    def __init__(self, name: str | None = None, queues: Iterable[str] | str | None = None, **options: Any) -> None:
+        cls = type(self)
+        if name is not None:
+            self.name = name
+        queues = cls.queues if queues is None else queues
+        self.queues = [queues] if isinstance(queues, str) else list(queues or ())
+        for key, value in options.items():
+            if key.startswith("_") or not hasattr(cls, key) or _is_method(cls, key):
+                raise ProcConfigError(f"{cls.__name__}(name={self.name!r}): unknown option {key!r}")
+            setattr(self, key, value)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, queues={self.queues!r})"
+
+    def validate(self) -> None:
+        """Check the configuration without any I/O. Raises :class:`ProcConfigError` naming the proc."""
+        label = f"{type(self).__name__}(name={self.name!r})"
+        if not isinstance(self.name, str) or not PROC_NAME.match(self.name):
+            raise ProcConfigError(
+                f"{label}: the name must be a Procfile process type (letters, digits, '-' and '_'), got {self.name!r}"
+            )
+        if not self.queues or not all(isinstance(q, str) and q for q in self.queues):
+            raise ProcConfigError(f"proc {self.name!r}: needs at least one queue name, got {self.queues!r}")
+        if self.metric not in METRICS:
+            raise ProcConfigError(f"proc {self.name!r}: metric must be one of {METRICS}, got {self.metric!r}")
+        if self.metric == "latency" and not self.supports_latency:
+            raise ProcConfigError(f"proc {self.name!r}: {type(self).__name__} cannot measure job latency")
+        cls = type(self)
+        if cls.read is Proc.read and cls.quantity is Proc.quantity:
+            raise ProcConfigError(f"proc {self.name!r}: {cls.__name__} must implement quantity() or read()")
+
+    def read(self, cache: dict[str, Any]) -> Reading:
+        """Measure the proc's queues. The default wraps an old-style ``quantity()``: a total with no breakdown."""
+        return Reading(quantity=int(self.quantity(cache=cache)))
+
+    def quantity(self, **kwargs: Any) -> int:
+        """Return the number of jobs for this proc (the old API). Backends derive it from :meth:`read`."""
+        return self.read(kwargs.get("cache", {})).quantity
+
+
+class ClientProc(Proc):
+    """A proc that builds one client per queue with :meth:`client` (the old API)."""
+
+    def client(self, queue: str) -> Any:
+        raise NotImplementedError(f"{type(self).__name__} must implement client(queue)")
+
+    @property
+    def clients(self) -> list[Any]:
+        return [self.client(queue) for queue in self.queues]

@@ -1,0 +1,162 @@
+"""Huey 3.x: pending and scheduled tasks for RedisHuey, PriorityRedisHuey, SqliteHuey and any other storage.
+
+- Redis storages are read with pipelined commands (``huey.redis.<name>`` list or, for PriorityRedisHuey, sorted set
+  whose members start with the enqueue time as an 8-byte big-endian microsecond count; ``huey.schedule.<name>``
+  sorted set scored by run time);
+- SqliteHuey is read with two COUNT queries per queue on its ``task`` and ``schedule`` tables;
+- any other storage through Huey's own ``pending_count()`` / ``scheduled_count()``.
+
+Huey records no running tasks (a consumer holds them in memory), so a Huey proc counts ``queued`` plus ``due``
+(scheduled tasks whose time has come: only a running consumer moves them to the queue).
+"""
+
+from __future__ import annotations
+
+import struct
+from datetime import UTC, datetime
+from importlib import import_module
+from typing import Any
+
+from .base import ProcConfigError, QueueReading, Reading
+from .redis_proc import Command, RedisProc, age_since
+
+COUNTED = frozenset({"queued", "due"})
+STORAGES = {"redis": "RedisHuey", "priority_redis": "PriorityRedisHuey", "sqlite": "SqliteHuey"}
+
+
+class HueyProc(RedisProc):
+    """A proc for Huey.
+
+    ``huey`` is a Huey instance or a dotted path to one (``"myapp.tasks.huey"``). ``queues`` defaults to that
+    instance's name; more names measure other Huey instances on the same storage. In TOML, instead of ``huey``:
+    ``storage`` (``redis``, ``priority_redis`` or ``sqlite``) with ``url`` (Redis) or ``filename`` (SQLite).
+    """
+
+    huey: Any = None
+    storage: str | None = None
+    filename: str | None = None
+
+    _instance: Any = None
+
+    @property
+    def supports_latency(self) -> bool:  # type: ignore[override]
+        return self._is_priority_redis()
+
+    def validate(self) -> None:
+        if not self.queues:
+            self.queues = [self.instance().name]
+        super().validate()
+
+    def instance(self) -> Any:
+        """The Huey instance, imported or built on first use (no I/O: Huey connects lazily)."""
+        if self._instance is None:
+            self._instance = self._resolve()
+        return self._instance
+
+    def _resolve(self) -> Any:
+        if isinstance(self.huey, str):
+            module, _, attr = self.huey.rpartition(".")
+            try:
+                return getattr(import_module(module), attr)
+            except (ImportError, AttributeError, ValueError) as exc:
+                raise ProcConfigError(f"proc {self.name!r}: cannot import Huey instance {self.huey!r}: {exc}") from exc
+        if self.huey is not None:
+            return self.huey
+        if self.storage not in STORAGES:
+            raise ProcConfigError(
+                f"proc {self.name!r}: needs `huey` (an instance or dotted path) or `storage` one of {sorted(STORAGES)}"
+            )
+        import huey
+
+        name = self.queues[0] if self.queues else "huey"
+        if self.storage == "sqlite":
+            if not self.filename:
+                raise ProcConfigError(f"proc {self.name!r}: storage 'sqlite' needs `filename`")
+            return huey.SqliteHuey(name, filename=self.filename)
+        if not self.url:
+            raise ProcConfigError(f"proc {self.name!r}: storage {self.storage!r} needs `url`")
+        return getattr(huey, STORAGES[self.storage])(name, url=self.url)
+
+    def _storage(self) -> Any:
+        return self.instance().storage
+
+    def _is_redis(self) -> bool:
+        from huey.storage import RedisStorage
+
+        return isinstance(self._storage(), RedisStorage)
+
+    def _is_priority_redis(self) -> bool:
+        from huey.storage import RedisPriorityQueue
+
+        return self._is_redis() and isinstance(self._storage(), RedisPriorityQueue)
+
+    def redis_client(self) -> Any:
+        return self._storage().conn if self._is_redis() else None
+
+    def _due_threshold(self) -> float:
+        """Now, on the clock Huey scores its schedule with (naive UTC or local time, read as local time)."""
+        instance = self.instance()
+        now = datetime.now(UTC).replace(tzinfo=None) if instance.utc else datetime.now()
+        return now.timestamp()
+
+    # Redis storages
+
+    def depth_commands(self, now: float) -> list[Command]:
+        storage, due, priority = self._storage(), self._due_threshold(), self._is_priority_redis()
+        commands: list[Command] = []
+        for q in self.queues:
+            name = storage.clean_name(q)
+            queue_key, schedule_key = f"huey.redis.{name}", f"huey.schedule.{name}"
+            commands += [("ZCARD", queue_key), ("ZRANGE", queue_key, 0, 0)] if priority else [("LLEN", queue_key)]
+            commands += [("ZCOUNT", schedule_key, "-inf", due), ("ZCOUNT", schedule_key, f"({due}", "+inf")]
+        return commands
+
+    def build_reading(self, depth: list[Any], latency: list[Any], now: float) -> Reading:
+        replies = iter(depth)
+        queues = []
+        for q in self.queues:
+            queued = int(next(replies))
+            age = None
+            if self._is_priority_redis():
+                head = next(replies)
+                age = _priority_head_age(head, now) if queued else 0.0
+            due, later = int(next(replies)), int(next(replies))
+            queues.append(_queue(q, queued, due, later, age))
+        return Reading.from_queues(queues)
+
+    # Other storages
+
+    def read(self, cache: dict[str, Any]) -> Reading:
+        if self._is_redis():
+            return super().read(cache)
+        from huey.storage import SqliteStorage
+
+        storage = self._storage()
+        if isinstance(storage, SqliteStorage):
+            due = self._due_threshold()
+            return Reading.from_queues(_queue(q, *_sqlite_counts(storage, q, due), None) for q in self.queues)
+        huey = self.instance()
+        return Reading.from_queues([_queue(huey.name, huey.pending_count(), 0, huey.scheduled_count(), None)])
+
+
+def _queue(name: str, queued: int, due: int, scheduled: int, latency: float | None) -> QueueReading:
+    return QueueReading(name, {"queued": queued, "due": due, "scheduled": scheduled}, COUNTED, latency)
+
+
+def _sqlite_counts(storage: Any, queue: str, due: float) -> tuple[int, int, int]:
+    ((queued,),) = storage.sql("select count(id) from task where queue=?", (queue,), results=True)
+    rows = storage.sql(
+        "select count(id), coalesce(sum(timestamp <= ?), 0) from schedule where queue=?", (due, queue), results=True
+    )
+    ((scheduled, due_count),) = rows
+    return int(queued), int(due_count), int(scheduled) - int(due_count)
+
+
+def _priority_head_age(head: Any, now: float) -> float | None:
+    member = head[0] if isinstance(head, list) and head else None
+    if isinstance(member, str):
+        member = member.encode("latin-1", "replace")
+    if not isinstance(member, bytes) or len(member) < 8:
+        return None
+    (micros,) = struct.unpack(">Q", member[:8])
+    return age_since(micros / 1e6, now)

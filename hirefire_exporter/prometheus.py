@@ -1,0 +1,86 @@
+"""A prometheus_client Collector that renders the latest Snapshot.
+
+Fresh metric families on every ``collect()``, no global Gauges, and a ``describe()`` that does no I/O, so that
+registering the collector never touches a broker. A proc without a usable reading gets ``hirefire_proc_up 0`` and no
+job samples at all: an absent series, never a 0 that an autoscaler would act on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from .collection import Collection, Snapshot
+
+_CACHED = " Values come from the exporter's cached collection cycle (see hirefire_collection_timestamp_seconds)."
+
+
+def _families() -> dict[str, GaugeMetricFamily]:
+    def gauge(name: str, doc: str, labels: list[str], cached: bool = True) -> GaugeMetricFamily:
+        return GaugeMetricFamily(name, doc + (_CACHED if cached else ""), labels=labels)
+
+    return {
+        "proc_jobs": gauge("hirefire_proc_jobs", "The job count HireFire gets for the proc.", ["proc"]),
+        "proc_latency": gauge(
+            "hirefire_proc_latency_seconds",
+            "Age of the oldest waiting job over the proc's queues, where the backend can measure it.",
+            ["proc"],
+        ),
+        "queue_jobs": gauge("hirefire_queue_jobs", "Jobs per queue and state.", ["proc", "queue", "state"]),
+        "queue_latency": gauge(
+            "hirefire_queue_latency_seconds", "Age of the oldest waiting job in the queue.", ["proc", "queue"]
+        ),
+        "up": gauge("hirefire_proc_up", "1 if the proc's last collection succeeded, else 0.", ["proc"], False),
+        "duration": gauge(
+            "hirefire_proc_collect_duration_seconds", "How long the proc's last collection took.", ["proc"], False
+        ),
+        "age": gauge(
+            "hirefire_proc_reading_age_seconds",
+            "Age of the reading being served for the proc (0 when fresh, >0 when its broker could not be read).",
+            ["proc"],
+            False,
+        ),
+        "timestamp": gauge(
+            "hirefire_collection_timestamp_seconds", "When the served snapshot was collected (unix time).", [], False
+        ),
+    }
+
+
+def render(snapshot: Snapshot) -> Iterator[GaugeMetricFamily]:
+    """The metric families for one snapshot."""
+    f = _families()
+    for status in snapshot.procs:
+        proc = [status.name]
+        f["up"].add_metric(proc, 1.0 if status.up else 0.0)
+        f["duration"].add_metric(proc, status.duration)
+        age = snapshot.reading_age(status)
+        if age is not None:
+            f["age"].add_metric(proc, age)
+        reading = status.reading
+        if reading is None or not snapshot.usable(status):
+            continue
+        f["proc_jobs"].add_metric(proc, reading.quantity)
+        if reading.latency is not None:
+            f["proc_latency"].add_metric(proc, reading.latency)
+        for queue in reading.queues:
+            for state, count in queue.jobs.items():
+                f["queue_jobs"].add_metric([status.name, queue.name, state], count)
+            if queue.latency is not None:
+                f["queue_latency"].add_metric([status.name, queue.name], queue.latency)
+    f["timestamp"].add_metric([], snapshot.collected_at)
+    return iter(f.values())
+
+
+class SnapshotCollector(Collector):
+    """Register with a ``CollectorRegistry``; every scrape renders the collection's (cached) snapshot."""
+
+    def __init__(self, collection: Collection) -> None:
+        self.collection = collection
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(_families().values())
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        return render(self.collection.snapshot())

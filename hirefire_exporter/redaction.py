@@ -1,0 +1,18 @@
+"""Keep secrets out of errors and logs: broker URLs carry passwords."""
+
+from __future__ import annotations
+
+import re
+
+_URL_PASSWORD = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s]*@")
+
+
+def redact(text: str) -> str:
+    """Replace the password in every ``scheme://user:password@host`` in ``text`` with ``***``."""
+    return _URL_PASSWORD.sub(r"\g<scheme>\g<user>:***@", text)
+
+
+def describe_error(exc: BaseException) -> str:
+    """A one-line, password-free description of a failure, for logs and the ``/info`` 503 body's log twin."""
+    message = " ".join(str(exc).split()) or "no message"
+    return redact(f"{type(exc).__name__}: {message}")[:300]

@@ -1,0 +1,100 @@
+"""Shared fixtures: real brokers on loopback.
+
+Under CI (``CI=true``) a broker that cannot be reached is a test failure. Elsewhere the suite starts a throwaway
+``redis-server`` when one is on PATH, and otherwise skips broker tests with the reason.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+
+import pytest
+
+CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+REDIS_HOST = os.environ.get("HIREFIRE_TEST_REDIS_HOST", "127.0.0.1")
+REDIS_PORT = int(os.environ.get("HIREFIRE_TEST_REDIS_PORT", "6379"))
+#: Tests flush this database (only this one); pick another to keep parallel runs apart.
+REDIS_DB = int(os.environ.get("HIREFIRE_TEST_REDIS_DB", "1"))
+AMQP_URL = os.environ.get("HIREFIRE_TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672//")
+
+
+def port_open(host: str, port: int, timeout: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
+def unavailable(service: str, reason: str) -> None:
+    """Fail under CI, skip elsewhere."""
+    message = f"{service} is not reachable: {reason}"
+    if CI:
+        pytest.fail(message + " (CI=true: a missing service is a failure, not a skip)")
+    pytest.skip(message)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def redis_server() -> Iterator[tuple[str, int]]:
+    """(host, port) of a running Redis: the machine's, or one started for this session."""
+    if port_open(REDIS_HOST, REDIS_PORT):
+        yield REDIS_HOST, REDIS_PORT
+        return
+    binary = shutil.which("redis-server")
+    if CI or binary is None:
+        unavailable("Redis", f"nothing listens on {REDIS_HOST}:{REDIS_PORT} and no redis-server on PATH")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tmp],
+            stdout=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 10
+            while not port_open("127.0.0.1", port):
+                if time.monotonic() > deadline:
+                    unavailable("Redis", "the redis-server started for the tests did not come up")
+                time.sleep(0.05)
+            yield "127.0.0.1", port
+        finally:
+            proc.terminate()
+            proc.wait(10)
+
+
+@pytest.fixture
+def redis_url(redis_server: tuple[str, int]) -> str:
+    host, port = redis_server
+    return f"redis://{host}:{port}/{REDIS_DB}"
+
+
+@pytest.fixture
+def redis_conn(redis_url: str):
+    """A client on the test database, flushed before the test."""
+    import redis
+
+    client = redis.Redis.from_url(redis_url)
+    client.flushdb()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def amqp_url() -> str:
+    from urllib.parse import urlparse
+
+    parsed = urlparse(AMQP_URL)
+    if not port_open(parsed.hostname or "127.0.0.1", parsed.port or 5672):
+        unavailable("RabbitMQ", f"nothing listens on {parsed.hostname}:{parsed.port or 5672}")
+    return AMQP_URL
