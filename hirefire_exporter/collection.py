@@ -121,7 +121,7 @@ def _plan(procs: Sequence[Proc]) -> list[_Task]:
 
 
 class Collection:
-    """Runs collection cycles over a fixed list of validated procs and caches the latest :class:`Snapshot`."""
+    """Runs collection cycles over a fixed list of procs and caches the latest :class:`Snapshot`."""
 
     def __init__(
         self,
@@ -133,6 +133,8 @@ class Collection:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.procs = list(procs)
+        for proc in self.procs:
+            proc.validate()  # cheap and I/O-free; load_procs() already did it for configured procs
         self.max_age = max_age
         self.stale_after = stale_after
         self.timeout = timeout

@@ -52,9 +52,34 @@ def redis_server() -> Iterator[tuple[str, int]]:
     if port_open(REDIS_HOST, REDIS_PORT):
         yield REDIS_HOST, REDIS_PORT
         return
+    if CI:
+        unavailable("Redis", f"nothing listens on {REDIS_HOST}:{REDIS_PORT}")
+    yield from start_redis_server()
+
+
+@pytest.fixture(scope="session")
+def private_redis_server() -> Iterator[tuple[str, int]]:
+    """A redis-server of the test session's own, for counting commands (INFO commandstats) with nobody else on it."""
+    yield from start_redis_server()
+
+
+@pytest.fixture
+def private_redis(private_redis_server: tuple[str, int]):
+    """A client on the private server, flushed and with its command statistics reset."""
+    import redis
+
+    host, port = private_redis_server
+    client = redis.Redis(host=host, port=port)
+    client.flushall()
+    client.config_resetstat()
+    yield client
+    client.close()
+
+
+def start_redis_server() -> Iterator[tuple[str, int]]:
     binary = shutil.which("redis-server")
-    if CI or binary is None:
-        unavailable("Redis", f"nothing listens on {REDIS_HOST}:{REDIS_PORT} and no redis-server on PATH")
+    if binary is None:
+        unavailable("Redis", "no redis-server on PATH to start a private one")
     port = free_port()
     with tempfile.TemporaryDirectory() as tmp:
         proc = subprocess.Popen(

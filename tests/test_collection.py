@@ -1,0 +1,162 @@
+"""The collection cycle: caching, single flight, timeouts, and stale readings instead of a false 0."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import pytest
+from conftest import free_port
+from support import command_counts, samples
+from werkzeug.test import Client
+
+from hirefire_exporter.app import ExporterApp
+from hirefire_exporter.collection import Collection
+from hirefire_exporter.procs.base import Proc
+from hirefire_exporter.procs.rq import RQProc
+
+rq = pytest.importorskip("rq")
+
+
+class Switch(Proc):
+    """A custom proc (old API) whose broker can be switched off, and which can be made to hang."""
+
+    queues = ["default"]
+
+    def __init__(self, name: str, jobs: int = 7) -> None:
+        super().__init__(name)
+        self.jobs = jobs
+        self.broken = False
+        self.gate = threading.Event()
+        self.gate.set()
+
+    def quantity(self, **kwargs) -> int:
+        self.gate.wait(30)
+        if self.broken:
+            raise ConnectionError("Error 111 connecting to redis://app:s3cret@broker:6379/0. Connection refused.")
+        return self.jobs
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_concurrent_requests_during_a_cycle_share_that_one_cycle(private_redis):
+    queue = rq.Queue("default", connection=private_redis)
+    for _ in range(4):
+        queue.enqueue("rq_jobs.noop")
+    slow = Switch("slow")
+    slow.gate.clear()  # the first cycle hangs in this proc until every request is waiting for it
+    app = ExporterApp(Collection([RQProc("worker", connection=private_redis), slow], timeout=20), "tok")
+    private_redis.config_resetstat()
+
+    def get(path: str):
+        return Client(app).get(path)
+
+    with ThreadPoolExecutor(50) as pool:
+        futures = [pool.submit(get, "/hirefire/tok/info" if i % 2 else "/metrics") for i in range(50)]
+        time.sleep(0.5)
+        slow.gate.set()
+        responses = [f.result() for f in futures]
+
+    assert app.collection.cycles == 1
+    assert {r.status_code for r in responses} == {200}
+    infos = {r.get_data(as_text=True) for r in responses if r.mimetype == "application/json"}
+    assert [json.loads(i) for i in infos] == [
+        [{"name": "worker", "value": 4, "quantity": 4}, {"name": "slow", "value": 7, "quantity": 7}]
+    ]
+    assert command_counts(private_redis)["llen"] == 2  # the broker saw one cycle's commands, not 50
+
+
+def test_snapshot_is_cached_for_max_age(private_redis):
+    collection = Collection([RQProc("worker", connection=private_redis)], max_age=60)
+    first = collection.snapshot()
+    assert collection.snapshot() is first and collection.cycles == 1
+    collection.max_age = 0
+    assert collection.snapshot() is not first and collection.cycles == 2
+
+
+def test_a_failing_proc_serves_its_last_reading_while_fresh_then_503_never_zero(caplog):
+    clock, proc = Clock(), Switch("worker")
+    app = ExporterApp(Collection([proc, Switch("other", jobs=2)], max_age=0, stale_after=60, clock=clock), "tok")
+    client = Client(app)
+    assert json.loads(client.get("/hirefire/tok/info").data)[0]["value"] == 7
+
+    proc.broken, clock.now = True, clock.now + 30
+    info = client.get("/hirefire/tok/info")
+    metrics = client.get("/metrics").get_data(as_text=True)
+    assert info.status_code == 200 and json.loads(info.data)[0] == {"name": "worker", "value": 7, "quantity": 7}
+    assert samples(metrics, "hirefire_proc_up") == {("worker",): 0.0, ("other",): 1.0}
+    assert samples(metrics, "hirefire_proc_reading_age_seconds") == {("worker",): 30.0, ("other",): 0.0}
+    assert samples(metrics, "hirefire_proc_jobs") == {("worker",): 7.0, ("other",): 2.0}
+
+    clock.now += 31  # the last good reading is now 61 s old: past stale_after
+    info = client.get("/hirefire/tok/info")
+    metrics = client.get("/metrics")
+    assert info.status_code == 503
+    assert json.loads(info.data)["procs"] == ["worker"]
+    assert metrics.status_code == 200
+    text = metrics.get_data(as_text=True)
+    assert samples(text, "hirefire_proc_up") == {("worker",): 0.0, ("other",): 1.0}
+    assert samples(text, "hirefire_proc_jobs") == {("other",): 2.0}  # no sample at all for worker, never a 0
+    assert "s3cret" not in caplog.text and "s3cret" not in info.get_data(as_text=True) + text
+
+    proc.broken = False  # the broker is back: recovery needs no restart
+    clock.now += 5
+    assert json.loads(client.get("/hirefire/tok/info").data)[0]["value"] == 7
+
+
+def test_an_unreachable_broker_reports_the_proc_down_not_zero():
+    down = RQProc("worker", url=f"redis://127.0.0.1:{free_port()}/0")
+    client = Client(ExporterApp(Collection([down], timeout=5), "tok"))
+    info = client.get("/hirefire/tok/info")
+    assert info.status_code == 503 and json.loads(info.data)["procs"] == ["worker"]
+    text = client.get("/metrics").get_data(as_text=True)
+    assert samples(text, "hirefire_proc_up") == {("worker",): 0.0}
+    assert samples(text, "hirefire_proc_jobs") == {}
+    assert samples(text, "hirefire_queue_jobs") == {}
+
+
+def test_a_hanging_proc_is_bounded_by_the_timeout_and_not_started_twice():
+    hung, fine = Switch("hung"), Switch("fine", jobs=3)
+    hung.gate.clear()
+    calls = []
+    original = hung.quantity
+    hung.quantity = lambda **kw: (calls.append(1), original(**kw))[1]
+    collection = Collection([hung, fine], timeout=0.3, max_age=0)
+    try:
+        started = time.monotonic()
+        first = collection.collect()
+        second = collection.collect()
+        assert time.monotonic() - started < 5
+        assert [(s.name, s.up) for s in first.procs] == [("hung", False), ("fine", True)]
+        assert "within 0.3s" in first.procs[0].error
+        assert "still running" in second.procs[0].error
+        assert len(calls) == 1  # the stalled read was not started again while it still hangs
+        assert second.procs[1].reading.quantity == 3
+    finally:
+        hung.gate.set()
+        collection.close()
+
+
+def test_old_style_procs_share_one_cache_dict_per_cycle():
+    seen = []
+
+    class Recorder(Proc):
+        queues = ["q"]
+
+        def quantity(self, **kwargs):
+            seen.append(kwargs["cache"])
+            return 1
+
+    collection = Collection([Recorder("a"), Recorder("b")], max_age=0)
+    collection.collect()
+    assert len(seen) == 2 and seen[0] is seen[1]
+    collection.collect()
+    assert seen[2] is not seen[0]  # a fresh cache every cycle

@@ -1,0 +1,134 @@
+"""RQ: exact counts from RQ's own storage, written by RQ itself and by a real worker."""
+
+from __future__ import annotations
+
+import json
+import time
+from datetime import UTC, datetime, timedelta
+
+import pytest
+import redis
+from support import command_counts, samples, start_rq_worker, stop, wait_until
+from werkzeug.test import Client
+
+from hirefire_exporter.app import ExporterApp
+from hirefire_exporter.collection import Collection
+from hirefire_exporter.procs.rq import RQProc
+
+rq = pytest.importorskip("rq")
+
+
+@pytest.fixture
+def queues(redis_conn):
+    return {name: rq.Queue(name, connection=redis_conn) for name in ("high", "default", "low")}
+
+
+def test_counts_waiting_running_and_due_jobs_over_several_queues(redis_conn, redis_url, queues):
+    worker = start_rq_worker(redis_url, "low")
+    try:
+        running = queues["low"].enqueue("rq_jobs.block_until", redis_url, "release")
+        wait_until(lambda: running.get_status(refresh=True) == "started", what="the worker to start the job")
+        queues["low"].enqueue("rq_jobs.noop")
+        queues["low"].enqueue("rq_jobs.noop")  # the only worker is busy: both wait
+        queues["high"].enqueue("rq_jobs.noop")
+        queues["high"].enqueue("rq_jobs.noop")
+        queues["high"].enqueue_at(datetime.now(UTC) - timedelta(minutes=5), "rq_jobs.noop")  # due
+        parent = queues["default"].enqueue("rq_jobs.noop")
+        queues["default"].enqueue("rq_jobs.noop")
+        queues["default"].enqueue("rq_jobs.noop")
+        queues["default"].enqueue("rq_jobs.noop", depends_on=parent)  # deferred: not runnable yet
+        queues["default"].enqueue_in(timedelta(hours=1), "rq_jobs.noop")  # scheduled for later
+
+        app = ExporterApp(Collection([RQProc("worker", queues=["high", "default", "low"], url=redis_url)]), "tok")
+        client = Client(app)
+        info = client.get("/hirefire/tok/info")
+        metrics = client.get("/metrics").get_data(as_text=True)
+
+        # high: 2 queued + 1 due; default: 3 queued (deferred and scheduled not counted); low: 2 queued + 1 started
+        assert info.status_code == 200
+        assert json.loads(info.data) == [{"name": "worker", "value": 9, "quantity": 9}]
+        assert samples(metrics, "hirefire_proc_jobs") == {("worker",): 9.0}
+        jobs = samples(metrics, "hirefire_queue_jobs")
+        expected = {
+            "high": {"queued": 2, "started": 0, "due": 1, "scheduled": 0, "deferred": 0, "failed": 0},
+            "default": {"queued": 3, "started": 0, "due": 0, "scheduled": 1, "deferred": 1, "failed": 0},
+            "low": {"queued": 2, "started": 1, "due": 0, "scheduled": 0, "deferred": 0, "failed": 0},
+        }
+        assert jobs == {
+            ("worker", queue, state): float(n) for queue, states in expected.items() for state, n in states.items()
+        }
+        assert app.collection.cycles == 1  # /info and /metrics were served from the same cycle
+
+        redis_conn.set("release", 1)
+        wait_until(lambda: redis_conn.zcard("rq:finished:low") == 3, what="the worker to finish the 3 'low' jobs")
+        snapshot = app.collection.collect()
+        assert snapshot.procs[0].reading.quantity == 6  # 3 high + 3 default
+    finally:
+        stop(worker)
+
+
+def test_oldest_waiting_job_age_and_latency_proc(redis_conn, redis_url, queues):
+    queues["default"].enqueue("rq_jobs.noop")
+    queues["default"].enqueue("rq_jobs.noop")
+    enqueued = time.time()
+    later = enqueued + 120  # the exporter's clock two minutes after the jobs were enqueued
+    proc = RQProc("worker", queues=["default", "low"], url=redis_url, metric="latency")
+    snapshot = Collection([proc], clock=lambda: later).collect()
+
+    reading = snapshot.procs[0].reading
+    by_queue = {q.name: q for q in reading.queues}
+    assert 119 <= by_queue["default"].latency <= 121
+    assert by_queue["low"].latency == 0.0  # empty queue
+    assert 119 <= snapshot.value(snapshot.procs[0]) <= 121  # what HireFire's job-latency manager gets
+
+
+def test_reads_without_writing_and_ignores_dead_workers_leases(private_redis):
+    queue = rq.Queue("default", connection=private_redis)
+    queue.enqueue("rq_jobs.noop")
+    now = time.time()
+    private_redis.zadd("rq:wip:default", {"live-job:exec1": now + 300, "dead-worker-job:exec2": now - 30})
+    private_redis.config_resetstat()
+
+    snapshot = Collection([RQProc("worker", connection=private_redis)]).collect()
+
+    jobs = snapshot.procs[0].reading.queues[0].jobs
+    assert jobs["queued"] == 1
+    assert jobs["started"] == 1  # the expired lease belongs to a dead worker; RQ requeues or fails it
+    assert private_redis.zcard("rq:wip:default") == 2  # nothing cleaned up: RQ's registry.count would have
+    used = set(command_counts(private_redis))
+    assert used <= {"llen", "lindex", "zcount", "zcard", "hget"}, used
+
+
+def test_queues_of_one_proc_cost_one_round_trip_plus_one_for_latency(private_redis, monkeypatch):
+    names = [f"q{i}" for i in range(50)]
+    for name in names:
+        rq.Queue(name, connection=private_redis).enqueue("rq_jobs.noop")
+    private_redis.config_resetstat()
+    sends = []
+    original = redis.connection.AbstractConnection.send_packed_command
+    monkeypatch.setattr(
+        redis.connection.AbstractConnection,
+        "send_packed_command",
+        lambda self, command, check_health=True: (sends.append(1), original(self, command, check_health))[1],
+    )
+
+    Collection([RQProc("worker", queues=names, connection=private_redis)]).collect()
+
+    assert len(sends) == 2  # one pipelined round trip for the counts, one for the oldest jobs' ages
+    counts = command_counts(private_redis)
+    # one command per key read: per queue 2 LLEN, 3 ZCOUNT, 2 ZCARD, 1 LINDEX; 1 HGET per non-empty queue
+    assert counts == {"llen": 100, "zcount": 150, "zcard": 100, "lindex": 50, "hget": 50}
+
+
+def test_procs_declared_with_a_connection_and_declaratively(redis_conn, queues):
+    queues["default"].enqueue("rq_jobs.noop")
+
+    class WorkerProc(RQProc):
+        name = "worker"
+        queues = ["default"]
+        connection = redis_conn
+
+    client = WorkerProc().client("default")  # the old API: an rq.Queue on the proc's connection
+    assert isinstance(client, rq.Queue) and client.count == 1
+    assert WorkerProc().quantity() == 1
+    assert RQProc("other", queues=["default"], connection=redis_conn).quantity(cache={}) == 1
