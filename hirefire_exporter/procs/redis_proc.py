@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
+from ..redaction import describe_error
 from .base import Proc, ProcConfigError, Reading
 
 if TYPE_CHECKING:
@@ -40,15 +41,31 @@ class RedisProc(Proc):
         if self._client is None:
             if not self.url:
                 raise ProcConfigError(f"proc {self.name!r}: needs a Redis `connection` or `url`")
-            from redis import Redis
-
-            self._client = Redis.from_url(
-                self.url,
-                socket_timeout=self.socket_timeout,
-                socket_connect_timeout=self.socket_timeout,
-                health_check_interval=30,
-            )
+            self._client = self.new_client(self.url)
         return self._client
+
+    def new_client(self, url: str | None = None, **options: Any) -> Redis:
+        """A client for this proc's own use, from ``url`` or ``redis.Redis`` keyword ``options``. Does no I/O.
+
+        Socket timeouts bound every read; one immediate retry replaces redis-py's default backoff (which takes about
+        3 s to give up on a refused connection, longer than a cycle's timeout), while still surviving a pooled
+        connection the server closed while idle.
+        """
+        from redis import Redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        defaults = {
+            "socket_timeout": self.socket_timeout,
+            "socket_connect_timeout": self.socket_timeout,
+            "health_check_interval": 30,
+            "retry": Retry(NoBackoff(), 1),
+        }
+        options = {**defaults, **options}
+        try:
+            return Redis.from_url(url, **options) if url else Redis(**options)
+        except (TypeError, ValueError) as exc:
+            raise ProcConfigError(f"proc {self.name!r}: bad Redis connection settings: {describe_error(exc)}") from None
 
     def validate(self) -> None:
         super().validate()

@@ -1,0 +1,199 @@
+"""The ``queues`` library (0.6.3), read from its storage: the library itself is Python 2 only.
+
+- Redis backend (``QUEUE_BACKEND = "redisd"``): each queue is a plain list named exactly after the queue (RPUSH,
+  LPOP/BLPOP). One LLEN per queue, pipelined with every other proc on the same Redis server: ``queued`` jobs.
+- beanstalkd backend (``QUEUE_BACKEND = "beanstalkd"``): each queue is a tube. The library's own ``len()`` reads the
+  server-wide ready count (every tube's jobs); here each tube is read with ``stats-tube``, all tubes of a proc over
+  one connection per cycle: ``ready`` jobs are ``queued``, ``reserved`` ones ``started`` (a worker holds them), both
+  counted; ``delayed`` ones are ``scheduled`` (they become ready on their own) and ``buried`` ones are reported,
+  neither counted.
+
+Defaults come from the library's own settings, read as it read them (Django settings when Django is configured,
+else environment variables): ``QUEUE_BACKEND``, ``QUEUE_REDIS_CONNECTION`` (``host:port``), ``QUEUE_REDIS_DB``,
+``QUEUE_REDIS_TIMEOUT``, ``QUEUE_BEANSTALKD_CONNECTION`` (``host:port``). Its other backends (dummy, memcached,
+sqs, zenqueued) are not supported.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+from . import beanstalk
+from .base import ProcConfigError, QueueReading, Reading
+from .redis_proc import Command, RedisProc
+
+#: ``queue_backend`` values (the library's module names, plus ``redis``) -> the storage read.
+BACKENDS = {"redis": "redis", "redisd": "redis", "beanstalkd": "beanstalkd", "beanstalk": "beanstalkd"}
+UNSUPPORTED = {
+    "dummy": "it keeps jobs in the memory of the process that runs them: no other process can read them",
+    "memcached": "memcached-protocol queue servers (Starling, MemcacheQ...) are not supported",
+    "sqs": "Amazon SQS is not supported",
+    "zenqueued": "zenqueue cannot tell a queue's length",
+}
+#: beanstalkd job states -> the states reported here.
+BEANSTALK_STATES = {"ready": "queued", "reserved": "started", "delayed": "scheduled", "buried": "buried"}
+BEANSTALK_COUNTED = frozenset({"queued", "started"})
+BEANSTALK_PORT = 11300
+
+
+def library_setting(name: str) -> str | None:
+    """A ``queues`` setting: from Django settings when Django is in use, else from the environment."""
+    try:
+        from django.conf import settings
+    except ImportError:
+        settings = None
+    if settings is not None and (settings.configured or os.environ.get("DJANGO_SETTINGS_MODULE")):
+        try:
+            value = getattr(settings, name, None)
+        except Exception:  # settings that cannot be loaded: the library fell back to the environment too
+            value = None
+        if value is not None:
+            return str(value)
+    return os.environ.get(name) or None
+
+
+class QueuesProc(RedisProc):
+    """A proc for the ``queues`` library's Redis and beanstalkd backends.
+
+    Declarative, with the library's settings (``QUEUE_BACKEND`` ...) in the environment::
+
+        class WorkerQueuesProc(QueuesProc):
+            name = "worker"
+            queues = ["default", "thumbnails"]
+
+    or explicit: ``QueuesProc("worker", queues=["default"], url="redis://localhost:6379/0")`` (``queue_backend`` is
+    then ``redis``), ``QueuesProc("worker", queues=["default"], host="localhost", port=11300)`` (``beanstalkd``).
+    ``queues`` holds queue names: ``queues.queues.Queue`` objects cannot exist on Python 3.
+    """
+
+    #: ``redis`` (also ``redisd``, the library's name) or ``beanstalkd``; default: from ``url``/``connection``
+    #: (redis) or ``host`` (beanstalkd), else the ``QUEUE_BACKEND`` setting. (Not ``backend``: in TOML that key
+    #: already says ``backend = "queues"``.)
+    queue_backend: str | None = None
+    #: beanstalkd server; default: the ``QUEUE_BEANSTALKD_CONNECTION`` setting (``host:port``).
+    host: str | None = None
+    port: int | None = None
+
+    _storage: str | None = None
+
+    def storage(self) -> str:
+        """``redis`` or ``beanstalkd``: which storage this proc reads (resolved once). Does no I/O."""
+        if self._storage is None:
+            self._storage = self._resolve_storage()
+        return self._storage
+
+    def _resolve_storage(self) -> str:
+        explicit = self.queue_backend
+        if explicit is None:
+            if self.url or self.connection is not None:
+                explicit = "redis"
+            elif self.host:
+                explicit = "beanstalkd"
+        name = explicit or library_setting("QUEUE_BACKEND")
+        if name is None:
+            raise ProcConfigError(
+                f"proc {self.name!r}: needs `queue_backend` (redis or beanstalkd), a Redis `url`, a beanstalkd `host`, "
+                "or the QUEUE_BACKEND setting"
+            )
+        key = name.strip().lower().rpartition(".")[2]  # "queues.backends.redisd" names the same module
+        if key in UNSUPPORTED:
+            raise ProcConfigError(
+                f"proc {self.name!r}: the queues backend {name!r} is not supported: {UNSUPPORTED[key]}"
+            )
+        if key not in BACKENDS:
+            raise ProcConfigError(f"proc {self.name!r}: unknown queues backend {name!r}; use redis or beanstalkd")
+        storage = BACKENDS[key]
+        wrong = ("host", "port") if storage == "redis" else ("url", "connection")
+        misplaced = [option for option in wrong if getattr(self, option) is not None]
+        if misplaced:
+            raise ProcConfigError(f"proc {self.name!r}: {', '.join(misplaced)} do not apply to the {storage} backend")
+        return storage
+
+    def validate(self) -> None:
+        super().validate()
+        if self.storage() == "beanstalkd":
+            bad = [q for q in self.queues if not beanstalk.TUBE_NAME.match(q)]
+            if bad:
+                raise ProcConfigError(f"proc {self.name!r}: not beanstalkd tube names: {bad!r}")
+            self.beanstalk_address()
+
+    # Redis
+
+    def redis_client(self) -> Any:
+        if self.storage() != "redis":
+            return None
+        if self.connection is not None or self.url:
+            return super().redis_client()
+        if self._client is None:
+            self._client = self._client_from_settings()
+        return self._client
+
+    def _client_from_settings(self) -> Any:
+        connection = library_setting("QUEUE_REDIS_CONNECTION")
+        if connection is None:
+            raise ProcConfigError(f"proc {self.name!r}: needs a Redis `url` or the QUEUE_REDIS_CONNECTION setting")
+        host, port = _host_port(connection, "QUEUE_REDIS_CONNECTION", self.name)
+        db = _number(library_setting("QUEUE_REDIS_DB") or "0", int, "QUEUE_REDIS_DB", self.name)
+        timeout = _number(library_setting("QUEUE_REDIS_TIMEOUT"), float, "QUEUE_REDIS_TIMEOUT", self.name)
+        timeout = timeout or self.socket_timeout
+        return self.new_client(host=host, port=port, db=db, socket_timeout=timeout, socket_connect_timeout=timeout)
+
+    def depth_commands(self, now: float) -> list[Command]:
+        return [("LLEN", q) for q in self.queues]
+
+    def build_reading(self, depth: list[Any], latency: list[Any], now: float) -> Reading:
+        return Reading.from_queues(QueueReading(q, {"queued": int(n)}) for q, n in zip(self.queues, depth))
+
+    # beanstalkd
+
+    def beanstalk_address(self) -> tuple[str, int]:
+        """``(host, port)`` of the beanstalkd server. Does no I/O."""
+        if self.host:
+            port = BEANSTALK_PORT if self.port is None else self.port
+            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
+                raise ProcConfigError(f"proc {self.name!r}: port must be a TCP port number, got {port!r}")
+            return self.host, port
+        if self.port is not None:
+            raise ProcConfigError(f"proc {self.name!r}: `port` needs `host`")
+        connection = library_setting("QUEUE_BEANSTALKD_CONNECTION")
+        if connection is None:
+            raise ProcConfigError(
+                f"proc {self.name!r}: needs a beanstalkd `host` or the QUEUE_BEANSTALKD_CONNECTION setting"
+            )
+        return _host_port(connection, "QUEUE_BEANSTALKD_CONNECTION", self.name)
+
+    def read(self, cache: dict[str, Any]) -> Reading:
+        if self.storage() == "redis":
+            return super().read(cache)
+        host, port = self.beanstalk_address()
+        with beanstalk.Connection(host, port, timeout=self.socket_timeout) as connection:
+            stats = connection.stats_tubes(self.queues)
+        return Reading.from_queues(
+            QueueReading(
+                q,
+                {BEANSTALK_STATES[state]: count for state, count in stats[q].items()},
+                BEANSTALK_COUNTED,
+            )
+            for q in self.queues
+        )
+
+
+def _host_port(value: str, setting: str, proc: str | None) -> tuple[str, int]:
+    host, sep, port = value.strip().rpartition(":")
+    try:
+        number = int(port)
+    except ValueError:
+        number = 0
+    if not sep or not host or not 0 < number < 65536:
+        raise ProcConfigError(f"proc {proc!r}: {setting} must be host:port (such as localhost:6379), got {value!r}")
+    return host, number
+
+
+def _number(value: str | None, kind: type, setting: str, proc: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return kind(value)
+    except ValueError:
+        raise ProcConfigError(f"proc {proc!r}: {setting} must be a number, got {value!r}") from None
