@@ -19,7 +19,7 @@ from urllib.parse import parse_qs
 
 from huey import SqliteHuey
 
-from hirefire_exporter.app import create_app
+from hirefire_exporter.contrib.wsgi import HireFireMiddleware
 from hirefire_exporter.procs.huey import HueyProc
 
 huey = SqliteHuey("demo", filename=os.environ.get("DEMO_HUEY_DB", str(Path(__file__).with_name("demo-huey.sqlite3"))))
@@ -36,9 +36,6 @@ class WorkerProc(HueyProc):
 
     name = "worker"
     huey = huey
-
-
-exporter = create_app([WorkerProc()], os.environ.get("HIREFIRE_TOKEN"), setting="examples.huey_sqlite_app")
 
 
 def site(environ, start_response):
@@ -59,10 +56,8 @@ def site(environ, start_response):
     return [body]
 
 
-def application(environ, start_response):
-    """The site with the exporter's routes mounted in front of it."""
-    app = exporter if exporter.handles(environ.get("PATH_INFO", "")) else site
-    return app(environ, start_response)
+#: The site with the exporter's routes in front of it (the token comes from HIREFIRE_TOKEN, else ``development``).
+application = HireFireMiddleware(site, [WorkerProc], metrics=True)
 
 
 def main() -> None:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
+from prometheus_client.registry import Collector
 from werkzeug.exceptions import HTTPException, InternalServerError, NotFound
 from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
@@ -28,6 +30,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("hirefire_exporter")
 
 TEST_BODY = "HireFire Middleware Found!"
+#: The token segment of ``/hirefire/<token>/info``, masked in log lines.
+_TOKEN_IN_PATH = re.compile(r"(?<=^/hirefire)/[^/]*/(?=info)")
 
 _ROUTES = Map(
     [
@@ -46,24 +50,44 @@ class ExporterApp:
     """The exporter as a WSGI app over one :class:`Collection`.
 
     ``metrics=False`` leaves ``/metrics`` out (a 404), for apps that do not want to publish queue figures.
+    ``healthz=False`` leaves ``/healthz`` out, so that a framework adapter never shadows the host app's own.
+    ``collectors`` are extra Prometheus collectors served on ``/metrics`` (e.g. the request queue-time histogram).
     """
 
-    def __init__(self, collection: Collection, token: str | None = None, *, metrics: bool = True) -> None:
+    def __init__(
+        self,
+        collection: Collection,
+        token: str | None = None,
+        *,
+        metrics: bool = True,
+        healthz: bool = True,
+        collectors: Iterable[Collector] = (),
+    ) -> None:
         self.collection = collection
         self.token = hirefire.Token(token)
         self.metrics_enabled = metrics
+        self.healthz_enabled = healthz
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(SnapshotCollector(collection))
+        for collector in collectors:
+            self.registry.register(collector)
         self._metrics_app = make_wsgi_app(self.registry)
 
     def handles(self, path: str) -> bool:
         """Whether a request path belongs to the exporter (what middleware intercepts; the rest passes through)."""
-        return path.startswith("/hirefire") or path == "/healthz" or (self.metrics_enabled and path == "/metrics")
+        return (
+            path == "/hirefire"
+            or path.startswith("/hirefire/")
+            or (self.healthz_enabled and path == "/healthz")
+            or (self.metrics_enabled and path == "/metrics")
+        )
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = Request(environ)
         try:
             endpoint, args = _ROUTES.bind_to_environ(environ).match()
+            if endpoint == "healthz" and not self.healthz_enabled:
+                raise NotFound()
             if endpoint == "metrics":
                 if not self.metrics_enabled:
                     raise NotFound()
@@ -72,7 +96,7 @@ class ExporterApp:
         except HTTPException as exc:
             response = exc.get_response(environ)
         except Exception:
-            log.exception("hirefire-exporter: error while serving %s", request.path)
+            log.exception("hirefire-exporter: error while serving %s", _TOKEN_IN_PATH.sub("/<token>/", request.path))
             response = InternalServerError().get_response(environ)
         return response(environ, start_response)
 

@@ -15,6 +15,7 @@ This is the only place that decides caching and concurrency:
 from __future__ import annotations
 
 import logging
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -93,7 +94,7 @@ class _Task:
             except Exception as exc:  # the server is unreachable: every proc on it failed
                 results = [exc] * len(redis_procs)
             elapsed = time.perf_counter() - start
-            return {p.name: (r, elapsed) for p, r in zip(redis_procs, results)}
+            return {p.name: (_checked(r), elapsed) for p, r in zip(redis_procs, results)}
         (proc,) = self.procs
         try:
             result: Reading | Exception = proc.read(cache)
@@ -101,7 +102,30 @@ class _Task:
                 raise TypeError(f"{type(proc).__name__}.read() returned {type(result).__name__}, not a Reading")
         except Exception as exc:
             result = exc
-        return {proc.name: (result, time.perf_counter() - start)}
+        return {proc.name: (_checked(result), time.perf_counter() - start)}
+
+
+def _checked(result: Reading | Exception) -> Reading | Exception:
+    """The reading, or why it is unfit to act on: a proc that measured NaN, a negative count or a string fails (its
+    last good reading is kept), instead of putting ``NaN`` in HireFire's JSON or turning a scrape into a 500."""
+    if isinstance(result, Exception):
+        return result
+    problems = [] if _count(result.quantity) else [f"quantity {result.quantity!r}"]
+    problems += [] if _age(result.latency) else [f"latency {result.latency!r}"]
+    for queue in result.queues:
+        problems += [f"queue {queue.name!r} {state} {n!r}" for state, n in queue.jobs.items() if not _count(n)]
+        problems += [] if _age(queue.latency) else [f"queue {queue.name!r} latency {queue.latency!r}"]
+    if problems:
+        return ValueError("not a count or an age in seconds: " + ", ".join(problems[:3]))
+    return result
+
+
+def _count(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and 0 <= value < math.inf
+
+
+def _age(value: object) -> bool:
+    return value is None or _count(value)
 
 
 def _plan(procs: Sequence[Proc]) -> list[_Task]:

@@ -58,10 +58,23 @@ def load_settings(config: str | None = None, procs: str | None = None, **overrid
         settings.procs, settings.procs_setting = _split(procs), "--procs"
     for key, value in overrides.items():
         if value is not None:
+            if key in _NUMBERS:
+                value = _seconds(value, f"--{key.replace('_', '-')}")
             setattr(settings, key, value)
     if not settings.procs:
         raise ProcConfigError("no procs configured: use --procs, HIREFIRE_PROCS or [[procs]] in a --config file")
     return settings
+
+
+#: Longer than anyone waits, short enough for every clock and wait primitive (a year).
+_MAX_SECONDS = 365 * 24 * 3600.0
+
+
+def _seconds(value: Any, where: str) -> float:
+    """A duration setting: a number from 0 to a year (NaN, infinity or 1e20 would unbound or break the timeout)."""
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= _MAX_SECONDS:
+        raise ProcConfigError(f"{where} must be a number of seconds from 0 to {_MAX_SECONDS:.0f}, got {value!r}")
+    return float(value)
 
 
 def _split(value: str) -> list[Proc | str]:
@@ -73,6 +86,8 @@ def _apply_toml(settings: Settings, path: str) -> None:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
         raise ProcConfigError(f"--config {path}: cannot read it: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raise ProcConfigError(f"--config {path}: not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ProcConfigError(f"--config {path}: not valid TOML: {exc}") from None
     unknown = set(data) - {"procs", "token", *_NUMBERS}
@@ -80,10 +95,7 @@ def _apply_toml(settings: Settings, path: str) -> None:
         raise ProcConfigError(f"--config {path}: unknown keys {sorted(unknown)}")
     for key in _NUMBERS:
         if key in data:
-            value = data[key]
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ProcConfigError(f"--config {path}: {key} must be a number of seconds, got {value!r}")
-            setattr(settings, key, float(value))
+            setattr(settings, key, _seconds(data[key], f"--config {path}: {key}"))
     if "token" in data:
         settings.token = str(data["token"])
     if "procs" in data:

@@ -56,12 +56,14 @@ class Reading:
 
     @classmethod
     def from_queues(cls, queues: Iterable[QueueReading]) -> Reading:
+        """The proc's total and latency from its queues. The latency is unknown when any queue's is: an empty queue's
+        0.0 must not stand in for a queue whose oldest job's age could not be read."""
         queues = tuple(queues)
-        latencies = [q.latency for q in queues if q.latency is not None]
+        latencies = [q.latency for q in queues]
         return cls(
             quantity=sum(q.quantity for q in queues),
             queues=queues,
-            latency=max(latencies) if latencies else None,
+            latency=None if not latencies or None in latencies else max(latencies),
         )
 
 
@@ -88,7 +90,12 @@ class Proc:
         if name is not None:
             self.name = name
         queues = cls.queues if queues is None else queues
-        self.queues = [queues] if isinstance(queues, str) else list(queues or ())
+        try:
+            self.queues = [queues] if isinstance(queues, str) else list(queues or ())
+        except TypeError:
+            raise ProcConfigError(
+                f"{cls.__name__}(name={self.name!r}): queues must be a list of queue names, got {queues!r}"
+            ) from None
         for key, value in options.items():
             if key.startswith("_") or not hasattr(cls, key) or _is_method(cls, key):
                 raise ProcConfigError(f"{cls.__name__}(name={self.name!r}): unknown option {key!r}")

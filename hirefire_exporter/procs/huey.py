@@ -75,7 +75,10 @@ class HueyProc(RedisProc):
             return huey.SqliteHuey(name, filename=self.filename)
         if not self.url:
             raise ProcConfigError(f"proc {self.name!r}: storage {self.storage!r} needs `url`")
-        return getattr(huey, STORAGES[self.storage])(name, url=self.url)
+        # The proc's own client (URL checked, socket timeouts, quick retry), not one Huey would build without timeouts:
+        # a broker that stops answering must fail the read after socket_timeout, not hold its thread for good.
+        pool = self.new_client(self.url).connection_pool
+        return getattr(huey, STORAGES[self.storage])(name, connection_pool=pool)
 
     def _storage(self) -> Any:
         return self.instance().storage

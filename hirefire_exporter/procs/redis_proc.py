@@ -9,10 +9,12 @@ latency), so the cost of a cycle is one round trip per server, not one per queue
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
 
 from ..redaction import describe_error
 from .base import Proc, ProcConfigError, Reading
@@ -37,6 +39,11 @@ class RedisProc(Proc):
     def redis_client(self) -> Redis | None:
         """The client to read with, or ``None`` when this proc's queues are not in Redis. Does no I/O."""
         if self.connection is not None:
+            if not callable(getattr(self.connection, "pipeline", None)):
+                kind = type(self.connection).__name__
+                raise ProcConfigError(
+                    f"proc {self.name!r}: `connection` must be a redis.Redis client, got {kind} (give a URL as `url`)"
+                )
             return self.connection
         if self._client is None:
             if not self.url:
@@ -58,17 +65,27 @@ class RedisProc(Proc):
         defaults = {
             "socket_timeout": self.socket_timeout,
             "socket_connect_timeout": self.socket_timeout,
-            "health_check_interval": 30,
+            # no health_check_interval: after 30 s idle (HireFire polls once a minute) it costs every cycle an extra
+            # PING round trip; the pool already reconnects a connection the server closed, and the retry covers a
+            # connection that dies mid-pipeline.
             "retry": Retry(NoBackoff(), 1),
         }
         options = {**defaults, **options}
+        if url is not None:
+            _check_url(self.name, url)
         try:
             return Redis.from_url(url, **options) if url else Redis(**options)
         except (TypeError, ValueError) as exc:
-            raise ProcConfigError(f"proc {self.name!r}: bad Redis connection settings: {describe_error(exc)}") from None
+            message = _scrub(describe_error(exc), url) if isinstance(url, str) else describe_error(exc)
+            raise ProcConfigError(f"proc {self.name!r}: bad Redis connection settings: {message}") from None
 
     def validate(self) -> None:
         super().validate()
+        timeout = self.socket_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
+            raise ProcConfigError(
+                f"proc {self.name!r}: socket_timeout must be a positive number of seconds, got {timeout!r}"
+            )
         self.redis_client()
 
     def depth_commands(self, now: float) -> list[Command]:
@@ -92,6 +109,31 @@ class RedisProc(Proc):
         return result
 
 
+def _check_url(name: str | None, url: Any) -> None:
+    """What redis-py lets through silently: a URL that is not a string, or a database that is not a number (read
+    as database 0, someone else's queues)."""
+    if not isinstance(url, str):
+        raise ProcConfigError(f"proc {name!r}: `url` must be a Redis URL string, got {type(url).__name__}")
+    try:
+        parts = urlsplit(url)
+    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
+        raise ProcConfigError(f"proc {name!r}: bad Redis URL: {_scrub(str(exc), url)}") from None
+    db = parts.path.strip("/") if parts.scheme in ("redis", "rediss") else ""
+    if db and not db.isdigit():
+        raise ProcConfigError(f"proc {name!r}: the database in the Redis URL must be a number, got {db!r}")
+
+
+def _scrub(message: str, url: str) -> str:
+    """``message`` without any part of the URL's credentials. A parser may quote them out of place: in
+    ``redis://app:s3cret/0`` (host forgotten) the password is read as the port, and the error quotes it."""
+    netloc = url.partition("://")[2].partition("/")[0]
+    userinfo, at, hostinfo = netloc.rpartition("@")
+    secrets = userinfo.split(":") if at else [hostinfo.partition(":")[2]]
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        message = message.replace(secret, "***")
+    return message
+
+
 def server_key(client: Redis) -> tuple[Any, ...]:
     """Which Redis server (and database) a client talks to: procs with the same key share one pipeline."""
     kwargs = client.connection_pool.connection_kwargs
@@ -113,14 +155,21 @@ def read_redis_procs(client: Redis, procs: Sequence[RedisProc], now: float) -> l
     plans = [proc.depth_commands(now) for proc in procs]
     depth = _pipelined(client, plans)
     follow_ups: list[list[Command]] = []
+    failures: list[Exception | None] = []
     for proc, replies in zip(procs, depth):
         failed = next((r for r in replies if isinstance(r, Exception)), None)
-        follow_ups.append([] if failed else proc.latency_commands(replies))
+        commands: list[Command] = []
+        if failed is None:
+            try:
+                commands = proc.latency_commands(replies)
+            except Exception as exc:  # garbage in one proc's replies fails that proc only
+                failed = exc
+        follow_ups.append(commands)
+        failures.append(failed)
     latency = _pipelined(client, follow_ups) if any(follow_ups) else [[] for _ in procs]
 
     results: list[Reading | Exception] = []
-    for proc, replies, lat in zip(procs, depth, latency):
-        failed = next((r for r in replies if isinstance(r, Exception)), None)
+    for proc, failed, replies, lat in zip(procs, failures, depth, latency):
         if failed is not None:
             results.append(failed)
             continue
@@ -132,16 +181,17 @@ def read_redis_procs(client: Redis, procs: Sequence[RedisProc], now: float) -> l
 
 
 def _pipelined(client: Redis, plans: list[list[Command]]) -> list[list[Any]]:
+    """Send every plan's commands in one pipeline and split the replies per plan. A command asked for by several
+    procs (Celery's shared ``unacked`` hash, two procs on one queue) is sent once: all commands are read-only."""
     pipe = client.pipeline(transaction=False)
+    index: dict[Command, int] = {}
     for commands in plans:
         for command in commands:
-            pipe.execute_command(*command)
-    replies = pipe.execute(raise_on_error=False)
-    out, start = [], 0
-    for commands in plans:
-        out.append(replies[start : start + len(commands)])
-        start += len(commands)
-    return out
+            if command not in index:
+                index[command] = len(index)
+                pipe.execute_command(*command)
+    replies = pipe.execute(raise_on_error=False) if index else []
+    return [[replies[index[command]] for command in commands] for commands in plans]
 
 
 def as_text(value: Any) -> str | None:
@@ -151,9 +201,11 @@ def as_text(value: Any) -> str | None:
     return value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
 
 
-def age_since(timestamp: float, now: float) -> float:
-    """Seconds from ``timestamp`` to ``now``, never negative (clocks of producers and exporter differ)."""
-    return max(0.0, now - timestamp)
+def age_since(timestamp: float, now: float) -> float | None:
+    """Seconds from ``timestamp`` to ``now``, never negative (clocks of producers and exporter differ); ``None`` for a
+    timestamp that is no time at all (NaN, infinite: garbage that would put ``Infinity`` in HireFire's JSON)."""
+    age = now - timestamp
+    return max(0.0, age) if math.isfinite(age) else None
 
 
 def parse_utc(value: Any) -> float | None:

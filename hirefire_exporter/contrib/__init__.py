@@ -1,0 +1,128 @@
+"""What every framework adapter shares: one exporter per process and configuration, one queue timer, one dispatcher.
+
+The adapters (Django, Flask, Tornado, WSGI, ASGI) are thin: they decide whether a request path belongs to the
+exporter (:meth:`ExporterApp.handles`), hand the request to :class:`ExporterApp` as a WSGI environ, and translate the
+answer back. Routing, token checks and rendering live in ``hirefire_exporter.app`` only.
+
+:func:`exporter_app` keeps one :class:`Collection` per set of procs and collection options, so a Django middleware, a
+Flask blueprint and a WSGI middleware configured with the same procs in one process run one collection cycle between
+them, whichever route or framework asks. Building one does no broker I/O.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+from werkzeug.wrappers import Response
+
+from ..app import ExporterApp
+from ..collection import Collection
+from ..dispatcher import Dispatcher, normalize_url
+from ..loading import load_procs
+from ..procs.base import Proc, ProcConfigError
+from ..queue_time import COLLECTOR, QueueTimer
+
+__all__ = ["ProcConfigError", "exporter_app", "queue_timer", "reset", "serve", "timer_from_option"]
+
+ProcSpecs = Sequence[Proc | str | type] | str
+
+_lock = threading.RLock()
+_collections: dict[tuple[Any, ...], tuple[Collection, list[Any]]] = {}
+_apps: dict[tuple[Any, ...], ExporterApp] = {}
+_dispatchers: dict[tuple[str, str], Dispatcher] = {}
+_timers: dict[tuple[Any, ...], QueueTimer] = {}
+
+
+def _procs_key(procs: ProcSpecs) -> tuple[Any, ...]:
+    specs = procs.split(",") if isinstance(procs, str) else procs
+    return tuple(
+        ("path", spec.strip()) if isinstance(spec, str) else ("object", id(spec))
+        for spec in specs
+        if not isinstance(spec, str) or spec.strip()
+    )
+
+
+def exporter_app(
+    procs: ProcSpecs,
+    token: str | None = None,
+    *,
+    metrics: bool = False,
+    setting: str = "procs",
+    max_age: float = 5.0,
+    stale_after: float = 60.0,
+    timeout: float = 3.0,
+) -> ExporterApp:
+    """The process's exporter for these procs (dotted paths, classes or instances) and options, built on first use.
+
+    ``/healthz`` is left out (the host app may have its own) and ``/metrics`` is off unless ``metrics=True``.
+    Raises :class:`ProcConfigError` naming ``setting`` when a proc cannot be loaded.
+    """
+    collection_key = (_procs_key(procs), float(max_age), float(stale_after), float(timeout))
+    app_key = (collection_key, token, bool(metrics))
+    with _lock:
+        app = _apps.get(app_key)
+        if app is not None:
+            return app
+        entry = _collections.get(collection_key)
+        if entry is None:
+            loaded = load_procs(procs, setting=setting)
+            collection = Collection(loaded, max_age=max_age, stale_after=stale_after, timeout=timeout)
+            # keep the configured objects alive so that their id()s in the key stay theirs
+            entry = _collections[collection_key] = (collection, list(procs) if not isinstance(procs, str) else [])
+        app = ExporterApp(entry[0], token, metrics=metrics, healthz=False, collectors=[COLLECTOR])
+        _apps[app_key] = app
+        return app
+
+
+def queue_timer(*, log: bool = True, dispatch_url: str | None = None, token: str | None = None) -> QueueTimer:
+    """The process's queue timer: always records the ``hirefire_request_queue_seconds`` histogram; with ``log``,
+    prints ``[hirefire:router] queue={ms}ms``; with a dispatch URL (default: ``HIREFIRE_DISPATCH_URL``; pass ``""``
+    to turn it off) POSTs the figures to HireFire with ``token`` (default: ``HIREFIRE_TOKEN``)."""
+    url = os.environ.get("HIREFIRE_DISPATCH_URL", "") if dispatch_url is None else dispatch_url
+    dispatcher = None
+    with _lock:
+        if url.strip():
+            token = token or os.environ.get("HIREFIRE_TOKEN", "")
+            if not token.strip():
+                raise ProcConfigError(
+                    "HIREFIRE_DISPATCH_URL is set but there is no HireFire token (HIREFIRE_TOKEN) to send with it"
+                )
+            key = (normalize_url(url), token.strip())
+            dispatcher = _dispatchers.get(key)
+            if dispatcher is None:
+                dispatcher = _dispatchers[key] = Dispatcher(url, token)
+        timer_key = (bool(log), id(dispatcher))
+        timer = _timers.get(timer_key)
+        if timer is None:
+            timer = _timers[timer_key] = QueueTimer(log=log, dispatcher=dispatcher)
+        return timer
+
+
+def timer_from_option(option: bool | QueueTimer | None) -> QueueTimer | None:
+    """An adapter's ``queue_time`` argument: False/None (off), True (:func:`queue_timer` defaults) or a timer."""
+    if isinstance(option, QueueTimer):
+        return option
+    return queue_timer() if option else None
+
+
+def serve(app: ExporterApp, environ: dict[str, Any]) -> Response:
+    """Run the exporter on a WSGI environ and return its buffered response (synchronous: it may run a cycle)."""
+    return Response.from_app(app, environ, buffered=True)
+
+
+def reset() -> None:
+    """Forget every shared exporter, timer and dispatcher (stopping their threads). For tests."""
+    with _lock:
+        collections = [collection for collection, _ in _collections.values()]
+        dispatchers = list(_dispatchers.values())
+        _collections.clear()
+        _apps.clear()
+        _dispatchers.clear()
+        _timers.clear()
+    for collection in collections:
+        collection.close()
+    for dispatcher in dispatchers:
+        dispatcher.stop(flush=False)

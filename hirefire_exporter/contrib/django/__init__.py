@@ -1,0 +1,1 @@
+"""Django integration: add ``hirefire_exporter.contrib.django.middleware.HireFireMiddleware`` to ``MIDDLEWARE``."""

@@ -1,0 +1,374 @@
+"""Celery: every task that needs a worker, per queue, on Redis and RabbitMQ (or any other kombu broker).
+
+States per queue (all of them count towards HireFire's total, see :data:`COUNTED`):
+
+- ``queued``: waiting in the broker. On Redis the base list ``<q>`` plus every priority list ``<q><sep><step>``
+  (transport options ``sep``, ``priority_steps``, ``global_keyprefix`` honoured), one pipelined round trip for all
+  queues of all procs on the server. On RabbitMQ the ready count (passive declare, or the management API);
+- ``reserved``: taken by a worker and not acknowledged: prefetched tasks, and running tasks under
+  ``task_acks_late``. On Redis they are read from the ``unacked`` hash (no broadcast; the entries name their exchange
+  and routing key, resolved to queues through kombu's binding tables). Entries of a worker that died without shutting
+  down stay there until kombu puts them back in the queue after ``visibility_timeout`` (1 h by default) and keep
+  counting: they still need a worker. On RabbitMQ from the management API (``messages_unacknowledged``, which also
+  holds ETA tasks) or, when asked, from ``inspect().reserved()``;
+- ``scheduled``: held by a worker until their ETA/countdown (Redis: ``unacked`` entries whose ``eta`` is in the
+  future; RabbitMQ: ``inspect().scheduled()`` when asked). They count: Celery has no scheduler of its own for ETA
+  tasks, a worker must stay up to hold them, and scaling it away pushes them back to the queue;
+- ``started``: running, from ``inspect().active()``, only when ``inspect_statuses`` asks for it. With Celery's default
+  early acknowledgement a running task is in no broker count at all: use ``task_acks_late = True`` (running tasks then
+  stay ``reserved``) or ``inspect_statuses = ["active"]``. Without either, a queue reports no ``started`` state.
+
+Latency (the age of the oldest waiting task) needs :func:`hirefire_exporter.celery_latency.enable` in every producer;
+it is read from the oldest message of each list (``LINDEX <list> -1``) on Redis and from the management API's
+``head_message_timestamp`` on RabbitMQ.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import Counter
+from importlib import import_module
+from typing import Any
+from urllib.parse import urlsplit
+
+from .base import ProcConfigError, QueueReading, Reading
+from .celery_inspect import METHODS, Binding, HeldTask, active_queues, inspect_tasks, route
+from .celery_rabbitmq import QueueCounts, declare_counts, management_counts
+from .celery_redis import binding_table, exchanges, head_age, parse_unacked, text
+from .redis_proc import Command, RedisProc, age_since, read_redis_procs
+
+COUNTED = frozenset({"queued", "reserved", "scheduled", "started"})
+REDIS_SCHEMES = frozenset({"redis", "rediss"})
+#: kombu's Redis transport defaults.
+DEFAULT_SEP = "\x06\x16"
+DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
+_SSL_REQS = {"cert_none": "none", "cert_optional": "optional", "cert_required": "required"}
+
+
+class CeleryProc(RedisProc):
+    """A proc for Celery queues.
+
+    Declarative (the old ``hirefire`` API)::
+
+        class WorkerProc(CeleryProc):
+            name = "worker"
+            queues = ["celery"]
+            app = celery_app            # or "myproject.celery.app", or leave it out for Celery's current app
+
+    or ``CeleryProc("worker", queues=["high", "default"], url="redis://localhost:6379/0")``. ``url`` (the broker URL)
+    takes precedence over the app's broker.
+    """
+
+    queues = ["celery"]
+    #: The Celery app (instance or dotted path). None: built from ``url``, else Celery's current app.
+    app: Any = None
+    #: Worker inspection broadcasts: any of ``active``, ``reserved``, ``scheduled``. Off by default: each is a
+    #: broadcast that waits for every worker. On Redis only ``active`` is ever broadcast (the ``unacked`` hash gives
+    #: reserved and scheduled tasks exactly); with ``management_url`` the same holds on RabbitMQ.
+    inspect_statuses: list[str] | tuple[str, ...] = ()
+    #: Queue, exchange and routing key share one name: map inspected tasks to queues without asking the workers.
+    simple_queues: bool = False
+    #: How long an inspect broadcast waits for replies (seconds).
+    inspect_timeout: float = 1.0
+    #: The number of worker processes on the broker (every worker answers a broadcast, whatever its queues): the
+    #: broadcast returns as soon as they replied, and fewer replies fail the proc. Only for a fixed number of workers:
+    #: leave it unset when HireFire scales them. Unset, Redis finds the workers in the broker (their broadcast queues'
+    #: bindings) and so does RabbitMQ with ``management_url``; plain RabbitMQ waits the full timeout and checks the
+    #: replies against the queues' consumer counts.
+    workers: int | None = None
+    #: RabbitMQ management API, e.g. ``https://user:password@host:15672``: ready + unacknowledged + latency for every
+    #: queue in one HTTP request (figures about 5 s old) instead of one passive declare per queue.
+    management_url: str | None = None
+    #: Override the app's ``broker_transport_options`` (``global_keyprefix``, ``sep``, ``priority_steps``, ...).
+    transport_options: dict[str, Any] | None = None
+
+    _app: Any = None
+
+    # Configuration
+
+    @property
+    def supports_latency(self) -> bool:  # type: ignore[override]
+        return self._redis() is not None or bool(self.management_url)
+
+    def validate(self) -> None:
+        super().validate()
+        statuses = self.inspect_statuses
+        if isinstance(statuses, str) or not all(s in METHODS for s in statuses):
+            raise ProcConfigError(f"proc {self.name!r}: inspect_statuses must be a list of {METHODS}, got {statuses!r}")
+        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
+            raise ProcConfigError(f"proc {self.name!r}: workers must be a positive integer, got {self.workers!r}")
+
+    def celery_app(self) -> Any:
+        """The Celery app: given, imported from a dotted path, built from ``url``, or Celery's current app."""
+        if self._app is None:
+            app = self.app
+            if isinstance(app, str):
+                module, _, attr = app.rpartition(".")
+                try:
+                    app = getattr(import_module(module), attr)
+                except (ImportError, AttributeError, ValueError) as exc:
+                    raise ProcConfigError(f"proc {self.name!r}: cannot import Celery app {self.app!r}: {exc}") from exc
+            elif app is None:
+                from celery import Celery, current_app
+
+                if self.url:
+                    app = Celery(f"hirefire-{self.name}", broker=self.url, set_as_current=False)
+                else:
+                    app = current_app._get_current_object()
+            self._app = app
+        return self._app
+
+    def broker_url(self) -> str:
+        conf = self.celery_app().conf
+        url = self.url or conf.broker_read_url or conf.broker_url or "amqp://guest:guest@localhost:5672//"
+        if isinstance(url, list | tuple):
+            url = url[0]
+        return str(url).split(";")[0].strip()
+
+    def options(self) -> dict[str, Any]:
+        """The broker transport options: the app's, overridden by ``transport_options``."""
+        return {**(self.celery_app().conf.broker_transport_options or {}), **(self.transport_options or {})}
+
+    def _scheme(self) -> str:
+        return urlsplit(self.broker_url()).scheme.lower()
+
+    # Redis
+
+    def _redis(self) -> Any:
+        """A client for a Redis broker (built once, no I/O), or None for other brokers."""
+        if self.connection is not None:
+            return self.connection
+        if self._client is None:
+            scheme = self._scheme()
+            if scheme not in REDIS_SCHEMES:
+                return None
+            url, ssl = self._redis_url_and_ssl(scheme)
+            self._client = self.new_client(url, **ssl)
+        return self._client
+
+    def _redis_url_and_ssl(self, scheme: str) -> tuple[str, dict[str, Any]]:
+        url = self.broker_url()
+        # kombu accepts ssl_cert_reqs=CERT_NONE in the URL; redis-py wants none/optional/required.
+        url = re.sub(r"(ssl_cert_reqs=)(CERT_\w+)", lambda m: m.group(1) + _SSL_REQS.get(m.group(2).lower(), ""), url)
+        ssl: dict[str, Any] = {}
+        use_ssl = self.celery_app().conf.broker_use_ssl
+        if scheme == "rediss" and isinstance(use_ssl, dict):
+            keys = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")
+            ssl = {k: use_ssl[k] for k in keys if k in use_ssl}
+        return url, ssl
+
+    def _broadcasts(self) -> list[str]:
+        """The inspect methods this proc broadcasts: only what the broker cannot tell."""
+        if self._redis() is not None or self.management_url:
+            return ["active"] if "active" in self.inspect_statuses else []
+        return [m for m in METHODS if m in self.inspect_statuses]
+
+    def redis_client(self) -> Any:
+        """The Redis client the collection batches this proc's commands on; None (read on its own) when inspecting."""
+        return None if self._broadcasts() else self._redis()
+
+    def _key(self, name: str) -> str:
+        return f"{self.options().get('global_keyprefix') or ''}{name}"
+
+    def _lists(self, queue: str) -> list[str]:
+        """The Redis lists holding ``queue``: kombu's ``_q_for_pri`` for every priority step."""
+        options = self.options()
+        sep = options.get("sep", DEFAULT_SEP)
+        steps = options.get("priority_steps", DEFAULT_PRIORITY_STEPS)
+        names = dict.fromkeys(f"{queue}{sep}{step}" if step else queue for step in steps)
+        return [self._key(name) for name in names]
+
+    def depth_commands(self, now: float) -> list[Command]:
+        commands: list[Command] = []
+        for queue in self.queues:
+            for key in self._lists(queue):
+                commands += [("LLEN", key), ("LINDEX", key, -1)]
+        commands.append(("HVALS", self._key(self.options().get("unacked_key", "unacked"))))
+        return commands
+
+    def latency_commands(self, depth: list[Any]) -> list[Command]:
+        """The binding tables of the exchanges that unacked messages were published to (to find their queues)."""
+        return [("SMEMBERS", self._key(f"_kombu.binding.{ex}")) for ex in exchanges(parse_unacked(depth[-1]))]
+
+    def build_reading(self, depth: list[Any], latency: list[Any], now: float) -> Reading:
+        entries = parse_unacked(depth[-1])
+        sep = self.options().get("sep", DEFAULT_SEP)
+        tables = {ex: binding_table(reply, sep) for ex, reply in zip(exchanges(entries), latency)}
+        held: Counter[tuple[str, str]] = Counter()
+        for entry in entries:
+            state = "scheduled" if entry.eta is not None and entry.eta > now else "reserved"
+            for queue in self._route(entry.exchange, entry.routing_key, tables):
+                held[queue, state] += 1
+        replies = iter(depth)
+        queues = []
+        for queue in self.queues:
+            lists = [(int(next(replies)), next(replies)) for _ in self._lists(queue)]
+            queued = sum(length for length, _ in lists)
+            ages = [head_age(head, now) for length, head in lists if length]
+            age = 0.0 if not ages else (None if None in ages else max(ages))  # type: ignore[type-var]
+            jobs = {"queued": queued, "reserved": held[queue, "reserved"], "scheduled": held[queue, "scheduled"]}
+            queues.append(QueueReading(queue, jobs, COUNTED, age))
+        return Reading.from_queues(queues)
+
+    def _route(self, exchange: str, routing_key: str, tables: dict[str, list[tuple[str, str, str]]]) -> set[str]:
+        """The queues kombu routed a message to, from its binding table in Redis (its own lookup rules)."""
+        if not exchange:
+            return {routing_key}
+        table = tables.get(exchange)
+        if not table:  # bindings gone (expired): fall back on the app's declared queues
+            return route(self.bindings(), exchange, routing_key)
+        if any(b.type == "fanout" for b in self.bindings() if b.exchange == exchange):
+            return {queue for _, _, queue in table}
+        return {
+            queue
+            for rkey, pattern, queue in table
+            if (re.match(pattern, routing_key) if pattern else rkey == routing_key)
+        }
+
+    def bindings(self) -> list[Binding]:
+        """The app's declared queues (``task_queues``) as bindings."""
+        out = []
+        for queue in self.celery_app().conf.task_queues or ():
+            exchange = queue.exchange
+            name, kind = (exchange.name or "", exchange.type or "direct") if exchange is not None else ("", "direct")
+            out.append(Binding(name, kind, queue.routing_key or queue.name, queue.name))
+        return out
+
+    # Reading
+
+    def read(self, cache: dict[str, Any]) -> Reading:
+        client = self._redis()
+        if client is None:
+            return self._read_broker(cache)
+        result = read_redis_procs(client, [self], time.time())[0]
+        if isinstance(result, BaseException):
+            raise result
+        methods = self._broadcasts()
+        if not methods:
+            return result
+        expected = self.workers or self._redis_workers(client)
+        held = self._inspect(methods, cache, expected)
+        return self._merge(result, held, cache, unacked_visible=True)
+
+    def _redis_workers(self, client: Any) -> set[str]:
+        """The hostnames of the workers listening for broadcasts (their pidbox queues' bindings)."""
+        namespace = self.celery_app().conf.control_exchange or "celery"
+        members = client.smembers(self._key(f"_kombu.binding.{namespace}.pidbox"))
+        suffix = f".{namespace}.pidbox"
+        sep = self.options().get("sep", DEFAULT_SEP)
+        names = (text(m).split(sep)[-1] for m in members)
+        return {name[: -len(suffix)] for name in names if name.endswith(suffix)}
+
+    def _read_broker(self, cache: dict[str, Any]) -> Reading:
+        now = time.time()
+        counts, expected = self._management_counts() if self.management_url else self._declare_counts()
+        queues = []
+        for queue in self.queues:
+            c = counts[queue]
+            jobs = {"queued": c.ready} if c.unacked is None else {"queued": c.ready, "reserved": c.unacked}
+            latency = None
+            if self.management_url:
+                stamp = c.head_timestamp
+                latency = 0.0 if c.ready == 0 else (None if stamp is None else age_since(stamp, now))
+            queues.append(QueueReading(queue, jobs, COUNTED, latency))
+        reading = Reading.from_queues(queues)
+        methods = self._broadcasts()
+        if not methods:
+            return reading
+        consumers = max((c.consumers for c in counts.values()), default=0)
+        held = self._inspect(methods, cache, expected, at_least=consumers)
+        return self._merge(reading, held, cache, unacked_visible=bool(self.management_url))
+
+    def _declare_counts(self) -> tuple[dict[str, QueueCounts], int | None]:
+        """Ready counts by passive declare, on a connection opened and closed for this read."""
+        app = self.celery_app()
+        with app.connection_for_read(self.broker_url(), connect_timeout=self.socket_timeout) as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0)
+            return declare_counts(conn, self.queues, self._queue_arguments()), self.workers
+
+    def _management_counts(self) -> tuple[dict[str, QueueCounts], int | set[str] | None]:
+        """Ready + unacked counts from the management API, and the workers it lists (their pidbox queues)."""
+        from kombu import Connection
+
+        assert self.management_url
+        vhost = Connection(self.broker_url()).virtual_host or "/"
+        stats = management_counts(self.management_url, vhost, self.socket_timeout)
+        counts = {q: stats.get(q, QueueCounts(ready=0, unacked=0)) for q in self.queues}
+        suffix = f".{self.celery_app().conf.control_exchange or 'celery'}.pidbox"
+        hosts = {name[: -len(suffix)] for name, c in stats.items() if name.endswith(suffix) and c.consumers}
+        return counts, self.workers or hosts
+
+    def _queue_arguments(self) -> dict[str, Any]:
+        """Each queue's declared arguments (``x-max-priority``, ...) from the app's ``task_queues``."""
+        conf = self.celery_app().conf
+        declared = {q.name: q.queue_arguments for q in conf.task_queues or ()}
+        default = {"x-max-priority": conf.task_queue_max_priority} if conf.task_queue_max_priority else None
+        return {q: declared.get(q, default) for q in self.queues}
+
+    # Inspection
+
+    def _inspect(
+        self, methods: list[str], cache: dict[str, Any], expected: Any, at_least: int = 0
+    ) -> dict[str, list[HeldTask]]:
+        return inspect_tasks(
+            self.celery_app(),
+            methods,
+            cache,
+            broker=self._broadcast_scope(),
+            timeout=self.inspect_timeout,
+            expected=expected or None,
+            at_least=at_least,
+        )
+
+    def _broadcast_scope(self) -> str:
+        """Which workers a broadcast reaches (broker and control exchange): procs of one scope share a broadcast."""
+        return f"{self.broker_url()} {self.celery_app().conf.control_exchange}"
+
+    def _merge(
+        self, reading: Reading, held: dict[str, list[HeldTask]], cache: dict[str, Any], unacked_visible: bool
+    ) -> Reading:
+        """Add inspected tasks to the broker's counts without counting a task twice.
+
+        When the broker shows unacknowledged messages, only ``active`` is added: a running task that is not yet
+        acknowledged (``task_acks_late``) is already among them, so it moves from ``reserved`` to ``started``.
+        """
+        routes = self._inspect_routes(held, cache)
+        counts: Counter[tuple[str, str]] = Counter()
+        for method, tasks in held.items():
+            for task in tasks:
+                for queue in routes.get((task.exchange, task.routing_key), ()):
+                    counts[queue, method] += 1
+                    if method == "active" and not task.acknowledged:
+                        counts[queue, "active_unacked"] += 1
+        queues = []
+        for qr in reading.queues:
+            jobs = dict(qr.jobs)
+            if "active" in held:
+                jobs["started"] = counts[qr.name, "active"]
+                if unacked_visible:
+                    jobs["reserved"] = max(0, jobs.get("reserved", 0) - counts[qr.name, "active_unacked"])
+            if not unacked_visible:
+                for method in ("reserved", "scheduled"):
+                    if method in held:
+                        jobs[method] = counts[qr.name, method]
+            queues.append(QueueReading(qr.name, jobs, qr.counted, qr.latency))
+        return Reading.from_queues(queues)
+
+    def _inspect_routes(self, held: dict[str, list[HeldTask]], cache: dict[str, Any]) -> dict[tuple[str, str], set]:
+        keys = {(t.exchange, t.routing_key) for tasks in held.values() for t in tasks}
+        routes: dict[tuple[str, str], set] = {}
+        unknown = []
+        declared = self.bindings()
+        for exchange, routing_key in keys:
+            if not exchange or self.simple_queues:
+                routes[exchange, routing_key] = {routing_key}
+            elif queues := route(declared, exchange, routing_key):
+                routes[exchange, routing_key] = queues
+            else:
+                unknown.append((exchange, routing_key))
+        if unknown:  # ask the workers which queues they consume and how (one more broadcast, cached per cycle)
+            app, scope = self.celery_app(), self._broadcast_scope()
+            asked = active_queues(app, cache, broker=scope, timeout=self.inspect_timeout, limit=self.workers)
+            routes.update({key: route(asked, *key) for key in unknown})
+        return routes

@@ -1,0 +1,180 @@
+"""Celery worker inspection (``app.control.inspect()``), broadcast at most once per method and cycle.
+
+Each inspect method is a broadcast that waits for replies until ``limit`` workers answered or ``timeout`` passed. A
+worker that misses the timeout (busy solo pool, overloaded, network) is simply absent from the replies, which Celery
+turns into "no tasks": here, when the number of workers (or their names) is known, an incomplete answer raises
+:class:`InspectIncomplete` so the proc fails visibly (the collection keeps serving the last good reading) instead of
+reporting too few jobs.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Collection, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+METHODS = ("active", "reserved", "scheduled")
+_CACHE_KEY = "hirefire_exporter.celery.inspect"
+
+
+class InspectIncomplete(RuntimeError):
+    """Fewer workers answered an inspect broadcast than are known to exist."""
+
+
+@dataclass(frozen=True)
+class HeldTask:
+    """A task a worker holds, as one inspect reply describes it."""
+
+    hostname: str
+    exchange: str
+    routing_key: str
+    acknowledged: bool
+
+
+class _Shared:
+    """One broadcast's outcome, shared by every proc that asks for it in the same cycle."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.done = False
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+def inspect_tasks(
+    app: Any,
+    methods: Iterable[str],
+    cache: dict[str, Any],
+    *,
+    broker: str,
+    timeout: float,
+    expected: int | Collection[str] | None = None,
+    at_least: int = 0,
+) -> dict[str, list[HeldTask]]:
+    """Tasks held by workers, per inspect method, broadcasting each method at most once per ``cache`` (cycle).
+
+    ``expected`` is the number of workers, or their hostnames: it becomes the broadcast's ``limit`` (so the call
+    returns as soon as everyone answered) and anything short of it raises :class:`InspectIncomplete`, as do fewer
+    than ``at_least`` replies (a lower bound such as a queue's consumer count). The methods run concurrently, so the
+    cost is one timeout at most, not one per method.
+    """
+    methods = list(dict.fromkeys(methods))
+    if not methods:
+        return {}
+    limit = expected if isinstance(expected, int) else (len(expected) if expected is not None else None)
+    with ThreadPoolExecutor(max_workers=len(methods), thread_name_prefix="hirefire-inspect") as pool:
+        futures = {
+            m: pool.submit(_shared_broadcast, app, m, cache, broker=broker, timeout=timeout, limit=limit or None)
+            for m in methods
+        }
+        replies = {m: f.result() for m, f in futures.items()}
+    for method, reply in replies.items():
+        _check_complete(method, reply, expected, timeout)
+        if len(reply) < at_least:
+            raise InspectIncomplete(
+                f"inspect {method}: {len(reply)} workers answered within {timeout:g}s, but the queues have"
+                f" {at_least} consumers (a busy worker would read as holding no tasks)"
+            )
+    return {method: list(_held(method, reply)) for method, reply in replies.items()}
+
+
+def active_queues(app: Any, cache: dict[str, Any], *, broker: str, timeout: float, limit: int | None) -> list:
+    """The workers' queues as :class:`Binding` rows, from ``active_queues`` (one more broadcast, once per cycle)."""
+    reply = _shared_broadcast(app, "active_queues", cache, broker=broker, timeout=timeout, limit=limit)
+    bindings = []
+    for queues in reply.values():
+        for queue in queues or ():
+            exchange = queue.get("exchange") or {}
+            name = exchange.get("name") or ""
+            bindings.append(
+                Binding(name, exchange.get("type") or "direct", queue.get("routing_key") or "", queue["name"])
+            )
+    return bindings
+
+
+@dataclass(frozen=True)
+class Binding:
+    """A queue bound to an exchange with a binding key (as the app or a worker declares it)."""
+
+    exchange: str
+    type: str
+    key: str
+    queue: str
+
+
+def route(bindings: Iterable[Binding], exchange: str, routing_key: str) -> set[str]:
+    """The queues a message published to ``exchange`` with ``routing_key`` reaches (AMQP routing rules)."""
+    if not exchange:
+        return {routing_key}  # the default exchange routes by queue name
+    out = set()
+    for b in bindings:
+        if b.exchange != exchange:
+            continue
+        if b.type == "fanout" or (b.type == "topic" and topic_match(b.key, routing_key)) or b.key == routing_key:
+            out.add(b.queue)
+    return out
+
+
+@lru_cache(maxsize=1024)
+def topic_match(binding_key: str, routing_key: str) -> bool:
+    """AMQP topic matching: ``*`` is exactly one word, ``#`` zero or more (``mail.#`` matches ``mail``)."""
+
+    def match(pattern: tuple[str, ...], words: tuple[str, ...]) -> bool:
+        if not pattern:
+            return not words
+        if pattern[0] == "#":
+            return match(pattern[1:], words) or (bool(words) and match(pattern, words[1:]))
+        return bool(words) and pattern[0] in ("*", words[0]) and match(pattern[1:], words[1:])
+
+    return match(tuple(binding_key.split(".")), tuple(routing_key.split(".")))
+
+
+def _shared_broadcast(app: Any, method: str, cache: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
+    shared = cache.setdefault((_CACHE_KEY, kwargs["broker"], method), _Shared())  # setdefault is atomic
+    with shared.lock:
+        if not shared.done:
+            try:
+                shared.value = _broadcast(app, method, kwargs["timeout"], kwargs["limit"])
+            except Exception as exc:
+                shared.error = exc
+            shared.done = True
+    if shared.error is not None:
+        raise shared.error
+    return shared.value
+
+
+def _broadcast(app: Any, method: str, timeout: float, limit: int | None) -> dict[str, Any]:
+    inspector = app.control.inspect(timeout=timeout, limit=limit)
+    return getattr(inspector, method)() or {}
+
+
+def _check_complete(method: str, reply: dict[str, Any], expected: int | Collection[str] | None, timeout: float) -> None:
+    if expected is None or isinstance(expected, int):
+        if expected is not None and len(reply) < expected:
+            raise InspectIncomplete(
+                f"inspect {method}: {len(reply)} of {expected} workers answered within {timeout:g}s"
+                " (a busy worker would read as holding no tasks)"
+            )
+        return
+    missing = sorted(set(expected) - set(reply))
+    if missing:
+        raise InspectIncomplete(
+            f"inspect {method}: no answer within {timeout:g}s from {', '.join(missing)}"
+            " (a busy worker would read as holding no tasks)"
+        )
+
+
+def _held(method: str, reply: dict[str, Any]) -> Iterable[HeldTask]:
+    for hostname, tasks in reply.items():
+        for task in tasks or ():
+            request = task.get("request", task) if method == "scheduled" else task
+            delivery = request.get("delivery_info") or {}
+            yield HeldTask(
+                hostname,
+                delivery.get("exchange") or "",
+                delivery.get("routing_key") or "",
+                bool(request.get("acknowledged", method == "active")),
+            )

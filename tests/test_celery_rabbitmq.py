@@ -1,0 +1,314 @@
+"""Celery on RabbitMQ: ready counts by passive declare, worker-held tasks by inspection, the management API."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import tempfile
+import time
+import urllib.request
+from urllib.parse import urlsplit
+
+import pytest
+from celery import Celery
+from celery_app_support import Blocker, Worker, app_for, declare, unique, wait_for
+from conftest import CI, free_port, unavailable
+from kombu import Connection
+
+from hirefire_exporter import celery_latency
+from hirefire_exporter.collection import Collection
+from hirefire_exporter.procs.celery import CeleryProc
+from hirefire_exporter.procs.celery_inspect import InspectIncomplete
+from hirefire_exporter.procs.celery_rabbitmq import declare_counts
+
+
+def jobs(reading, queue):
+    return dict(next(q for q in reading.queues if q.name == queue).jobs)
+
+
+@pytest.fixture
+def workers():
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        worker.stop()
+
+
+@pytest.fixture
+def queues(amqp_url):
+    """Unique queue names, deleted (with the exchanges named in ``exchanges``) at teardown."""
+    names: list[str] = []
+    exchanges: list[str] = []
+    yield names, exchanges
+    _delete(amqp_url, names, exchanges)
+
+
+def _delete(url, names, exchanges):
+    """Delete the test's queues and exchanges, including those Celery declares for them: an exchange per queue and
+    the control exchanges named after the first queue (see ``celery_app.make_app``)."""
+    with Connection(url) as conn:
+        channel = conn.default_channel
+        for name in names:
+            channel.queue_delete(name)
+        for name in names:
+            exchanges += [name, f"hf-ctl-{name}.pidbox", f"reply.hf-ctl-{name}.pidbox"]
+        for name in exchanges:
+            channel.exchange_delete(name)  # deleting a missing exchange is no error in RabbitMQ
+
+
+def spec_for(names, *specs):
+    for spec in specs:
+        names.append(spec[0])
+    return list(specs)
+
+
+def test_ready_counts_and_a_missing_queue_reads_zero_without_leaking_channels(amqp_url, redis_conn, queues):
+    names, _ = queues
+    a, b = unique("a"), unique("b")
+    app = app_for(amqp_url, spec_for(names, [a, "", "direct", a, 0], [b, "", "direct", b, 0]))
+    declare(app)
+    blocker = Blocker(app, redis_conn)
+    blocker.send(3, queue=a)
+    blocker.send(2, queue=b)
+    missing = unique("missing")
+    proc = CeleryProc("worker", queues=[missing, a, unique("missing"), b], app=app)
+    proc.validate()
+
+    reading = wait_for(lambda: (r := proc.read({})).quantity == 5 and r, "5 ready messages")
+
+    assert [(q.name, dict(q.jobs)) for q in reading.queues][:2] == [(missing, {"queued": 0}), (a, {"queued": 3})]
+    assert jobs(reading, b) == {"queued": 2}
+    with Connection(amqp_url) as conn:
+        conn.connect()
+        counts = declare_counts(conn, [missing, a, missing, b], {})
+        assert [c.ready for c in counts.values()] == [0, 3, 2]
+        assert list(conn.connection.channels) == [0]  # only the connection itself: every channel was closed
+
+
+def test_a_priority_queue_counts_every_priority(amqp_url, redis_conn, queues):
+    names, _ = queues
+    q = unique("prio")
+    app = app_for(amqp_url, spec_for(names, [q, "", "direct", q, 10]))
+    declare(app)
+    blocker = Blocker(app, redis_conn)
+    for priority in range(10):
+        blocker.send(queue=q, priority=priority)
+
+    proc = CeleryProc("worker", queues=[q], app=app)
+    assert proc._queue_arguments() == {q: {"x-max-priority": 10}}
+    assert wait_for(lambda: proc.read({}).quantity == 10, "10 ready messages")
+
+
+def test_worker_held_tasks_come_from_inspection_when_asked(amqp_url, redis_conn, queues, workers):
+    names, _ = queues
+    q = unique("held")
+    spec = spec_for(names, [q, "", "direct", q, 0])
+    app = app_for(amqp_url, spec)
+    declare(app)
+    blocker = Blocker(app, redis_conn)
+    blocker.send(2, queue=q, countdown=600)
+    blocker.send(6, queue=q)
+    workers.append(Worker(amqp_url, spec, redis_conn_url(redis_conn), prefetch=3))
+    plain = CeleryProc("worker", queues=[q], app=app)
+    inspected = CeleryProc(
+        "worker", queues=[q], app=app, inspect_statuses=["active", "reserved", "scheduled"], workers=1
+    )
+
+    expected = {"queued": 2, "started": 1, "reserved": 3, "scheduled": 2}  # prefetch 3, plus the ETA tasks
+
+    def settled():
+        if blocker.started() != 1:
+            return False  # (the worker may not answer broadcasts yet)
+        reading = inspected.read({})
+        return jobs(reading, q) == expected and reading
+
+    reading = wait_for(settled, f"the worker to hold {expected}")
+    # broker only: the ready messages; everything the worker holds is invisible to a passive declare
+    assert jobs(plain.read({}), q) == {"queued": 2}
+    assert reading.quantity == 8
+
+
+def test_inspected_tasks_on_custom_exchanges_are_mapped_to_their_queues(amqp_url, redis_conn, queues, workers):
+    names, exchanges = queues
+    mail, report = unique("mail"), unique("report")
+    exchange = unique("topic")
+    exchanges.append(exchange)
+    spec = spec_for(names, [mail, exchange, "topic", "mail.#", 0], [report, exchange, "topic", "report.*", 0])
+    app = app_for(amqp_url, spec, task_acks_late=True)
+    declare(app)
+    blocker = Blocker(app, redis_conn)
+    blocker.send(3, exchange=exchange, routing_key="mail.welcome.de")
+    blocker.send(2, exchange=exchange, routing_key="report.daily")
+    workers.append(Worker(amqp_url, spec, redis_conn_url(redis_conn), prefetch=10, acks_late=True))
+    proc = CeleryProc("worker", queues=[mail, report], app=app, inspect_statuses=["active", "reserved"], workers=1)
+
+    def settled():
+        if blocker.started() != 1:
+            return False
+        reading = proc.read({})
+        return reading.quantity == 5 and reading
+
+    reading = wait_for(settled, "5 tasks held by the worker")
+    held = {q.name: (q.jobs["queued"], q.jobs["started"] + q.jobs["reserved"]) for q in reading.queues}
+    assert held == {mail: (0, 3), report: (0, 2)}
+
+    # an exporter whose app does not declare the queues asks the workers how they are bound (active_queues)
+    bare_app = Celery("bare", broker=amqp_url, set_as_current=False)
+    bare_app.conf.control_exchange = app.conf.control_exchange  # (the test's own workers; see celery_app.make_app)
+    bare = CeleryProc("worker", queues=[mail, report], app=bare_app, inspect_statuses=["active", "reserved"], workers=1)
+    reading = bare.read({})
+    assert {q.name: q.jobs["started"] + q.jobs["reserved"] for q in reading.queues} == {mail: 3, report: 2}
+
+
+def test_a_busy_worker_that_cannot_answer_fails_the_proc(amqp_url, redis_conn, queues, workers):
+    names, _ = queues
+    q = unique("busy")
+    spec = spec_for(names, [q, "", "direct", q, 0])
+    app = app_for(amqp_url, spec)
+    declare(app)
+    blocker = Blocker(app, redis_conn)
+    blocker.send(1, queue=q)
+    workers.append(Worker(amqp_url, spec, redis_conn_url(redis_conn), pool="solo"))
+    wait_for(lambda: blocker.started() == 1, "the task to start")
+
+    # no worker count given: the queue's consumer count shows that one worker should have answered
+    proc = CeleryProc("worker", queues=[q], app=app, inspect_statuses=["active"], inspect_timeout=0.3)
+    with pytest.raises(InspectIncomplete, match="1 consumers"):
+        proc.read({})
+
+
+def test_an_unreachable_broker_fails_instead_of_reading_zero():
+    proc = CeleryProc("worker", url=f"amqp://guest:secret@127.0.0.1:{free_port()}//", socket_timeout=0.5)
+    proc.validate()
+    status = Collection([proc]).collect().procs[0]
+    assert status.up is False and status.reading is None
+    assert "secret" not in status.error
+
+
+# The management API (a private RabbitMQ node with the management plugin, or HIREFIRE_TEST_RABBITMQ_MANAGEMENT_URL
+# with HIREFIRE_TEST_RABBITMQ_MANAGEMENT_AMQP_URL).
+
+
+@pytest.fixture(scope="session")
+def management():
+    """(amqp_url, management_url) of a RabbitMQ with the management plugin whose statistics refresh every 0.2 s."""
+    if os.environ.get("HIREFIRE_TEST_RABBITMQ_MANAGEMENT_URL"):
+        yield (
+            os.environ["HIREFIRE_TEST_RABBITMQ_MANAGEMENT_AMQP_URL"],
+            os.environ["HIREFIRE_TEST_RABBITMQ_MANAGEMENT_URL"],
+        )
+        return
+    server = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # the node script itself (/usr/sbin/... is a wrapper)
+    if not os.path.exists(server):
+        server = shutil.which("rabbitmq-server") or server
+    if not os.path.exists(server):
+        unavailable("RabbitMQ management API", "no HIREFIRE_TEST_RABBITMQ_MANAGEMENT_URL and no rabbitmq-server")
+    amqp_port, http_port, dist_port = free_port(), free_port(), free_port()
+    node = f"{unique('node')}@localhost"
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(f"{tmp}/rabbitmq.conf", "w") as f:
+            f.write(
+                f"listeners.tcp.default = 127.0.0.1:{amqp_port}\nmanagement.tcp.port = {http_port}\n"
+                "management.tcp.ip = 127.0.0.1\nloopback_users = none\ncollect_statistics_interval = 200\n"
+            )
+        with open(f"{tmp}/enabled_plugins", "w") as f:
+            f.write("[rabbitmq_management].\n")
+        env = dict(
+            os.environ,
+            RABBITMQ_NODENAME=node,
+            RABBITMQ_CONFIG_FILE=f"{tmp}/rabbitmq",
+            RABBITMQ_ENABLED_PLUGINS_FILE=f"{tmp}/enabled_plugins",
+            RABBITMQ_MNESIA_BASE=f"{tmp}/mnesia",
+            RABBITMQ_LOG_BASE=f"{tmp}/log",
+            RABBITMQ_DIST_PORT=str(dist_port),
+            RABBITMQ_PID_FILE=f"{tmp}/pid",
+        )
+        process = subprocess.Popen(
+            [server], env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        management_url = f"http://guest:guest@127.0.0.1:{http_port}"
+        try:
+            deadline = time.monotonic() + 60
+            while not _management_up(http_port):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    (pytest.fail if CI else pytest.skip)("the private RabbitMQ node did not start")
+                time.sleep(0.2)
+            yield f"amqp://guest:guest@127.0.0.1:{amqp_port}//", management_url
+        finally:
+            _stop_group(process.pid)
+            process.wait(10)
+
+
+def _stop_group(group: int) -> None:
+    """Kill the throwaway node: its process group holds the start script and the Erlang VM it spawns."""
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _management_up(port: int) -> bool:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/overview")
+    request.add_header("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=")  # guest:guest
+    try:
+        with urllib.request.urlopen(request, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def test_management_api_gives_ready_unacked_and_latency_in_one_request(management, redis_conn, workers):
+    amqp, api = management
+    q, idle = unique("mgmt"), unique("idle")
+    spec = [[q, "", "direct", q, 0], [idle, "", "direct", idle, 0]]
+    app = app_for(amqp, spec)
+    declare(app)
+    blocker = Blocker(app, redis_conn)
+    celery_latency.enable()
+    try:
+        before = time.time()
+        blocker.send(2, queue=q, countdown=600)
+        blocker.send(6, queue=q)
+    finally:
+        celery_latency.disable()
+    workers.append(Worker(amqp, spec, redis_conn_url(redis_conn), prefetch=3))
+    proc = CeleryProc("worker", queues=[q, idle, unique("missing")], app=app, management_url=api, metric="latency")
+    proc.validate()
+    try:
+
+        def settled():
+            reading = proc.read({})
+            return blocker.started() == 1 and jobs(reading, q) == {"queued": 2, "reserved": 5} and reading
+
+        reading = wait_for(settled, "2 ready and 3 prefetched + 2 ETA unacknowledged in the API")
+        assert reading.queues[0].latency >= time.time() - before - 1  # the head message was stamped at publish
+        assert reading.queues[0].latency == pytest.approx(time.time() - int(before), abs=2)
+        assert [(x.latency, dict(x.jobs)) for x in reading.queues[1:]] == [(0.0, {"queued": 0, "reserved": 0})] * 2
+
+        # with the API, only `active` is broadcast, its limit is the workers the API lists
+        inspected = CeleryProc("worker", queues=[q], app=app, management_url=api, inspect_statuses=["active"])
+        start = time.perf_counter()
+        assert jobs(inspected.read({}), q) == {"queued": 2, "reserved": 5, "started": 1}
+        assert time.perf_counter() - start < inspected.inspect_timeout  # every worker answered: no timeout waited
+    finally:
+        for worker in workers:
+            worker.stop()
+        workers.clear()
+        _delete(amqp, [q, idle], [])
+
+
+def test_management_api_errors_name_the_api_but_not_the_password(management):
+    amqp, api = management
+    parts = urlsplit(api)
+    wrong = f"http://guest:wrong-secret@{parts.hostname}:{parts.port}"
+    proc = CeleryProc("worker", queues=["celery"], url=amqp, management_url=wrong)
+    with pytest.raises(ConnectionError) as info:
+        proc.read({})
+    assert "401" in str(info.value) and "wrong-secret" not in str(info.value)
+
+
+def redis_conn_url(client) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"redis://{kwargs['host']}:{kwargs['port']}/{kwargs.get('db', 0)}"

@@ -1,0 +1,148 @@
+"""The WSGI middleware over a plain WSGI app, backed by real Redis; the process-wide sharing of one collection."""
+
+from __future__ import annotations
+
+import gc
+import json
+
+import pytest
+from conftest import free_port
+from support import samples
+from werkzeug.test import Client
+from werkzeug.wrappers import Request, Response
+
+from hirefire_exporter import contrib
+from hirefire_exporter.procs.base import ProcConfigError
+from hirefire_exporter.procs.rq import RQProc
+
+rq = pytest.importorskip("rq")
+
+WORKER = [{"name": "worker", "value": 5, "quantity": 5}]
+
+
+@Request.application
+def host_app(request: Request) -> Response:
+    """The user's own app: answers every path with its name."""
+    return Response(f"host {request.path}", mimetype="text/plain")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_registry():
+    yield
+    contrib.reset()
+    gc.collect()  # close what this test left behind now, not during a later test that counts fds
+
+
+@pytest.fixture
+def worker(redis_conn) -> RQProc:
+    queue = rq.Queue("default", connection=redis_conn)
+    for _ in range(5):
+        queue.enqueue("rq_jobs.noop")
+    return RQProc("worker", connection=redis_conn)
+
+
+def test_hirefire_routes_tokens_and_metrics_through_the_middleware(worker):
+    from hirefire_exporter.contrib.wsgi import HireFireMiddleware
+
+    client = Client(HireFireMiddleware(host_app, [worker], "s3cret", metrics=True))
+    info = client.get("/hirefire/s3cret/info")
+    assert (info.status_code, info.mimetype, json.loads(info.data)) == (200, "application/json", WORKER)
+    assert info.headers["Cache-Control"] == "must-revalidate, private, max-age=0"
+    assert json.loads(client.get("/hirefire", headers={"HireFire-Token": "s3cret"}).data) == WORKER
+    assert client.get("/hirefire/test").get_data(as_text=True) == "HireFire Middleware Found!"
+    assert client.get("/hirefire/wrong/info").status_code == 404
+    assert client.get("/hirefire").status_code == 404
+    assert samples(client.get("/metrics").get_data(as_text=True), "hirefire_proc_jobs") == {("worker",): 5.0}
+
+
+def test_other_requests_reach_the_host_app_untouched(worker):
+    from hirefire_exporter.contrib.wsgi import HireFireMiddleware
+
+    client = Client(HireFireMiddleware(host_app, [worker], "s3cret"))
+    for path in ("/", "/metrics", "/healthz", "/hirefire-pricing", "/hire"):  # /metrics is off unless asked for
+        response = client.get(path)
+        assert (response.status_code, response.get_data(as_text=True)) == (200, f"host {path}")
+    assert worker.redis_client() is not None
+
+
+def test_a_broker_outage_is_a_503_for_hirefire_and_nothing_for_the_host_app(redis_url):
+    from hirefire_exporter.contrib.wsgi import HireFireMiddleware
+
+    down = RQProc("worker", url=f"redis://127.0.0.1:{free_port()}/0", socket_timeout=1)
+    client = Client(HireFireMiddleware(host_app, [down], "s3cret", metrics=True))
+    info = client.get("/hirefire/s3cret/info")
+    assert info.status_code == 503 and json.loads(info.data)["procs"] == ["worker"]
+    assert samples(client.get("/metrics").get_data(as_text=True), "hirefire_proc_up") == {("worker",): 0.0}
+    assert client.get("/orders").get_data(as_text=True) == "host /orders"
+
+
+def test_a_misconfigured_proc_path_fails_at_start_up_naming_the_setting():
+    from hirefire_exporter.contrib.wsgi import HireFireMiddleware
+
+    with pytest.raises(ProcConfigError, match=r"^HIREFIRE_PROCS: cannot import 'mysite.nope'"):
+        HireFireMiddleware(host_app, ["mysite.nope.WorkerProc"], setting="HIREFIRE_PROCS")
+
+
+def test_every_adapter_in_one_process_shares_one_collection(worker):
+    import flask
+
+    from hirefire_exporter.contrib.asgi import HireFireMiddleware as AsgiMiddleware
+    from hirefire_exporter.contrib.flask.blueprint import build_hirefire_blueprint
+    from hirefire_exporter.contrib.tornado.handlers import hirefire_handlers
+    from hirefire_exporter.contrib.wsgi import HireFireMiddleware
+
+    wsgi = HireFireMiddleware(host_app, [worker], "s3cret")
+    with_metrics = HireFireMiddleware(host_app, [worker], "s3cret", metrics=True)
+    flask_app = flask.Flask(__name__)
+    flask_app.register_blueprint(build_hirefire_blueprint("s3cret", [worker]))
+    asgi = AsgiMiddleware(lambda scope, receive, send: None, [worker], "s3cret")
+    tornado_routes = hirefire_handlers("s3cret", [worker])
+
+    collection = wsgi.exporter.collection
+    assert with_metrics.exporter.collection is collection and asgi.exporter is wsgi.exporter
+    assert tornado_routes[0][2]["fallback"].wsgi_application is wsgi.exporter
+    assert json.loads(Client(wsgi).get("/hirefire/s3cret/info").data) == WORKER
+    assert json.loads(flask_app.test_client().get("/hirefire/s3cret/info").data) == WORKER
+    assert samples(Client(with_metrics).get("/metrics").get_data(as_text=True), "hirefire_proc_jobs") == {
+        ("worker",): 5.0
+    }
+    assert collection.cycles == 1
+
+
+def test_queue_time_is_measured_for_every_request_and_served_on_metrics(worker, capsys):
+    from hirefire_exporter.contrib import queue_timer
+    from hirefire_exporter.contrib.wsgi import HireFireMiddleware
+
+    client = Client(HireFireMiddleware(host_app, [worker], "s3cret", metrics=True, queue_time=queue_timer(log=True)))
+
+    def count() -> float:
+        return samples(client.get("/metrics").get_data(as_text=True), "hirefire_request_queue_seconds_count")[()]
+
+    before = count()
+    assert client.get("/orders", headers={"X-Request-Start": "t=1700000000000"}).status_code == 200
+    assert client.get("/orders", headers={"X-Request-Start": "not a time"}).status_code == 200
+    assert count() == before + 1
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[hirefire:router]")]
+    assert len(lines) == 1 and lines[0].startswith("[hirefire:router] queue=") and lines[0].endswith("ms")
+
+
+def test_building_every_adapter_talks_to_no_broker():
+    """Start-up builds the exporter without broker I/O: a listening 'broker' sees no connection attempt."""
+    import socket
+
+    import flask
+
+    from hirefire_exporter.contrib.asgi import HireFireMiddleware as AsgiMiddleware
+    from hirefire_exporter.contrib.flask.blueprint import build_hirefire_blueprint
+    from hirefire_exporter.contrib.tornado.handlers import hirefire_handlers
+    from hirefire_exporter.contrib.wsgi import HireFireMiddleware
+
+    with socket.create_server(("127.0.0.1", 0)) as broker:
+        broker.setblocking(False)
+        procs = [RQProc("worker", url=f"redis://127.0.0.1:{broker.getsockname()[1]}/0")]
+        HireFireMiddleware(host_app, procs, "t", metrics=True)
+        AsgiMiddleware(host_app, procs, "t")
+        flask.Flask(__name__).register_blueprint(build_hirefire_blueprint("t", procs))
+        hirefire_handlers("t", procs)
+        with pytest.raises(BlockingIOError):
+            broker.accept()
