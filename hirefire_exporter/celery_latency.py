@@ -48,15 +48,11 @@ def disable() -> None:
 
 
 def enqueued_at(message: Mapping[str, Any]) -> float | None:
-    """The publish time of a kombu message envelope (as stored in a Redis list), ``None`` when it has no stamp."""
-    headers = message.get("headers")
-    if isinstance(headers, Mapping):
-        value = headers.get(HEADER)
-        if isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-    properties = message.get("properties")
-    if isinstance(properties, Mapping):
-        value = properties.get("timestamp")
+    """The publish time of a kombu message envelope (as stored in a Redis list), ``None`` when it has no stamp: the
+    header :data:`HEADER`, else the AMQP ``timestamp`` property (set by :func:`stamp` too, or by the producer)."""
+    for part, key in (("headers", HEADER), ("properties", "timestamp")):
+        fields = message.get(part)
+        value = fields.get(key) if isinstance(fields, Mapping) else None
         if isinstance(value, int | float) and not isinstance(value, bool):
             return float(value)
     return None

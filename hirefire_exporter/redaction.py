@@ -16,3 +16,14 @@ def describe_error(exc: BaseException) -> str:
     """A one-line, password-free description of a failure, for logs and the ``/info`` 503 body's log twin."""
     message = " ".join(str(exc).split()) or "no message"
     return redact(f"{type(exc).__name__}: {message}")[:300]
+
+
+def scrub_credentials(message: str, url: str) -> str:
+    """``message`` without any part of the URL's credentials. A parser may quote them out of place: in
+    ``redis://app:s3cret/0`` (host forgotten) the password is read as the port, and the error quotes it."""
+    netloc = url.partition("://")[2].partition("/")[0]
+    userinfo, at, hostinfo = netloc.rpartition("@")
+    secrets = userinfo.split(":") if at else [hostinfo.partition(":")[2]]
+    for secret in sorted(filter(None, secrets), key=len, reverse=True):
+        message = message.replace(secret, "***")
+    return message

@@ -57,3 +57,56 @@ def test_rabbitmq_with_the_management_api_measures_latency():
     proc = CeleryProc("worker", url="amqp://127.0.0.1//", management_url="http://127.0.0.1:15672", metric="latency")
     proc.validate()
     assert proc.redis_client() is None and proc.supports_latency
+
+
+PASSWORD = "s3cretpw"
+
+
+@pytest.mark.parametrize(
+    ("url", "message"),
+    [
+        (f"amqp://guest:{PASSWORD}@host:port//", "bad Celery broker URL: Port could not be cast to integer"),
+        (f"amqp://guest:{PASSWORD}@host:99999//", "bad Celery broker URL: Port out of range 0-65535"),
+        (f"amqp://app:{PASSWORD}/vhost", r"Port could not be cast to integer value as '\*\*\*'"),  # host forgotten
+        (f"sqs2://guest:{PASSWORD}@host//", "bad Celery broker URL: No such transport: sqs2.  Did you mean sqs?"),
+        ("foo://x", "bad Celery broker URL: No such transport: foo"),
+        (f"amqp://guest:{PASSWORD}@[::1//", "bad Celery broker URL: Invalid IPv6 URL"),
+        (f"redis://:{PASSWORD}@[::1/0", "bad Redis URL: Invalid IPv6 URL"),
+    ],
+)
+def test_a_broken_broker_url_fails_at_start_up_naming_the_proc_never_the_password(url, message):
+    """Hosts that do not resolve: any I/O would fail differently (and slowly)."""
+    with pytest.raises(ProcConfigError, match=message) as info:
+        CeleryProc("worker", url=url).validate()
+    assert str(info.value).startswith("proc 'worker': ") and PASSWORD not in str(info.value)
+
+
+def test_the_apps_own_broken_broker_url_fails_at_start_up_too():
+    from celery import Celery
+
+    app = Celery("broken", broker=f"amqp://guest:{PASSWORD}@host:port//", set_as_current=False)
+    with pytest.raises(ProcConfigError, match="proc 'worker': bad Celery broker URL: Port could not be cast") as info:
+        CeleryProc("worker", app=app).validate()
+    assert PASSWORD not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("management_url", "message"),
+    [
+        (f"https://guest:{PASSWORD}@host:port", "management_url must have a numeric port from 0 to 65535"),
+        (f"https://guest:{PASSWORD}/", "management_url must have a numeric port"),  # host forgotten
+        ("rabbit.example.com:15672", r"management_url must be an http:// or https:// URL with a host"),
+        (f"https://guest:{PASSWORD}@[::1", "management_url is not a valid URL"),
+        (15672, r"management_url must be an http\(s\) URL string, got int"),
+    ],
+)
+def test_a_broken_management_url_fails_at_start_up_never_quoting_it(management_url, message):
+    proc = CeleryProc("worker", url="amqp://guest:guest@host//", management_url=management_url)
+    with pytest.raises(ProcConfigError, match=f"proc 'worker': {message}") as info:
+        proc.validate()
+    assert PASSWORD not in str(info.value)
+
+
+def test_a_broker_url_that_is_not_a_string_fails_at_start_up():
+    with pytest.raises(ProcConfigError, match="proc 'worker': the broker URL must be a string, got int"):
+        CeleryProc("worker", url=6379).validate()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 
 import pytest
@@ -267,3 +269,65 @@ def test_all_queues_of_a_proc_cost_one_round_trip(redis_conn, redis_url, monkeyp
 
     assert reading.quantity == 20
     assert len(sends) == 1  # 20 queues x 4 priority lists (LLEN + LINDEX) and the unacked hash: one pipeline
+
+
+def test_malformed_unacked_entries_and_bindings_are_skipped_and_logged_once(redis_conn, redis_url, caplog):
+    """Garbage next to real held tasks: the rest is counted exactly, and the log says how much was skipped (at
+    WARNING when it appears, at DEBUG while it stays), never what it held."""
+    q, exchange = unique("held"), unique("topic")
+    app = app_for(redis_url, [[q, exchange, "topic", "mail.#", 0]])
+    declare(app)  # kombu writes the binding table: _kombu.binding.<exchange> holds the topic's regex
+    binding_key = f"_kombu.binding.{exchange}"
+    personal = {"headers": {}, "body": "alice@example.com"}
+    good = {
+        "topic": json.dumps([{"headers": {}}, exchange, "mail.welcome"]),
+        "topic 2": json.dumps([{"headers": {}}, exchange, "mail.reset"]),
+        "default exchange": json.dumps([{"headers": {}}, "", q]),
+    }
+    garbage = {
+        "exchange a list": json.dumps([personal, [exchange], "mail.welcome"]),
+        "routing key a dict": json.dumps([personal, exchange, {"mail": "welcome"}]),
+        "exchange a number": json.dumps([personal, 5, q]),
+        "nested too deep": "[" * 100_000,
+    }
+    redis_conn.hset("unacked", mapping={**good, **garbage})
+    redis_conn.sadd(binding_key, f"mail.#\x06\x16[unclosed\x06\x16{q}", b"\xff\xfe")
+    proc = CeleryProc("worker", queues=[q], app=app)
+
+    def reading_and_log():
+        caplog.clear()
+        with caplog.at_level(logging.DEBUG, logger="hirefire_exporter"):
+            reading = Collection([proc]).collect().procs[0].reading
+        return jobs(reading, q), [(r.levelname, r.getMessage()) for r in caplog.records]
+
+    counts, logged = reading_and_log()
+    assert counts == {"queued": 0, "reserved": 3, "scheduled": 0}
+
+    def message(entries, bindings):
+        return (
+            f"proc 'worker': malformed entries left out of the counts: {entries} in the Redis hash 'unacked',"
+            f" {bindings} in kombu's binding tables"
+        )
+
+    assert logged == [("WARNING", message(4, 2))]
+    assert reading_and_log() == (counts, [("DEBUG", message(4, 2))])  # still there: no new warning
+
+    redis_conn.hdel("unacked", *garbage)
+    redis_conn.srem(binding_key, f"mail.#\x06\x16[unclosed\x06\x16{q}", b"\xff\xfe")
+    assert reading_and_log() == (counts, [])
+    redis_conn.hset("unacked", "again", garbage["exchange a list"])
+    assert reading_and_log() == (counts, [("WARNING", message(1, 0))])  # back: a new warning
+
+
+def test_a_waiting_message_nested_too_deep_to_parse_counts_with_an_unknown_latency(redis_conn, redis_url):
+    q = unique("deep")
+    redis_conn.lpush(q, "[" * 100_000)
+    reading = CeleryProc("worker", queues=[q], url=redis_url).read({})
+    assert (reading.quantity, reading.latency) == (1, None)
+
+
+def test_a_binding_table_of_the_wrong_type_fails_the_proc_saying_why(redis_conn, redis_url):
+    redis_conn.hset("unacked", "1", json.dumps([{"headers": {}}, "tasks", "celery"]))
+    redis_conn.set("_kombu.binding.tasks", "a string where kombu keeps a set")
+    status = Collection([CeleryProc("worker", url=redis_url)]).collect().procs[0]
+    assert status.up is False and status.error.startswith("ResponseError: WRONGTYPE")

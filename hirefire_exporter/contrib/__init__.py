@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import threading
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 from werkzeug.wrappers import Response
 
@@ -28,6 +28,7 @@ from ..queue_time import COLLECTOR, QueueTimer
 __all__ = ["ProcConfigError", "exporter_app", "queue_timer", "reset", "serve", "timer_from_option"]
 
 ProcSpecs = Sequence[Proc | str | type] | str
+App = TypeVar("App")
 
 _lock = threading.RLock()
 _collections: dict[tuple[Any, ...], tuple[Collection, list[Any]]] = {}
@@ -106,6 +107,33 @@ def timer_from_option(option: bool | QueueTimer | None) -> QueueTimer | None:
     if isinstance(option, QueueTimer):
         return option
     return queue_timer() if option else None
+
+
+class ExporterMiddleware(Generic[App]):
+    """What the WSGI and ASGI ``HireFireMiddleware`` share: the wrapped ``app``, the process's exporter, the timer.
+
+    ``token``: the HireFire token (default ``HIREFIRE_TOKEN``). ``metrics``: also serve ``/metrics``.
+    ``queue_time``: measure request queue time (True, or a :func:`queue_timer`).
+    ``options``: ``max_age``, ``stale_after``, ``timeout``, ``setting`` (the name used in error messages; the
+    default is the subclass's :attr:`setting`).
+    """
+
+    setting = "procs"
+
+    def __init__(
+        self,
+        app: App,
+        procs: ProcSpecs,
+        token: str | None = None,
+        *,
+        metrics: bool = False,
+        queue_time: bool | QueueTimer = False,
+        **options: Any,
+    ) -> None:
+        self.app = app
+        options.setdefault("setting", self.setting)
+        self.exporter = exporter_app(procs, token, metrics=metrics, **options)
+        self.queue_timer = timer_from_option(queue_time)
 
 
 def serve(app: ExporterApp, environ: dict[str, Any]) -> Response:

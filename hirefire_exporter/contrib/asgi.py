@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from ..queue_time import QueueTimer
-from . import ProcSpecs, exporter_app, serve, timer_from_option
+from . import ExporterMiddleware, serve, timer_from_option
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -73,23 +73,10 @@ def environ_from_scope(scope: Scope) -> dict[str, Any]:
     return environ
 
 
-class HireFireMiddleware:
+class HireFireMiddleware(ExporterMiddleware[ASGIApp]):
     """Serve HireFire's routes in front of an ASGI app (arguments as for the WSGI middleware)."""
 
-    def __init__(
-        self,
-        app: ASGIApp,
-        procs: ProcSpecs,
-        token: str | None = None,
-        *,
-        metrics: bool = False,
-        queue_time: bool | QueueTimer = False,
-        **options: Any,
-    ) -> None:
-        self.app = app
-        options.setdefault("setting", "asgi.HireFireMiddleware procs")
-        self.exporter = exporter_app(procs, token, metrics=metrics, **options)
-        self.queue_timer = timer_from_option(queue_time)
+    setting = "asgi.HireFireMiddleware procs"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http":

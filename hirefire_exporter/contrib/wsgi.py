@@ -13,37 +13,19 @@ goes to the wrapped app unchanged.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from ..queue_time import QueueTimer
-from . import ProcSpecs, exporter_app, timer_from_option
+from . import ExporterMiddleware, timer_from_option
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIApplication, WSGIEnvironment
 
 
-class HireFireMiddleware:
-    """Serve HireFire's routes in front of a WSGI app.
+class HireFireMiddleware(ExporterMiddleware["WSGIApplication"]):
+    """Serve HireFire's routes in front of a WSGI app (arguments: see ``contrib.ExporterMiddleware``)."""
 
-    ``token``: the HireFire token (default ``HIREFIRE_TOKEN``). ``metrics``: also serve ``/metrics``.
-    ``queue_time``: measure request queue time (True, or a :func:`~hirefire_exporter.contrib.queue_timer`).
-    ``options``: ``max_age``, ``stale_after``, ``timeout``, ``setting`` (the name used in error messages).
-    """
-
-    def __init__(
-        self,
-        app: WSGIApplication,
-        procs: ProcSpecs,
-        token: str | None = None,
-        *,
-        metrics: bool = False,
-        queue_time: bool | QueueTimer = False,
-        **options: Any,
-    ) -> None:
-        self.app = app
-        options.setdefault("setting", "wsgi.HireFireMiddleware procs")
-        self.exporter = exporter_app(procs, token, metrics=metrics, **options)
-        self.queue_timer = timer_from_option(queue_time)
+    setting = "wsgi.HireFireMiddleware procs"
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         if self.queue_timer is not None:

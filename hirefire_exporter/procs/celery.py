@@ -25,21 +25,28 @@ it is read from the oldest message of each list (``LINDEX <list> -1``) on Redis 
 
 from __future__ import annotations
 
+import logging
 import re
 import time
 from collections import Counter
+from collections.abc import Iterable
 from importlib import import_module
 from typing import Any
-from urllib.parse import urlsplit
 
+from ..redaction import redact, scrub_credentials
 from .base import ProcConfigError, QueueReading, Reading
-from .celery_inspect import METHODS, Binding, HeldTask, active_queues, inspect_tasks, route
-from .celery_rabbitmq import QueueCounts, declare_counts, management_counts
-from .celery_redis import binding_table, exchanges, head_age, parse_unacked, text
+from .celery_inspect import METHODS, HeldTask, active_queues, inspect_tasks
+from .celery_rabbitmq import QueueCounts, declare_counts, management_counts, management_url_problem
+from .celery_redis import BindingTable, Unacked, binding_table, head_age, parse_unacked
+from .celery_routing import Binding, declared_bindings, route
 from .redis_proc import Command, RedisProc, age_since, read_redis_procs
+
+log = logging.getLogger("hirefire_exporter")
 
 COUNTED = frozenset({"queued", "reserved", "scheduled", "started"})
 REDIS_SCHEMES = frozenset({"redis", "rediss"})
+#: Celery's broker when none is configured.
+DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 #: kombu's Redis transport defaults.
 DEFAULT_SEP = "\x06\x16"
 DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
@@ -84,6 +91,8 @@ class CeleryProc(RedisProc):
     transport_options: dict[str, Any] | None = None
 
     _app: Any = None
+    #: Whether the last reading skipped malformed entries (so a lasting problem is logged at WARNING once).
+    _skipping_malformed: bool = False
 
     # Configuration
 
@@ -98,6 +107,10 @@ class CeleryProc(RedisProc):
             raise ProcConfigError(f"proc {self.name!r}: inspect_statuses must be a list of {METHODS}, got {statuses!r}")
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
             raise ProcConfigError(f"proc {self.name!r}: workers must be a positive integer, got {self.workers!r}")
+        if self.management_url and (problem := management_url_problem(self.management_url)):
+            raise ProcConfigError(f"proc {self.name!r}: management_url {problem}")
+        if self._redis() is None:
+            self._broker_connection().release()  # never connected: this only parses the URL
 
     def celery_app(self) -> Any:
         """The Celery app: given, imported from a dotted path, built from ``url``, or Celery's current app."""
@@ -120,18 +133,36 @@ class CeleryProc(RedisProc):
         return self._app
 
     def broker_url(self) -> str:
+        """``url``, else the app's broker URL (the first of a failover list)."""
         conf = self.celery_app().conf
-        url = self.url or conf.broker_read_url or conf.broker_url or "amqp://guest:guest@localhost:5672//"
+        url = self.url or conf.broker_read_url or conf.broker_url or DEFAULT_BROKER_URL
         if isinstance(url, list | tuple):
             url = url[0]
-        return str(url).split(";")[0].strip()
+        if not isinstance(url, str):
+            raise ProcConfigError(f"proc {self.name!r}: the broker URL must be a string, got {type(url).__name__}")
+        return url.split(";")[0].strip()
 
     def options(self) -> dict[str, Any]:
         """The broker transport options: the app's, overridden by ``transport_options``."""
         return {**(self.celery_app().conf.broker_transport_options or {}), **(self.transport_options or {})}
 
     def _scheme(self) -> str:
-        return urlsplit(self.broker_url()).scheme.lower()
+        scheme, found, _ = self.broker_url().partition("://")
+        return scheme.lower() if found else ""
+
+    def _broker_connection(self) -> Any:
+        """A kombu connection to a broker that is not Redis, not yet connected. Building it parses the URL and loads
+        its transport, without I/O: :meth:`validate` builds one so that a broken URL fails at start-up."""
+        url = self.broker_url()
+        try:
+            return self.celery_app().connection_for_read(url, connect_timeout=self.socket_timeout)
+        except KeyError as exc:  # kombu: "No such transport: sqs2.  Did you mean sqs?"
+            problem = str(exc.args[0] if exc.args else exc)
+        except ImportError as exc:  # e.g. sqs:// without botocore
+            problem = f"its transport needs a package that is not installed: {exc}"
+        except ValueError as exc:  # e.g. "Port could not be cast to integer value as 'port'"
+            problem = str(exc)
+        raise ProcConfigError(f"proc {self.name!r}: bad Celery broker URL: {scrub_credentials(redact(problem), url)}")
 
     # Redis
 
@@ -171,6 +202,9 @@ class CeleryProc(RedisProc):
     def _key(self, name: str) -> str:
         return f"{self.options().get('global_keyprefix') or ''}{name}"
 
+    def _unacked_key(self) -> str:
+        return self._key(self.options().get("unacked_key", "unacked"))
+
     def _lists(self, queue: str) -> list[str]:
         """The Redis lists holding ``queue``: kombu's ``_q_for_pri`` for every priority step."""
         options = self.options()
@@ -184,21 +218,23 @@ class CeleryProc(RedisProc):
         for queue in self.queues:
             for key in self._lists(queue):
                 commands += [("LLEN", key), ("LINDEX", key, -1)]
-        commands.append(("HVALS", self._key(self.options().get("unacked_key", "unacked"))))
+        commands.append(("HVALS", self._unacked_key()))
         return commands
 
     def latency_commands(self, depth: list[Any]) -> list[Command]:
         """The binding tables of the exchanges that unacked messages were published to (to find their queues)."""
-        return [("SMEMBERS", self._key(f"_kombu.binding.{ex}")) for ex in exchanges(parse_unacked(depth[-1]))]
+        return [("SMEMBERS", self._key(f"_kombu.binding.{ex}")) for ex in parse_unacked(depth[-1]).exchanges]
 
     def build_reading(self, depth: list[Any], latency: list[Any], now: float) -> Reading:
-        entries = parse_unacked(depth[-1])
+        unacked = parse_unacked(depth[-1])
         sep = self.options().get("sep", DEFAULT_SEP)
-        tables = {ex: binding_table(reply, sep) for ex, reply in zip(exchanges(entries), latency)}
+        tables = {ex: binding_table(reply, sep) for ex, reply in zip(unacked.exchanges, latency)}
+        self._log_malformed(unacked.malformed, sum(table.malformed for table in tables.values()))
+        declared = declared_bindings(self.celery_app().conf)
         held: Counter[tuple[str, str]] = Counter()
-        for entry in entries:
+        for entry in unacked.entries:
             state = "scheduled" if entry.eta is not None and entry.eta > now else "reserved"
-            for queue in self._route(entry.exchange, entry.routing_key, tables):
+            for queue in _held_queues(entry, tables, declared):
                 held[queue, state] += 1
         replies = iter(depth)
         queues = []
@@ -211,29 +247,21 @@ class CeleryProc(RedisProc):
             queues.append(QueueReading(queue, jobs, COUNTED, age))
         return Reading.from_queues(queues)
 
-    def _route(self, exchange: str, routing_key: str, tables: dict[str, list[tuple[str, str, str]]]) -> set[str]:
-        """The queues kombu routed a message to, from its binding table in Redis (its own lookup rules)."""
-        if not exchange:
-            return {routing_key}
-        table = tables.get(exchange)
-        if not table:  # bindings gone (expired): fall back on the app's declared queues
-            return route(self.bindings(), exchange, routing_key)
-        if any(b.type == "fanout" for b in self.bindings() if b.exchange == exchange):
-            return {queue for _, _, queue in table}
-        return {
-            queue
-            for rkey, pattern, queue in table
-            if (re.match(pattern, routing_key) if pattern else rkey == routing_key)
-        }
-
-    def bindings(self) -> list[Binding]:
-        """The app's declared queues (``task_queues``) as bindings."""
-        out = []
-        for queue in self.celery_app().conf.task_queues or ():
-            exchange = queue.exchange
-            name, kind = (exchange.name or "", exchange.type or "direct") if exchange is not None else ("", "direct")
-            out.append(Binding(name, kind, queue.routing_key or queue.name, queue.name))
-        return out
+    def _log_malformed(self, entries: int, bindings: int) -> None:
+        """Make skipped garbage visible without flooding the log (HireFire polls every minute): WARNING when it
+        appears, DEBUG while it stays. Never the contents: a message may hold personal data."""
+        skipping = bool(entries or bindings)
+        if skipping:
+            log.log(
+                logging.DEBUG if self._skipping_malformed else logging.WARNING,
+                "proc %r: malformed entries left out of the counts: %d in the Redis hash %r, %d in kombu's binding"
+                " tables",
+                self.name,
+                entries,
+                self._unacked_key(),
+                bindings,
+            )
+        self._skipping_malformed = skipping
 
     # Reading
 
@@ -253,12 +281,17 @@ class CeleryProc(RedisProc):
 
     def _redis_workers(self, client: Any) -> set[str]:
         """The hostnames of the workers listening for broadcasts (their pidbox queues' bindings)."""
-        namespace = self.celery_app().conf.control_exchange or "celery"
-        members = client.smembers(self._key(f"_kombu.binding.{namespace}.pidbox"))
-        suffix = f".{namespace}.pidbox"
-        sep = self.options().get("sep", DEFAULT_SEP)
-        names = (text(m).split(sep)[-1] for m in members)
-        return {name[: -len(suffix)] for name in names if name.endswith(suffix)}
+        members = client.smembers(self._key(f"_kombu.binding.{self._control_exchange()}.pidbox"))
+        table = binding_table(members, self.options().get("sep", DEFAULT_SEP))
+        return self._worker_hostnames(row.queue for row in table.rows)
+
+    def _control_exchange(self) -> str:
+        return self.celery_app().conf.control_exchange or "celery"
+
+    def _worker_hostnames(self, queue_names: Iterable[str]) -> set[str]:
+        """Workers' hostnames from their broadcast queues' names (``<hostname>.<control exchange>.pidbox``)."""
+        suffix = f".{self._control_exchange()}.pidbox"
+        return {name[: -len(suffix)] for name in queue_names if name.endswith(suffix)}
 
     def _read_broker(self, cache: dict[str, Any]) -> Reading:
         now = time.time()
@@ -282,21 +315,18 @@ class CeleryProc(RedisProc):
 
     def _declare_counts(self) -> tuple[dict[str, QueueCounts], int | None]:
         """Ready counts by passive declare, on a connection opened and closed for this read."""
-        app = self.celery_app()
-        with app.connection_for_read(self.broker_url(), connect_timeout=self.socket_timeout) as conn:
+        with self._broker_connection() as conn:
             conn.ensure_connection(max_retries=1, interval_start=0)
             return declare_counts(conn, self.queues, self._queue_arguments()), self.workers
 
     def _management_counts(self) -> tuple[dict[str, QueueCounts], int | set[str] | None]:
         """Ready + unacked counts from the management API, and the workers it lists (their pidbox queues)."""
-        from kombu import Connection
-
         assert self.management_url
-        vhost = Connection(self.broker_url()).virtual_host or "/"
+        with self._broker_connection() as conn:  # the vhost the app uses (its broker_vhost when the URL has none)
+            vhost = conn.virtual_host or "/"
         stats = management_counts(self.management_url, vhost, self.socket_timeout)
         counts = {q: stats.get(q, QueueCounts(ready=0, unacked=0)) for q in self.queues}
-        suffix = f".{self.celery_app().conf.control_exchange or 'celery'}.pidbox"
-        hosts = {name[: -len(suffix)] for name, c in stats.items() if name.endswith(suffix) and c.consumers}
+        hosts = self._worker_hostnames(name for name, c in stats.items() if c.consumers)
         return counts, self.workers or hosts
 
     def _queue_arguments(self) -> dict[str, Any]:
@@ -359,9 +389,9 @@ class CeleryProc(RedisProc):
         keys = {(t.exchange, t.routing_key) for tasks in held.values() for t in tasks}
         routes: dict[tuple[str, str], set] = {}
         unknown = []
-        declared = self.bindings()
+        declared = declared_bindings(self.celery_app().conf)
         for exchange, routing_key in keys:
-            if not exchange or self.simple_queues:
+            if self.simple_queues:
                 routes[exchange, routing_key] = {routing_key}
             elif queues := route(declared, exchange, routing_key):
                 routes[exchange, routing_key] = queues
@@ -372,3 +402,13 @@ class CeleryProc(RedisProc):
             asked = active_queues(app, cache, broker=scope, timeout=self.inspect_timeout, limit=self.workers)
             routes.update({key: route(asked, *key) for key in unknown})
         return routes
+
+
+def _held_queues(entry: Unacked, tables: dict[str, BindingTable], declared: list[Binding]) -> set[str]:
+    """The queues kombu delivered a held message to: by its binding table in Redis (kombu's own routing data), else
+    (the default exchange, or bindings expired) by the app's declared queues."""
+    table = tables.get(entry.exchange)
+    if table is None or not table.rows:
+        return route(declared, entry.exchange, entry.routing_key)
+    fanout = any(b.type == "fanout" for b in declared if b.exchange == entry.exchange)
+    return table.route(entry.routing_key, fanout)

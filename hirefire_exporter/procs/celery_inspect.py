@@ -13,8 +13,9 @@ import threading
 from collections.abc import Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Any
+
+from .celery_routing import Binding
 
 METHODS = ("active", "reserved", "scheduled")
 _CACHE_KEY = "hirefire_exporter.celery.inspect"
@@ -81,7 +82,7 @@ def inspect_tasks(
     return {method: list(_held(method, reply)) for method, reply in replies.items()}
 
 
-def active_queues(app: Any, cache: dict[str, Any], *, broker: str, timeout: float, limit: int | None) -> list:
+def active_queues(app: Any, cache: dict[str, Any], *, broker: str, timeout: float, limit: int | None) -> list[Binding]:
     """The workers' queues as :class:`Binding` rows, from ``active_queues`` (one more broadcast, once per cycle)."""
     reply = _shared_broadcast(app, "active_queues", cache, broker=broker, timeout=timeout, limit=limit)
     bindings = []
@@ -93,43 +94,6 @@ def active_queues(app: Any, cache: dict[str, Any], *, broker: str, timeout: floa
                 Binding(name, exchange.get("type") or "direct", queue.get("routing_key") or "", queue["name"])
             )
     return bindings
-
-
-@dataclass(frozen=True)
-class Binding:
-    """A queue bound to an exchange with a binding key (as the app or a worker declares it)."""
-
-    exchange: str
-    type: str
-    key: str
-    queue: str
-
-
-def route(bindings: Iterable[Binding], exchange: str, routing_key: str) -> set[str]:
-    """The queues a message published to ``exchange`` with ``routing_key`` reaches (AMQP routing rules)."""
-    if not exchange:
-        return {routing_key}  # the default exchange routes by queue name
-    out = set()
-    for b in bindings:
-        if b.exchange != exchange:
-            continue
-        if b.type == "fanout" or (b.type == "topic" and topic_match(b.key, routing_key)) or b.key == routing_key:
-            out.add(b.queue)
-    return out
-
-
-@lru_cache(maxsize=1024)
-def topic_match(binding_key: str, routing_key: str) -> bool:
-    """AMQP topic matching: ``*`` is exactly one word, ``#`` zero or more (``mail.#`` matches ``mail``)."""
-
-    def match(pattern: tuple[str, ...], words: tuple[str, ...]) -> bool:
-        if not pattern:
-            return not words
-        if pattern[0] == "#":
-            return match(pattern[1:], words) or (bool(words) and match(pattern, words[1:]))
-        return bool(words) and pattern[0] in ("*", words[0]) and match(pattern[1:], words[1:])
-
-    return match(tuple(binding_key.split(".")), tuple(routing_key.split(".")))
 
 
 def _shared_broadcast(app: Any, method: str, cache: dict[str, Any], **kwargs: Any) -> dict[str, Any]:

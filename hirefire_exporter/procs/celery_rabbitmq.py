@@ -89,6 +89,24 @@ def management_counts(management_url: str, vhost: str, timeout: float) -> dict[s
     return out
 
 
+def management_url_problem(url: Any) -> str | None:
+    """What keeps ``url`` from being a management API address, in words that never quote it (a password read as
+    the port would be in Python's own message); None when it is fine."""
+    if not isinstance(url, str):
+        return f"must be an http(s) URL string, got {type(url).__name__}"
+    try:
+        parts = urlsplit(url)
+    except ValueError:  # e.g. an unclosed IPv6 bracket
+        return "is not a valid URL"
+    try:
+        _ = parts.port  # parsed lazily
+    except ValueError:
+        return "must have a numeric port from 0 to 65535"
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return "must be an http:// or https:// URL with a host"
+    return None
+
+
 def _not_found(exc: BaseException) -> bool:
     code = getattr(exc, "code", None) or getattr(exc, "reply_code", None)
     return str(code) == "404" or "NOT_FOUND" in str(exc)

@@ -1,17 +1,19 @@
-"""Reading kombu's Redis structures: the ``unacked`` hash, binding tables, and the messages waiting in lists."""
+"""Reading kombu's Redis structures: the ``unacked`` hash, binding tables, and the messages waiting in lists.
+
+Anything in them may be garbage (a buggy producer, an old kombu, a manual ``redis-cli`` session). A malformed hash
+entry or binding is skipped and counted in ``malformed``, never raised: one bad entry must not cost a cycle the exact
+count of all the others. A key of the wrong type is different: it fails the proc that reads it, saying why.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Iterable
+import re
 from dataclasses import dataclass
 from typing import Any
 
 from ..celery_latency import enqueued_at
 from .redis_proc import age_since, as_text, parse_utc
-
-#: The last ``unacked`` reply parsed and its entries (holding the reply keeps its identity unique).
-_UNACKED_MEMO: tuple[Any, list[Unacked]] = (None, [])
 
 
 @dataclass(frozen=True)
@@ -23,46 +25,104 @@ class Unacked:
     eta: float | None
 
 
-def parse_unacked(values: Any) -> list[Unacked]:
-    """The entries of kombu's ``unacked`` hash (``[message, exchange, routing_key]`` as JSON); garbage is skipped.
+@dataclass(frozen=True)
+class UnackedHash:
+    """kombu's ``unacked`` hash: its well-formed entries, and how many entries were skipped as malformed."""
+
+    entries: tuple[Unacked, ...] = ()
+    malformed: int = 0
+
+    @property
+    def exchanges(self) -> list[str]:
+        """The named exchanges the entries were published to (the default exchange ``""`` routes by queue name)."""
+        return sorted({e.exchange for e in self.entries if e.exchange})
+
+
+#: The last ``unacked`` reply parsed and its parse (holding the reply keeps its identity unique).
+_UNACKED_MEMO: tuple[Any, UnackedHash] = (None, UnackedHash())
+
+
+def parse_unacked(values: Any) -> UnackedHash:
+    """The entries of kombu's ``unacked`` hash (``HVALS``: ``[message, exchange, routing_key]`` as JSON).
 
     Parsed once per reply object: a proc needs it twice per cycle (for its follow-up commands and its reading), and
-    procs that share one reply (a pipeline sending identical commands once) share the parse too.
+    procs that share one reply (a pipeline sends identical commands once) share the parse too.
     """
     global _UNACKED_MEMO
     memo = _UNACKED_MEMO
     if memo[0] is values:
         return memo[1]
-    out = []
-    for value in values or ():
-        try:
-            message, exchange, routing_key = json.loads(value)
-            eta = (message.get("headers") or {}).get("eta")
-        except (ValueError, TypeError, AttributeError):
-            continue
-        out.append(Unacked(exchange or "", routing_key or "", parse_utc(eta) if eta else None))
-    _UNACKED_MEMO = (values, out)
-    return out
+    parsed = [_unacked_entry(value) for value in values or ()]
+    entries = tuple(entry for entry in parsed if entry is not None)
+    result = UnackedHash(entries, len(parsed) - len(entries))
+    _UNACKED_MEMO = (values, result)
+    return result
 
 
-def exchanges(entries: Iterable[Unacked]) -> list[str]:
-    """The named exchanges the entries were published to (the default exchange ``""`` routes by queue name)."""
-    return sorted({e.exchange for e in entries if e.exchange})
+def _unacked_entry(value: Any) -> Unacked | None:
+    """One hash value as kombu writes it, or None when it is not. An unreadable ETA is no reason to skip the entry:
+    the worker holds the message all the same (it counts as reserved)."""
+    try:
+        message, exchange, routing_key = json.loads(value)
+    except (ValueError, TypeError, RecursionError):  # not JSON, not UTF-8, not a list of three, too deep
+        return None
+    if not isinstance(message, dict) or not isinstance(exchange, str | None) or not isinstance(routing_key, str | None):
+        return None
+    headers = message.get("headers") or {}
+    if not isinstance(headers, dict):
+        return None
+    eta = headers.get("eta")
+    return Unacked(exchange or "", routing_key or "", parse_utc(eta) if eta else None)
 
 
-def binding_table(members: Any, sep: str) -> list[tuple[str, str, str]]:
-    """kombu's ``_kombu.binding.<exchange>`` set members as ``(routing_key, pattern, queue)`` rows."""
-    rows = []
-    for member in members or ():
-        parts = text(member).split(sep)
-        if len(parts) == 3:
-            rows.append((parts[0], parts[1], parts[2]))
-    return rows
+@dataclass(frozen=True)
+class BindingRow:
+    """One binding kombu keeps in Redis: a topic binding has a regex ``pattern``, a direct one matches ``key``."""
+
+    key: str
+    pattern: re.Pattern[str] | None
+    queue: str
 
 
-def text(value: Any) -> str:
-    """A reply as text ("" for none)."""
-    return as_text(value) or ""
+@dataclass(frozen=True)
+class BindingTable:
+    """kombu's ``_kombu.binding.<exchange>`` set: its well-formed rows, and how many members were skipped."""
+
+    rows: tuple[BindingRow, ...] = ()
+    malformed: int = 0
+
+    def route(self, routing_key: str, fanout: bool) -> set[str]:
+        """The queues kombu delivered ``routing_key`` to, by its own lookup rules (kombu's Redis keeps no exchange
+        type: ``fanout`` comes from the app's declarations)."""
+        if fanout:
+            return {row.queue for row in self.rows}
+        return {
+            row.queue
+            for row in self.rows
+            if (row.pattern.match(routing_key) if row.pattern else row.key == routing_key)
+        }
+
+
+def binding_table(members: Any, sep: str) -> BindingTable:
+    """The set's members (``SMEMBERS``: ``<routing_key><sep><pattern><sep><queue>``) as a table. A set of the wrong
+    type (Redis' error reply) is raised."""
+    if isinstance(members, Exception):
+        raise members
+    parsed = [_binding_row(member, sep) for member in members or ()]
+    rows = tuple(row for row in parsed if row is not None)
+    return BindingTable(rows, len(parsed) - len(rows))
+
+
+def _binding_row(member: Any, sep: str) -> BindingRow | None:
+    """One member as kombu writes it, or None when it is not (wrong number of fields, a pattern that is no regex)."""
+    parts = (as_text(member) or "").split(sep)
+    if len(parts) != 3:
+        return None
+    key, pattern, queue = parts
+    try:
+        return BindingRow(key, re.compile(pattern) if pattern else None, queue)  # re caches compiled patterns
+    except (re.error, OverflowError, RecursionError):  # no regex, or one Python refuses (too large, too deep)
+        return None
 
 
 def head_age(head: Any, now: float) -> float | None:
@@ -72,7 +132,7 @@ def head_age(head: Any, now: float) -> float | None:
         return None
     try:
         message = json.loads(raw)
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
         return None
     stamp = enqueued_at(message) if isinstance(message, dict) else None
     return None if stamp is None else age_since(stamp, now)

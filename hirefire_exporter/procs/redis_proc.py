@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ..redaction import describe_error
+from ..redaction import describe_error, scrub_credentials
 from .base import Proc, ProcConfigError, Reading
 
 if TYPE_CHECKING:
@@ -76,7 +76,7 @@ class RedisProc(Proc):
         try:
             return Redis.from_url(url, **options) if url else Redis(**options)
         except (TypeError, ValueError) as exc:
-            message = _scrub(describe_error(exc), url) if isinstance(url, str) else describe_error(exc)
+            message = scrub_credentials(describe_error(exc), url) if isinstance(url, str) else describe_error(exc)
             raise ProcConfigError(f"proc {self.name!r}: bad Redis connection settings: {message}") from None
 
     def validate(self) -> None:
@@ -117,21 +117,10 @@ def _check_url(name: str | None, url: Any) -> None:
     try:
         parts = urlsplit(url)
     except ValueError as exc:  # e.g. an unclosed IPv6 bracket
-        raise ProcConfigError(f"proc {name!r}: bad Redis URL: {_scrub(str(exc), url)}") from None
+        raise ProcConfigError(f"proc {name!r}: bad Redis URL: {scrub_credentials(str(exc), url)}") from None
     db = parts.path.strip("/") if parts.scheme in ("redis", "rediss") else ""
     if db and not db.isdigit():
         raise ProcConfigError(f"proc {name!r}: the database in the Redis URL must be a number, got {db!r}")
-
-
-def _scrub(message: str, url: str) -> str:
-    """``message`` without any part of the URL's credentials. A parser may quote them out of place: in
-    ``redis://app:s3cret/0`` (host forgotten) the password is read as the port, and the error quotes it."""
-    netloc = url.partition("://")[2].partition("/")[0]
-    userinfo, at, hostinfo = netloc.rpartition("@")
-    secrets = userinfo.split(":") if at else [hostinfo.partition(":")[2]]
-    for secret in sorted(filter(None, secrets), key=len, reverse=True):
-        message = message.replace(secret, "***")
-    return message
 
 
 def server_key(client: Redis) -> tuple[Any, ...]:
