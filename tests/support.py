@@ -1,4 +1,4 @@
-"""Helpers shared by the tests (not fixtures): Redis command counts and real RQ workers."""
+"""Helpers shared by the tests (not fixtures): Redis command counts and round trips, waits, real RQ workers."""
 
 from __future__ import annotations
 
@@ -8,10 +8,12 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
 
 TESTS = Path(__file__).parent
+T = TypeVar("T")
 
 
 def command_counts(client) -> dict[str, int]:
@@ -24,12 +26,33 @@ def command_counts(client) -> dict[str, int]:
     return counts
 
 
-def wait_until(condition: Callable[[], object], timeout: float = 15.0, what: str = "condition") -> None:
+def count_round_trips(monkeypatch) -> list[int]:
+    """From now until the test ends, every request redis-py sends to any server (one command or one pipeline)
+    appends to the returned list: ``len()`` of it is the number of round trips."""
+    import redis.connection
+
+    sends: list[int] = []
+    original = redis.connection.AbstractConnection.send_packed_command
+
+    def send_packed_command(self, command, check_health=True):
+        sends.append(1)
+        return original(self, command, check_health)
+
+    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", send_packed_command)
+    return sends
+
+
+def wait_until(condition: Callable[[], T], timeout: float = 15.0, what: str = "condition", interval: float = 0.05) -> T:
+    """Poll ``condition`` every ``interval`` seconds until it returns something truthy, and return that; fail
+    naming ``what`` after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
-    while not condition():
+    while True:
+        result = condition()
+        if result:
+            return result
         if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
 
 
 def start_rq_worker(url: str, *queues: str) -> subprocess.Popen:

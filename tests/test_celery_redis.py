@@ -8,6 +8,7 @@ import time
 
 import pytest
 from celery_app_support import Blocker, Worker, app_for, declare, unique, wait_for
+from support import count_round_trips
 
 from hirefire_exporter import celery_latency
 from hirefire_exporter.collection import Collection
@@ -247,7 +248,6 @@ def test_an_unreachable_broker_fails_instead_of_reading_zero(redis_server):
 
 
 def test_all_queues_of_a_proc_cost_one_round_trip(redis_conn, redis_url, monkeypatch):
-    import redis
 
     names = [unique(f"rt{i}") for i in range(20)]
     app = app_for(redis_url, [[q, "", "direct", q, 0] for q in names])
@@ -257,13 +257,7 @@ def test_all_queues_of_a_proc_cost_one_round_trip(redis_conn, redis_url, monkeyp
     proc = CeleryProc("worker", queues=names, app=app)
     proc.validate()
     proc.redis_client().ping()  # connect first: only the reading's own round trips are counted
-    sends = []
-    original = redis.connection.AbstractConnection.send_packed_command
-    monkeypatch.setattr(
-        redis.connection.AbstractConnection,
-        "send_packed_command",
-        lambda self, command, check_health=True: (sends.append(1), original(self, command, check_health))[1],
-    )
+    sends = count_round_trips(monkeypatch)
 
     reading = Collection([proc]).collect().procs[0].reading
 

@@ -3,20 +3,16 @@
 from __future__ import annotations
 
 import asyncio
-import gc
 import json
-import threading
 
+import adapter_contract as contract
 import pytest
 from conftest import free_port
-from support import samples
 
-from hirefire_exporter import contrib
-from hirefire_exporter.procs.base import Proc
 from hirefire_exporter.procs.rq import RQProc
 
 django = pytest.importorskip("django")
-rq = pytest.importorskip("rq")
+pytest.importorskip("rq")
 
 from django.conf import settings  # noqa: E402
 
@@ -39,7 +35,12 @@ from django.test import AsyncClient, Client, override_settings  # noqa: E402
 from django.urls import path  # noqa: E402
 
 MIDDLEWARE = ["hirefire_exporter.contrib.django.middleware.HireFireMiddleware"]
-WORKER = [{"name": "worker", "value": 4, "quantity": 4}]
+JOBS = 4
+ORDERS = {"/orders": (200, b"orders")}
+DJANGO_404 = (
+    b'\n<!doctype html>\n<html lang="en">\n<head>\n  <title>Not Found</title>\n</head>\n<body>\n'
+    b"  <h1>Not Found</h1><p>The requested resource was not found on this server.</p>\n</body>\n</html>\n"
+)
 
 
 def orders(request):
@@ -52,73 +53,55 @@ async def async_orders(request):
 
 urlpatterns = [path("orders", orders), path("async-orders", async_orders), path("metrics", orders)]
 
-
-class Stalled(Proc):
-    """A proc whose broker hangs until the test opens the gate."""
-
-    queues = ["default"]
-
-    def __init__(self, gate: threading.Event) -> None:
-        super().__init__("stalled")
-        self.gate = gate
-        self.entered = threading.Event()
-
-    def quantity(self, **kwargs) -> int:
-        self.entered.set()
-        self.gate.wait(10)
-        return 7
-
-
-@pytest.fixture(autouse=True)
-def _fresh_registry():
-    yield
-    contrib.reset()
-    gc.collect()  # close what this test left behind now, not during a later test that counts fds
+_fresh_registry = pytest.fixture(autouse=True)(contract.fresh_registry)
 
 
 @pytest.fixture
 def worker(redis_conn) -> RQProc:
-    queue = rq.Queue("default", connection=redis_conn)
-    for _ in range(4):
-        queue.enqueue("rq_jobs.noop")
-    return RQProc("worker", connection=redis_conn)
+    return contract.rq_worker(redis_conn, JOBS)
+
+
+def getter(client: Client) -> contract.Get:
+    def get(path: str, headers: contract.Headers) -> contract.Reply:
+        response = client.get(path, headers=headers)
+        return contract.Reply(response.status_code, response.headers, response.content)
+
+    return get
+
+
+def async_getter(client: AsyncClient) -> contract.AsyncGet:
+    async def get(path: str, headers: contract.Headers) -> contract.Reply:
+        response = await client.get(path, headers=headers)
+        return contract.Reply(response.status_code, response.headers, response.content)
+
+    return get
 
 
 def test_info_header_test_metrics_and_tokens(worker):
     with override_settings(
         MIDDLEWARE=MIDDLEWARE, HIREFIRE_PROCS=[worker], HIREFIRE_TOKEN="s3cret", HIREFIRE_METRICS=True
     ):
-        client = Client()
-        info = client.get("/hirefire/s3cret/info")
-        assert (info.status_code, info["Content-Type"], json.loads(info.content)) == (200, "application/json", WORKER)
-        assert info["Cache-Control"] == "must-revalidate, private, max-age=0"
-        assert json.loads(client.get("/hirefire", headers={"HireFire-Token": "s3cret"}).content) == WORKER
-        assert client.get("/hirefire/test").content == b"HireFire Middleware Found!"
-        assert client.get("/hirefire/wrong/info").status_code == 404
-        assert samples(client.get("/metrics").content.decode(), "hirefire_proc_jobs") == {("worker",): 4.0}
-        assert client.get("/orders").content == b"orders"
+        contract.check(contract.serves_hirefire(JOBS, metrics=True, host=ORDERS), getter(Client()))
 
 
 def test_other_requests_pass_through_and_metrics_is_off_by_default(worker):
+    own = {**ORDERS, "/metrics": (200, b"orders"), "/hirefire-pricing": (404, DJANGO_404)}  # Django's 404, not ours
     with override_settings(MIDDLEWARE=MIDDLEWARE, HIREFIRE_PROCS=[worker], HIREFIRE_TOKEN="s3cret"):
-        client = Client()
-        assert client.get("/metrics").content == b"orders"  # the app's own /metrics route
-        assert client.get("/orders").content == b"orders"
-        assert client.get("/hirefire-pricing").status_code == 404  # Django's 404, not the exporter's
+        contract.check(contract.serves_hirefire(JOBS, metrics=False, host=own), getter(Client()))
 
 
 def test_the_token_falls_back_to_the_environment(worker, monkeypatch):
     monkeypatch.setenv("HIREFIRE_TOKEN", "from-env")
     with override_settings(MIDDLEWARE=MIDDLEWARE, HIREFIRE_PROCS=[worker]):
         client = Client()
-        assert json.loads(client.get("/hirefire/from-env/info").content) == WORKER
+        assert json.loads(client.get("/hirefire/from-env/info").content) == contract.worker_info(JOBS)
         assert client.get("/hirefire/development/info").status_code == 404
 
 
 def test_dotted_paths_as_in_the_old_package(worker, monkeypatch):
     monkeypatch.setattr(DottedWorker, "connection", worker.connection)
     with override_settings(MIDDLEWARE=MIDDLEWARE, HIREFIRE_PROCS=[f"{__name__}.DottedWorker"], HIREFIRE_TOKEN="t"):
-        assert json.loads(Client().get("/hirefire/t/info").content) == WORKER
+        assert json.loads(Client().get("/hirefire/t/info").content) == contract.worker_info(JOBS)
 
 
 class DottedWorker(RQProc):
@@ -144,43 +127,23 @@ def test_misconfiguration_fails_at_start_up_naming_the_setting(procs, message):
 
 def test_a_broker_outage_is_a_503_and_the_site_keeps_working():
     down = RQProc("worker", url=f"redis://127.0.0.1:{free_port()}/0", socket_timeout=1)
-    with override_settings(MIDDLEWARE=MIDDLEWARE, HIREFIRE_PROCS=[down], HIREFIRE_TOKEN="t"):
-        client = Client()
-        info = client.get("/hirefire/t/info")
-        assert info.status_code == 503 and json.loads(info.content)["procs"] == ["worker"]
-        assert client.get("/orders").content == b"orders"
+    with override_settings(MIDDLEWARE=MIDDLEWARE, HIREFIRE_PROCS=[down], HIREFIRE_TOKEN="t", HIREFIRE_METRICS=True):
+        contract.check(contract.broker_down(metrics=True, host=ORDERS), getter(Client()))
 
 
 def test_queue_time_setting(worker, capsys):
-    with override_settings(MIDDLEWARE=MIDDLEWARE, HIREFIRE_PROCS=[worker], HIREFIRE_QUEUE_TIME=True):
-        client = Client()
-        assert client.get("/orders", headers={"X-Request-Start": "t=1700000000000"}).content == b"orders"
-        assert client.get("/orders", headers={"X-Request-Start": "12:00"}).content == b"orders"
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[hirefire:router]")]
-    assert len(lines) == 1
+    options = {"HIREFIRE_PROCS": [worker], "HIREFIRE_QUEUE_TIME": True, "HIREFIRE_METRICS": True}
+    with override_settings(MIDDLEWARE=MIDDLEWARE, **options):
+        contract.check(contract.measures_queue_time("/orders", b"orders", metrics=True), getter(Client()))
+    assert len(contract.router_lines(capsys.readouterr().out)) == 1
 
 
 def test_under_asgi_a_stalled_cycle_does_not_hold_up_other_requests(worker):
-    gate = threading.Event()
-    stalled = Stalled(gate)
-
-    async def scenario() -> tuple[bytes, bytes, bool]:
-        client = AsyncClient()
-        info = asyncio.create_task(client.get("/hirefire/t/info"))
-        for _ in range(500):  # until the cycle hangs on the stalled broker
-            if stalled.entered.is_set():
-                break
-            await asyncio.sleep(0.01)
-        other = await client.get("/async-orders")
-        stalled_meanwhile = not info.done() and not gate.is_set()
-        gate.set()
-        return (await info).content, other.content, stalled_meanwhile
-
+    stalled = contract.Stalled()
     procs = [worker, stalled]
     with override_settings(MIDDLEWARE=MIDDLEWARE, HIREFIRE_PROCS=procs, HIREFIRE_TOKEN="t", HIREFIRE_TIMEOUT=10):
-        info, other, stalled_meanwhile = asyncio.run(scenario())
-    assert other == b"async orders" and stalled_meanwhile
-    assert json.loads(info) == [*WORKER, {"name": "stalled", "value": 7, "quantity": 7}]
+        get = async_getter(AsyncClient())
+        asyncio.run(contract.serves_while_stalled(get, stalled, JOBS, ("/async-orders", b"async orders")))
 
 
 def test_the_asgi_middleware_in_front_of_djangos_asgi_handler(worker):
@@ -198,7 +161,7 @@ def test_the_asgi_middleware_in_front_of_djangos_asgi_handler(worker):
         return info.status_code, info.json(), other.content
 
     with override_settings(MIDDLEWARE=[]):
-        assert asyncio.run(scenario()) == (200, WORKER, b"orders")
+        assert asyncio.run(scenario()) == (200, contract.worker_info(JOBS), b"orders")
 
 
 def test_dispatching_without_a_token_fails_at_start_up(worker, monkeypatch):

@@ -2,22 +2,30 @@
 
 from __future__ import annotations
 
-import gc
 import json
 
+import adapter_contract as contract
 import pytest
 from conftest import free_port
 from support import samples
 from werkzeug.test import Client
 from werkzeug.wrappers import Request, Response
 
-from hirefire_exporter import contrib
 from hirefire_exporter.procs.base import ProcConfigError
 from hirefire_exporter.procs.rq import RQProc
 
-rq = pytest.importorskip("rq")
+pytest.importorskip("rq")
 
-WORKER = [{"name": "worker", "value": 5, "quantity": 5}]
+JOBS = 5
+WORKER = contract.worker_info(JOBS)
+ORDERS = {"/orders": (200, b"host /orders")}
+
+_fresh_registry = pytest.fixture(autouse=True)(contract.fresh_registry)
+
+
+@pytest.fixture
+def worker(redis_conn) -> RQProc:
+    return contract.rq_worker(redis_conn, JOBS)
 
 
 @Request.application
@@ -26,42 +34,30 @@ def host_app(request: Request) -> Response:
     return Response(f"host {request.path}", mimetype="text/plain")
 
 
-@pytest.fixture(autouse=True)
-def _fresh_registry():
-    yield
-    contrib.reset()
-    gc.collect()  # close what this test left behind now, not during a later test that counts fds
+def getter(app) -> contract.Get:
+    client = Client(app)
 
+    def get(path: str, headers: contract.Headers) -> contract.Reply:
+        response = client.get(path, headers=dict(headers))
+        return contract.Reply(response.status_code, response.headers, response.get_data())
 
-@pytest.fixture
-def worker(redis_conn) -> RQProc:
-    queue = rq.Queue("default", connection=redis_conn)
-    for _ in range(5):
-        queue.enqueue("rq_jobs.noop")
-    return RQProc("worker", connection=redis_conn)
+    return get
 
 
 def test_hirefire_routes_tokens_and_metrics_through_the_middleware(worker):
     from hirefire_exporter.contrib.wsgi import HireFireMiddleware
 
-    client = Client(HireFireMiddleware(host_app, [worker], "s3cret", metrics=True))
-    info = client.get("/hirefire/s3cret/info")
-    assert (info.status_code, info.mimetype, json.loads(info.data)) == (200, "application/json", WORKER)
-    assert info.headers["Cache-Control"] == "must-revalidate, private, max-age=0"
-    assert json.loads(client.get("/hirefire", headers={"HireFire-Token": "s3cret"}).data) == WORKER
-    assert client.get("/hirefire/test").get_data(as_text=True) == "HireFire Middleware Found!"
-    assert client.get("/hirefire/wrong/info").status_code == 404
-    assert client.get("/hirefire").status_code == 404
-    assert samples(client.get("/metrics").get_data(as_text=True), "hirefire_proc_jobs") == {("worker",): 5.0}
+    app = HireFireMiddleware(host_app, [worker], "s3cret", metrics=True)
+    contract.check(contract.serves_hirefire(JOBS, metrics=True, host=ORDERS), getter(app))
 
 
 def test_other_requests_reach_the_host_app_untouched(worker):
     from hirefire_exporter.contrib.wsgi import HireFireMiddleware
 
-    client = Client(HireFireMiddleware(host_app, [worker], "s3cret"))
-    for path in ("/", "/metrics", "/healthz", "/hirefire-pricing", "/hire"):  # /metrics is off unless asked for
-        response = client.get(path)
-        assert (response.status_code, response.get_data(as_text=True)) == (200, f"host {path}")
+    paths = ("/", "/metrics", "/healthz", "/hirefire-pricing", "/hire")  # /metrics is off unless asked for
+    host = {path: (200, f"host {path}".encode()) for path in paths}
+    app = HireFireMiddleware(host_app, [worker], "s3cret")
+    contract.check(contract.serves_hirefire(JOBS, metrics=False, host=host), getter(app))
     assert worker.redis_client() is not None
 
 
@@ -69,11 +65,8 @@ def test_a_broker_outage_is_a_503_for_hirefire_and_nothing_for_the_host_app(redi
     from hirefire_exporter.contrib.wsgi import HireFireMiddleware
 
     down = RQProc("worker", url=f"redis://127.0.0.1:{free_port()}/0", socket_timeout=1)
-    client = Client(HireFireMiddleware(host_app, [down], "s3cret", metrics=True))
-    info = client.get("/hirefire/s3cret/info")
-    assert info.status_code == 503 and json.loads(info.data)["procs"] == ["worker"]
-    assert samples(client.get("/metrics").get_data(as_text=True), "hirefire_proc_up") == {("worker",): 0.0}
-    assert client.get("/orders").get_data(as_text=True) == "host /orders"
+    app = HireFireMiddleware(host_app, [down], "s3cret", metrics=True)
+    contract.check(contract.broker_down(metrics=True, host=ORDERS, token="s3cret"), getter(app))
 
 
 def test_a_misconfigured_proc_path_fails_at_start_up_naming_the_setting():
@@ -113,17 +106,9 @@ def test_queue_time_is_measured_for_every_request_and_served_on_metrics(worker, 
     from hirefire_exporter.contrib import queue_timer
     from hirefire_exporter.contrib.wsgi import HireFireMiddleware
 
-    client = Client(HireFireMiddleware(host_app, [worker], "s3cret", metrics=True, queue_time=queue_timer(log=True)))
-
-    def count() -> float:
-        return samples(client.get("/metrics").get_data(as_text=True), "hirefire_request_queue_seconds_count")[()]
-
-    before = count()
-    assert client.get("/orders", headers={"X-Request-Start": "t=1700000000000"}).status_code == 200
-    assert client.get("/orders", headers={"X-Request-Start": "not a time"}).status_code == 200
-    assert count() == before + 1
-    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("[hirefire:router]")]
-    assert len(lines) == 1 and lines[0].startswith("[hirefire:router] queue=") and lines[0].endswith("ms")
+    app = HireFireMiddleware(host_app, [worker], "s3cret", metrics=True, queue_time=queue_timer(log=True))
+    contract.check(contract.measures_queue_time("/orders", b"host /orders", metrics=True), getter(app))
+    assert len(contract.router_lines(capsys.readouterr().out)) == 1
 
 
 def test_building_every_adapter_talks_to_no_broker():

@@ -31,6 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.error import HTTPError
@@ -40,7 +41,7 @@ from urllib.request import Request, urlopen
 import gjson
 import pytest
 from conftest import REDIS_DB, free_port, port_open
-from support import start_rq_worker, stop
+from support import start_rq_worker, stop, wait_until
 from test_dashboards import (
     JOB,
     alert_rules,
@@ -71,6 +72,8 @@ QUEUE_TIMES = (0.004, 0.02, 0.08, 0.3, 1.2)
 GRAFANA_VALUES = {"__rate_interval": "5s", "job": JOB, "instance": ".*", "proc": ".*", "queue": ".*"}
 #: HireFireReadingStale's threshold: the test waits that long after cutting "flaky" off its broker.
 STALE_SECONDS = 30
+#: Polls of Prometheus and of starting servers: (condition, timeout, what) -> the condition's truthy result.
+wait_for = partial(wait_until, interval=0.25)
 
 
 class TcpProxy:
@@ -187,18 +190,6 @@ def api(prometheus: str, path: str, **params: Any) -> Any:
         raise AssertionError(f"{url}: {exc.code} {exc.read().decode()}") from None
     assert body["status"] == "success", body
     return body["data"]
-
-
-def wait_for(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    """Poll ``condition`` until it returns something truthy (returned), or fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = condition()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        time.sleep(0.25)
 
 
 def grafana(expr: str) -> str:

@@ -15,9 +15,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-import redis
 from conftest import free_port, port_open, unavailable
-from support import command_counts, samples, wait_until
+from support import command_counts, count_round_trips, samples, wait_until
 from werkzeug.test import Client
 
 from hirefire_exporter.app import create_app
@@ -149,13 +148,7 @@ def test_hotqueue_and_queues_procs_on_one_redis_share_one_round_trip(private_red
     collection = Collection(procs)
     collection.collect()  # the first cycle opens the connection (its handshake is not what is measured here)
     private_redis.config_resetstat()
-    sends = []
-    original = redis.connection.AbstractConnection.send_packed_command
-    monkeypatch.setattr(
-        redis.connection.AbstractConnection,
-        "send_packed_command",
-        lambda self, command, check_health=True: (sends.append(1), original(self, command, check_health))[1],
-    )
+    sends = count_round_trips(monkeypatch)
 
     snapshot = collection.collect()
 

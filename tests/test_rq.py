@@ -7,8 +7,7 @@ import time
 from datetime import UTC, datetime, timedelta
 
 import pytest
-import redis
-from support import command_counts, samples, start_rq_worker, stop, wait_until
+from support import command_counts, count_round_trips, samples, start_rq_worker, stop, wait_until
 from werkzeug.test import Client
 
 from hirefire_exporter.app import ExporterApp
@@ -104,13 +103,7 @@ def test_queues_of_one_proc_cost_one_round_trip_plus_one_for_latency(private_red
     for name in names:
         rq.Queue(name, connection=private_redis).enqueue("rq_jobs.noop")
     private_redis.config_resetstat()
-    sends = []
-    original = redis.connection.AbstractConnection.send_packed_command
-    monkeypatch.setattr(
-        redis.connection.AbstractConnection,
-        "send_packed_command",
-        lambda self, command, check_health=True: (sends.append(1), original(self, command, check_health))[1],
-    )
+    sends = count_round_trips(monkeypatch)
 
     Collection([RQProc("worker", queues=names, connection=private_redis)]).collect()
 
