@@ -38,6 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-age", type=float, help="seconds a snapshot is served before a new cycle (default 5)")
     serve.add_argument("--stale-after", type=float, help="seconds a failed proc's last reading is served (default 60)")
     serve.add_argument("--threads", type=int, default=8, help="server worker threads (default 8)")
+    serve.add_argument("--no-metrics", dest="metrics", action="store_false", default=None, help="do not serve /metrics")
 
     collect = commands.add_parser("collect", help="run one cycle, print the HireFire JSON, exit 1 if a proc failed")
     common(collect)
@@ -55,6 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             token=getattr(args, "token", None),
             max_age=getattr(args, "max_age", None),
             stale_after=getattr(args, "stale_after", None),
+            metrics=getattr(args, "metrics", None),
         )
         app = create_app(settings.procs, **settings.app_options())
     except ProcConfigError as exc:

@@ -6,6 +6,7 @@ TOML file (every key optional but ``procs``)::
     max_age = 5              # seconds a snapshot is served before a new cycle
     stale_after = 60         # seconds a failed proc's last reading is still served
     timeout = 3              # seconds one cycle waits for a broker
+    metrics = true           # false: no /metrics route
     procs = ["myapp.procs.WorkerProc"]   # dotted paths, and/or tables:
 
     [[procs]]
@@ -36,6 +37,7 @@ class Settings:
     max_age: float = 5.0
     stale_after: float = 60.0
     timeout: float = 3.0
+    metrics: bool = True
     procs_setting: str = "HIREFIRE_PROCS"
 
     def app_options(self) -> dict[str, Any]:
@@ -44,6 +46,7 @@ class Settings:
             "max_age": self.max_age,
             "stale_after": self.stale_after,
             "timeout": self.timeout,
+            "metrics": self.metrics,
             "setting": self.procs_setting,
         }
 
@@ -90,7 +93,7 @@ def _apply_toml(settings: Settings, path: str) -> None:
         raise ProcConfigError(f"--config {path}: not UTF-8 text (byte {exc.start})") from None
     except tomllib.TOMLDecodeError as exc:
         raise ProcConfigError(f"--config {path}: not valid TOML: {exc}") from None
-    unknown = set(data) - {"procs", "token", *_NUMBERS}
+    unknown = set(data) - {"procs", "token", "metrics", *_NUMBERS}
     if unknown:
         raise ProcConfigError(f"--config {path}: unknown keys {sorted(unknown)}")
     for key in _NUMBERS:
@@ -98,6 +101,10 @@ def _apply_toml(settings: Settings, path: str) -> None:
             setattr(settings, key, _seconds(data[key], f"--config {path}: {key}"))
     if "token" in data:
         settings.token = str(data["token"])
+    if "metrics" in data:
+        if not isinstance(data["metrics"], bool):
+            raise ProcConfigError(f"--config {path}: metrics must be true or false, got {data['metrics']!r}")
+        settings.metrics = data["metrics"]
     if "procs" in data:
         entries = data["procs"]
         if not isinstance(entries, list):

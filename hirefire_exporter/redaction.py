@@ -19,11 +19,10 @@ def describe_error(exc: BaseException) -> str:
 
 
 def scrub_credentials(message: str, url: str) -> str:
-    """``message`` without any part of the URL's credentials. A parser may quote them out of place: in
-    ``redis://app:s3cret/0`` (host forgotten) the password is read as the port, and the error quotes it."""
+    """``message`` without the URL's password. A parser may quote it out of place: in ``redis://app:s3cret/0``
+    (host forgotten) the password is read as the port, and the error quotes it. The user name is no secret and is
+    left alone (scrubbing a user ``u`` would mangle every word of the message that holds a ``u``)."""
     netloc = url.partition("://")[2].partition("/")[0]
     userinfo, at, hostinfo = netloc.rpartition("@")
-    secrets = userinfo.split(":") if at else [hostinfo.partition(":")[2]]
-    for secret in sorted(filter(None, secrets), key=len, reverse=True):
-        message = message.replace(secret, "***")
-    return message
+    secret = userinfo.partition(":")[2] if at else hostinfo.partition(":")[2]
+    return message.replace(secret, "***") if secret else message

@@ -119,3 +119,18 @@ def test_serve_answers_on_port_and_stops_cleanly_on_sigterm(tmp_path, redis_conn
         if server.poll() is None:
             server.kill()
             server.wait()
+
+
+def test_metrics_can_be_switched_off_for_a_public_server(tmp_path, redis_conn, redis_url):
+    from werkzeug.test import Client
+
+    from hirefire_exporter.app import create_app
+    from hirefire_exporter.config import load_settings
+
+    from_file = load_settings(config=write_config(tmp_path, redis_url, extra="metrics = false"))
+    from_flag = load_settings(config=write_config(tmp_path, redis_url), metrics=False)  # what --no-metrics passes
+    for settings in (from_file, from_flag):
+        client = Client(create_app(settings.procs, **settings.app_options()))
+        assert client.get("/metrics").status_code == 404
+        assert client.get("/hirefire/file-token/info").status_code == 200
+    assert main(["serve", "--no-metrics", "--procs", "nowhere.P"]) == 2  # the flag parses; the bad proc stops it
