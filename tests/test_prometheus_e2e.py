@@ -251,6 +251,7 @@ def stack(redis_server: tuple[str, int], tmp_path_factory: pytest.TempPathFactor
     proxy = TcpProxy((host, port))
     token = keda_documents("keda-metrics-api.yaml")["Secret"]["stringData"]["token"]
     stopping = threading.Event()
+    traffic_thread: threading.Thread | None = None
     requests: list[float] = []
     server = web_exporter = None
     try:
@@ -330,7 +331,8 @@ queues = ["flaky"]
                     requests.append(time.time())
                 i += 1
 
-        threading.Thread(target=traffic, daemon=True).start()
+        traffic_thread = threading.Thread(target=traffic, daemon=True)
+        traffic_thread.start()
 
         # Prometheus hands new targets to its scrapers about 5 s after start-up: wait for the first scrapes, so
         # that the growth below is seen from the start and rates have a full window by the time the tests run.
@@ -351,6 +353,8 @@ queues = ["flaky"]
         yield Stack(prometheus, exporter, web, dead, token, started, proxy_closed, expected, requests)
     finally:
         stopping.set()
+        if traffic_thread is not None:
+            traffic_thread.join(15)  # before the web server stops under it
         if server is not None:
             server.shutdown()
         if web_exporter is not None:
