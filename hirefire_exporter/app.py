@@ -11,6 +11,7 @@ import logging
 import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
+from urllib.parse import unquote
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
 from prometheus_client.registry import Collector
@@ -20,7 +21,7 @@ from werkzeug.wrappers import Request, Response
 
 from . import hirefire
 from .collection import Collection
-from .prometheus import SnapshotCollector
+from .prometheus import Exposition, SnapshotCollector
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -67,11 +68,13 @@ class ExporterApp:
         self.token = hirefire.Token(token)
         self.metrics_enabled = metrics
         self.healthz_enabled = healthz
-        self.registry = CollectorRegistry(auto_describe=True)
+        collectors = list(collectors)
+        self.registry = CollectorRegistry(auto_describe=True)  # everything /metrics serves, for name[] filters
         self.registry.register(SnapshotCollector(collection))
         for collector in collectors:
             self.registry.register(collector)
-        self._metrics_app = make_wsgi_app(self.registry)
+        self._filtered_metrics_app = make_wsgi_app(self.registry)
+        self.exposition = Exposition(collection, collectors)
 
     def handles(self, path: str) -> bool:
         """Whether a request path belongs to the exporter (what middleware intercepts; the rest passes through)."""
@@ -91,14 +94,23 @@ class ExporterApp:
             if endpoint == "metrics":
                 if not self.metrics_enabled:
                     raise NotFound()
-                return self._metrics_app(environ, start_response)
-            response = getattr(self, f"_{endpoint}")(request, **args)
+                if "name[]" in unquote(environ.get("QUERY_STRING", "")):  # filtering by metric name: rare, not cached
+                    return self._filtered_metrics_app(environ, start_response)
+                response = self._metrics(request)
+            else:
+                response = getattr(self, f"_{endpoint}")(request, **args)
         except HTTPException as exc:
             response = exc.get_response(environ)
         except Exception:
             log.exception("hirefire-exporter: error while serving %s", _TOKEN_IN_PATH.sub("/<token>/", request.path))
             response = InternalServerError().get_response(environ)
         return response(environ, start_response)
+
+    def _metrics(self, request: Request) -> Response:
+        gzipped = "gzip" in request.headers.get("Accept-Encoding", "")
+        body, content_type = self.exposition.body(request.headers.get("Accept", ""), gzipped)
+        headers = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if gzipped else {"Vary": "Accept-Encoding"}
+        return Response(body, content_type=content_type, headers=headers)
 
     def _test(self, request: Request) -> Response:
         return Response(TEST_BODY, mimetype="text/plain")

@@ -121,3 +121,35 @@ def test_metrics_can_be_switched_off(redis_conn):
     client = Client(ExporterApp(Collection([Fixed("worker", 1)]), "t", metrics=False))
     assert client.get("/metrics").status_code == 404
     assert client.get("/hirefire/t/info").status_code == 200
+
+
+def test_metrics_bodies_are_encoded_once_per_snapshot_and_stay_exact(redis_conn):
+    import gzip
+
+    from prometheus_client import CollectorRegistry, Counter
+
+    queue = rq.Queue("default", connection=redis_conn)
+    queue.enqueue("rq_jobs.noop")
+    live = Counter("web_requests", "A live metric, changing between snapshots.", registry=CollectorRegistry())
+    collection = Collection([RQProc("worker", connection=redis_conn)], max_age=60)
+    client = Client(ExporterApp(collection, "t", collectors=[live]))
+    open_metrics = {"Accept": "application/openmetrics-text; version=1.0.0"}
+
+    first = client.get("/metrics", headers=open_metrics).get_data(as_text=True)
+    live.inc()
+    second = client.get("/metrics", headers=open_metrics).get_data(as_text=True)
+    assert 'hirefire_proc_jobs{proc="worker"} 1.0' in second
+    assert "web_requests_total 0.0" in first and "web_requests_total 1.0" in second  # live part: fresh every scrape
+    assert second.count("# EOF") == 1 and second.endswith("# EOF\n")
+    assert collection.cycles == 1
+
+    zipped = client.get("/metrics", headers={"Accept-Encoding": "gzip"})
+    assert zipped.headers["Content-Encoding"] == "gzip"
+    assert gzip.decompress(zipped.data) == client.get("/metrics").data
+
+    queue.enqueue("rq_jobs.noop")
+    collection.max_age = 0  # the next scrape runs a new cycle: its body must say so
+    assert 'hirefire_proc_jobs{proc="worker"} 2.0' in client.get("/metrics").get_data(as_text=True)
+
+    filtered = client.get("/metrics?name[]=hirefire_proc_up").get_data(as_text=True)
+    assert 'hirefire_proc_up{proc="worker"} 1.0' in filtered and "hirefire_proc_jobs" not in filtered
