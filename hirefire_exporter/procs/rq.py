@@ -75,24 +75,34 @@ class RQProc(RedisProc, ClientProc):
 
     def latency_commands(self, depth: list[Any]) -> list[Command]:
         """``enqueued_at`` of the job at the head of each non-empty queue."""
-        return [("HGET", f"{self.prefix}:job:{head}", "enqueued_at") for head in self._heads(depth)]
+        p = self.prefix  # once: it reads the environment
+        return [("HGET", f"{p}:job:{head}", "enqueued_at") for head in self._heads(depth)]
 
     def build_reading(self, depth: list[Any], latency: list[Any], now: float) -> Reading:
         enqueued_at = iter(latency)
         queues = []
-        for q, head, replies in zip(self.queues, self._heads(depth, keep_empty=True), self._per_queue(depth)):
-            counts = dict(zip(_STATES, (int(r) for r in replies[:-1])))
-            counts["started"] += counts.pop("intermediate")
-            age = None if head is None else _age(next(enqueued_at), now)
-            queues.append(QueueReading(q, counts, COUNTED, 0.0 if counts["queued"] == 0 else age))
+        for i, q in enumerate(self.queues):  # replies in the order of _STATES, then the head job's id
+            r = depth[i * _PER_QUEUE : (i + 1) * _PER_QUEUE]
+            queued = int(r[0])
+            counts = {
+                "queued": queued,
+                "started": int(r[1]) + int(r[2]),  # popped but not yet registered + running
+                "due": int(r[3]),
+                "scheduled": int(r[4]),
+                "deferred": int(r[5]),
+                "failed": int(r[6]),
+            }
+            age = None if r[7] is None else _age(next(enqueued_at), now)
+            queues.append(QueueReading(q, counts, COUNTED, 0.0 if queued == 0 else age))
         return Reading.from_queues(queues)
 
     def _per_queue(self, depth: list[Any]) -> list[list[Any]]:
         return [depth[i : i + _PER_QUEUE] for i in range(0, len(depth), _PER_QUEUE)]
 
-    def _heads(self, depth: list[Any], keep_empty: bool = False) -> list[str | None]:
-        heads = [as_text(replies[-1]) for replies in self._per_queue(depth)]
-        return heads if keep_empty else [h for h in heads if h is not None]
+    def _heads(self, depth: list[Any]) -> list[str]:
+        """The ids of the jobs at the head of the non-empty queues."""
+        heads = (as_text(replies[-1]) for replies in self._per_queue(depth))
+        return [h for h in heads if h is not None]
 
 
 def _age(enqueued_at: Any, now: float) -> float | None:

@@ -1,0 +1,130 @@
+"""What the benchmarks share: a private redis-server, command statistics, RQ queues, process figures from /proc."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime
+
+import redis
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[int]:
+    """A throwaway redis-server on a free loopback port (nobody else's commands in its statistics)."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("bench: redis-server is not on PATH (apt-get install redis-server)")
+    port = free_port()
+    with tempfile.TemporaryDirectory(prefix="hirefire-bench-redis-") as tmp:
+        process = subprocess.Popen(
+            [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", tmp],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            client = redis.Redis(port=port)
+            for _ in range(100):
+                with contextlib.suppress(redis.ConnectionError):
+                    client.ping()
+                    break
+                time.sleep(0.05)
+            client.close()
+            yield port
+        finally:
+            process.terminate()
+            process.wait(10)
+
+
+def command_stats(client: redis.Redis) -> tuple[dict[str, int], dict[str, int]]:
+    """Calls and microseconds per command since the last CONFIG RESETSTAT, without the benchmark's own INFO/CONFIG."""
+    stats = client.info("commandstats")
+    calls = {name.removeprefix("cmdstat_"): int(value["calls"]) for name, value in stats.items()}
+    usec = {name.removeprefix("cmdstat_"): int(value["usec"]) for name, value in stats.items()}
+    for own in ("info", "config|resetstat", "config"):
+        calls.pop(own, None)
+        usec.pop(own, None)
+    return calls, usec
+
+
+# --- RQ queues ----------------------------------------------------------------------------------------------------
+
+
+def queue_names(count: int, prefix: str = "bench") -> list[str]:
+    return [f"{prefix}-{i:04d}" for i in range(count)]
+
+
+def make_rq_queues(client: redis.Redis, names: list[str], jobs_per_queue: int = 3) -> None:
+    """RQ's own key layout (RQ 2 and 3 alike): waiting jobs with their hashes, one running and one due job per queue,
+    every queue registered in ``rq:queues`` (which rq-exporter lists). Written directly: far faster than enqueueing."""
+    now = time.time()
+    stamp = datetime.fromtimestamp(now - 30, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    pipe = client.pipeline(transaction=False)
+    for n, name in enumerate(names):
+        ids = [f"{name}-job-{j}" for j in range(jobs_per_queue)]
+        for job_id in ids:
+            pipe.hset(
+                f"rq:job:{job_id}",
+                mapping={"enqueued_at": stamp, "created_at": stamp, "status": "queued", "origin": name},
+            )
+        if ids:
+            pipe.rpush(f"rq:queue:{name}", *ids)
+        pipe.zadd(f"rq:wip:{name}", {f"{name}-running": now + 3600})
+        pipe.zadd(f"rq:scheduled:{name}", {f"{name}-due": now - 5})
+        pipe.sadd("rq:queues", f"rq:queue:{name}")
+        if n % 500 == 499:
+            pipe.execute()
+    pipe.execute()
+
+
+def fill_queue(client: redis.Redis, name: str, jobs: int) -> None:
+    """Make ``rq:queue:<name>`` hold ``jobs`` job ids (only the head job gets a hash: nothing reads the others)."""
+    make_rq_queues(client, [name], jobs_per_queue=1)
+    chunk = 10_000
+    for start in range(1, jobs, chunk):
+        client.rpush(f"rq:queue:{name}", *(f"{name}-job-{j}" for j in range(start, min(jobs, start + chunk))))
+
+
+def rss_bytes(pid: int | None = None) -> int:
+    with open(f"/proc/{pid or os.getpid()}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
+def threads_of(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("Threads:"):
+                return int(line.split()[1])
+    return 0
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def tcp_connections(pid: int) -> int:
+    """Open sockets of a process (listening socket included)."""
+    count = 0
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        with contextlib.suppress(OSError):
+            if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
+                count += 1
+    return count
