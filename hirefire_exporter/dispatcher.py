@@ -93,14 +93,13 @@ class Dispatcher:
         """Buffer one queue time (``at``: when it was measured, unix seconds) and make sure the thread runs."""
         if os.getpid() != self._pid:  # forked: the parent's thread and buffer are not ours
             self._reset()
-        if self._stopping.is_set():  # stopped for good (shutting down): nothing would send it
-            return
         second = int(self._clock() if at is None else at)
-        with self._lock:
+        with self._lock:  # the same lock as stop(): a request racing a stop never brings the thread back
+            if self._stopping.is_set():  # stopped for good (shutting down): nothing would send it
+                return
             self._buffer.setdefault(second, []).append(int(ms))
-            running = self._thread is not None
-        if not running:
-            self.start()
+            if self._thread is None:
+                self._start()
 
     def pending(self) -> Buffer:
         """A copy of what is waiting to be sent."""
@@ -110,13 +109,16 @@ class Dispatcher:
     # -- the background side ---------------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the background thread (idempotent)."""
+        """Start the background thread (idempotent; after :meth:`stop`, starts it again)."""
         with self._lock:
-            if self._thread is not None:
-                return
-            self._stopping.clear()
-            self._thread = threading.Thread(target=self._run, name="hirefire-dispatcher", daemon=True)
-            self._thread.start()
+            if self._thread is None:
+                self._stopping.clear()
+                self._start()
+
+    def _start(self) -> None:
+        """With the lock held."""
+        self._thread = threading.Thread(target=self._run, name="hirefire-dispatcher", daemon=True)
+        self._thread.start()
         atexit.register(self.stop)
 
     def stop(self, flush: bool = True) -> None:
@@ -125,13 +127,16 @@ class Dispatcher:
             thread, self._thread = self._thread, None
             self._stopping.set()
         if thread is not None and thread is not threading.current_thread():
-            thread.join(self.timeout + self.interval + 1)
+            # the stop event ends its wait at once (whatever the interval): only a POST in flight remains, whose
+            # connect and answer are each bounded by the timeout
+            thread.join(2 * self.timeout + 1)
         atexit.unregister(self.stop)
         if flush:
             self.dispatch()
 
     @property
     def running(self) -> bool:
+        """Whether the background thread is alive."""
         thread = self._thread
         return thread is not None and thread.is_alive()
 

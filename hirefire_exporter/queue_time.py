@@ -88,7 +88,8 @@ class _QueueTimeCollector(Collector):
     enabled = False
 
     def describe(self) -> Iterator[Metric]:
-        return iter(())
+        """The histogram's names, always: a registry looks them up to answer ``/metrics?name[]=...``."""
+        return iter(HISTOGRAM.describe())
 
     def collect(self) -> Iterator[Metric]:
         return iter(HISTOGRAM.collect() if self.enabled else ())

@@ -102,6 +102,20 @@ def test_the_dispatch_setting_needs_a_token(monkeypatch):
     assert json.dumps(contrib.queue_timer(dispatch_url="").dispatcher) == "null"
 
 
+@pytest.mark.parametrize(("root_path", "path"), [("/hire", "/hirefire/t/info"), ("/hire", "/hire/hirefire/t/info")])
+def test_a_mount_point_is_stripped_only_as_a_whole_path_segment(worker, root_path, path):
+    """Servers that leave root_path out of path (the older convention) and those that put it in both reach /info."""
+    app = HireFireMiddleware(starlette_app(), [worker], "t")
+
+    async def main() -> tuple[int, bytes]:
+        transport = httpx.ASGITransport(app=app, root_path=root_path)
+        async with httpx.AsyncClient(transport=transport, base_url="http://testserver") as client:
+            reply = await client.get(path)
+        return reply.status_code, reply.content
+
+    assert asyncio.run(main()) == (200, json.dumps(contract.worker_info(JOBS)).encode())
+
+
 def test_lifespan_and_head_requests(worker):
     from contextlib import asynccontextmanager
 

@@ -76,6 +76,14 @@ def test_a_misconfigured_proc_path_fails_at_start_up_naming_the_setting():
         HireFireMiddleware(host_app, ["mysite.nope.WorkerProc"], setting="HIREFIRE_PROCS")
 
 
+@pytest.mark.parametrize(("option", "value"), [("timeout", float("nan")), ("max_age", -1), ("stale_after", "60")])
+def test_a_duration_option_that_is_not_a_number_of_seconds_fails_at_start_up(worker, option, value):
+    from hirefire_exporter.contrib.wsgi import HireFireMiddleware
+
+    with pytest.raises(ProcConfigError, match=f"^{option} must be a number of seconds from 0 to 31536000, got"):
+        HireFireMiddleware(host_app, [worker], "s3cret", **{option: value})
+
+
 def test_every_adapter_in_one_process_shares_one_collection(worker):
     import flask
 
@@ -109,6 +117,19 @@ def test_queue_time_is_measured_for_every_request_and_served_on_metrics(worker, 
     app = HireFireMiddleware(host_app, [worker], "s3cret", metrics=True, queue_time=queue_timer(log=True))
     contract.check(contract.measures_queue_time("/orders", b"host /orders", metrics=True), getter(app))
     assert len(contract.router_lines(capsys.readouterr().out)) == 1
+
+
+def test_a_metrics_name_filter_finds_the_queue_time_histogram(worker):
+    from hirefire_exporter.contrib import queue_timer
+    from hirefire_exporter.contrib.wsgi import HireFireMiddleware
+
+    client = Client(HireFireMiddleware(host_app, [worker], "s3cret", metrics=True, queue_time=queue_timer(log=False)))
+    assert client.get("/orders", headers=contract.STAMPED).status_code == 200
+    full = client.get("/metrics").get_data(as_text=True)
+    only = client.get("/metrics?name[]=hirefire_request_queue_seconds_count").get_data(as_text=True)
+    count = samples(full, "hirefire_request_queue_seconds_count")
+    assert samples(only, "hirefire_request_queue_seconds_count") == count and count[()] >= 1
+    assert samples(only, "hirefire_proc_jobs") == {}
 
 
 def test_building_every_adapter_talks_to_no_broker():

@@ -184,3 +184,42 @@ def test_queue_times_from_an_adapter_reach_hirefire(hirefire, monkeypatch):
     assert headers["HireFire-Token"] == "s3cret"
     values = [ms for second in body.values() for ms in second]
     assert len(values) == 2 and all(isinstance(ms, int) and ms > 0 for ms in values)
+
+
+def test_a_request_racing_stop_never_brings_the_thread_back(hirefire):
+    """stop() landing while a request is in add() (here: from the clock add() reads) leaves the dispatcher stopped."""
+    dispatcher = Dispatcher(hirefire.url, "t", interval=3600, clock=lambda: stop_then(1_700_000_000))
+
+    def stop_then(now: float) -> float:
+        dispatcher.stop(flush=False)
+        return now
+
+    dispatcher.add(5)
+    assert (dispatcher.running, dispatcher.pending()) == (False, {})
+
+
+def test_the_token_given_to_an_adapter_is_the_one_dispatched(hirefire, monkeypatch):
+    """HIREFIRE_DISPATCH_URL with the token passed to the adapter (no HIREFIRE_TOKEN in the environment)."""
+    from werkzeug.test import Client
+    from werkzeug.wrappers import Response
+
+    from hirefire_exporter import contrib
+    from hirefire_exporter.contrib.wsgi import HireFireMiddleware
+    from hirefire_exporter.procs.base import Proc
+
+    class Idle(Proc):
+        queues = ["default"]
+
+        def quantity(self, **kwargs: Any) -> int:
+            return 0
+
+    monkeypatch.setenv("HIREFIRE_DISPATCH_URL", hirefire.url)
+    monkeypatch.delenv("HIREFIRE_TOKEN", raising=False)
+    try:
+        app = HireFireMiddleware(Response("ok"), [Idle("worker")], "from-the-app", queue_time=True)
+        assert Client(app).get("/", headers={"X-Request-Start": "t=1700000000000"}).status_code == 200
+        app.queue_timer.dispatcher.stop()
+    finally:
+        contrib.reset()
+    ((headers, body),) = hirefire.posts
+    assert (headers["HireFire-Token"], [len(values) for values in body.values()]) == ("from-the-app", [1])

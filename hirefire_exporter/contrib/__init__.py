@@ -20,12 +20,13 @@ from werkzeug.wrappers import Response
 
 from ..app import ExporterApp
 from ..collection import Collection
+from ..config import _seconds
 from ..dispatcher import Dispatcher, normalize_url
 from ..loading import load_procs
 from ..procs.base import Proc, ProcConfigError
 from ..queue_time import COLLECTOR, QueueTimer
 
-__all__ = ["ProcConfigError", "exporter_app", "queue_timer", "reset", "serve", "timer_from_option"]
+__all__ = ["ProcConfigError", "exporter_app", "queue_timer", "reset", "serve", "timer_from_option", "wsgi_path"]
 
 ProcSpecs = Sequence[Proc | str | type] | str
 App = TypeVar("App")
@@ -59,9 +60,13 @@ def exporter_app(
     """The process's exporter for these procs (dotted paths, classes or instances) and options, built on first use.
 
     ``/healthz`` is left out (the host app may have its own) and ``/metrics`` is off unless ``metrics=True``.
-    Raises :class:`ProcConfigError` naming ``setting`` when a proc cannot be loaded.
+    Raises :class:`ProcConfigError` naming ``setting`` when a proc cannot be loaded, or the option that is not a
+    number of seconds.
     """
-    collection_key = (_procs_key(procs), float(max_age), float(stale_after), float(timeout))
+    max_age = _seconds(max_age, "max_age")
+    stale_after = _seconds(stale_after, "stale_after")
+    timeout = _seconds(timeout, "timeout")
+    collection_key = (_procs_key(procs), max_age, stale_after, timeout)
     app_key = (collection_key, token, bool(metrics))
     with _lock:
         app = _apps.get(app_key)
@@ -102,17 +107,24 @@ def queue_timer(*, log: bool = True, dispatch_url: str | None = None, token: str
         return timer
 
 
-def timer_from_option(option: bool | QueueTimer | None) -> QueueTimer | None:
-    """An adapter's ``queue_time`` argument: False/None (off), True (:func:`queue_timer` defaults) or a timer."""
+def timer_from_option(option: bool | QueueTimer | None, token: str | None = None) -> QueueTimer | None:
+    """An adapter's ``queue_time`` argument: False/None (off), True (:func:`queue_timer` defaults, dispatching with
+    the adapter's ``token`` when it has one) or a timer."""
     if isinstance(option, QueueTimer):
         return option
-    return queue_timer() if option else None
+    return queue_timer(token=token) if option else None
+
+
+def wsgi_path(path: str) -> str:
+    """A decoded URL path as a WSGI ``PATH_INFO`` (PEP 3333: the UTF-8 bytes as latin-1 text)."""
+    return path.encode("utf-8").decode("latin-1")
 
 
 class ExporterMiddleware(Generic[App]):
     """What the WSGI and ASGI ``HireFireMiddleware`` share: the wrapped ``app``, the process's exporter, the timer.
 
-    ``token``: the HireFire token (default ``HIREFIRE_TOKEN``). ``metrics``: also serve ``/metrics``.
+    ``token``: the HireFire token (default ``HIREFIRE_TOKEN``), also what queue times are dispatched with.
+    ``metrics``: also serve ``/metrics``.
     ``queue_time``: measure request queue time (True, or a :func:`queue_timer`).
     ``options``: ``max_age``, ``stale_after``, ``timeout``, ``setting`` (the name used in error messages; the
     default is the subclass's :attr:`setting`).
@@ -133,7 +145,7 @@ class ExporterMiddleware(Generic[App]):
         self.app = app
         options.setdefault("setting", self.setting)
         self.exporter = exporter_app(procs, token, metrics=metrics, **options)
-        self.queue_timer = timer_from_option(queue_time)
+        self.queue_timer = timer_from_option(queue_time, token)
 
 
 def serve(app: ExporterApp, environ: dict[str, Any]) -> Response:

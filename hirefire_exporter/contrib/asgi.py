@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 from ..queue_time import QueueTimer
-from . import ExporterMiddleware, serve, timer_from_option
+from . import ExporterMiddleware, serve, timer_from_option, wsgi_path
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -38,10 +38,11 @@ async def _in_thread(function: Callable[..., Any], *args: Any) -> Any:
 
 
 def _path(scope: Scope) -> str:
-    """The path below the app's mount point (``root_path``), as the exporter routes it."""
+    """The path below the app's mount point, as the exporter routes it. Servers disagree on whether ``path``
+    includes ``root_path`` (the ASGI spec now says it does): strip it only when it is a whole leading segment."""
     path: str = scope.get("path", "")
-    root = scope.get("root_path", "")
-    if root and path.startswith(root):
+    root: str = scope.get("root_path", "").rstrip("/")
+    if root and (path == root or path.startswith(root + "/")):
         path = path[len(root) :]
     return path
 
@@ -51,8 +52,8 @@ def environ_from_scope(scope: Scope) -> dict[str, Any]:
     server = scope.get("server") or ("localhost", 80)
     environ: dict[str, Any] = {
         "REQUEST_METHOD": scope.get("method", "GET"),
-        "SCRIPT_NAME": scope.get("root_path", "").encode("utf-8").decode("latin-1"),
-        "PATH_INFO": _path(scope).encode("utf-8").decode("latin-1"),
+        "SCRIPT_NAME": wsgi_path(scope.get("root_path", "")),
+        "PATH_INFO": wsgi_path(_path(scope)),
         "QUERY_STRING": scope.get("query_string", b"").decode("latin-1"),
         "SERVER_NAME": str(server[0]),
         "SERVER_PORT": str(server[1] if server[1] is not None else 80),

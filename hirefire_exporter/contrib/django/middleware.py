@@ -25,8 +25,9 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
 
+from ...config import _seconds
 from ...procs.base import ProcConfigError
-from .. import exporter_app, queue_timer, serve
+from .. import exporter_app, queue_timer, serve, wsgi_path
 
 _DEFAULTS = {"HIREFIRE_MAX_AGE": 5.0, "HIREFIRE_STALE_AFTER": 60.0, "HIREFIRE_TIMEOUT": 3.0}
 
@@ -36,7 +37,7 @@ def _environ(request: HttpRequest) -> dict[str, Any]:
     environ.update(
         {
             "REQUEST_METHOD": request.method or "GET",
-            "PATH_INFO": request.path_info.encode("utf-8").decode("latin-1"),
+            "PATH_INFO": wsgi_path(request.path_info),
             "SERVER_NAME": environ.get("SERVER_NAME") or "localhost",
             "SERVER_PORT": str(environ.get("SERVER_PORT") or "80"),
             "wsgi.url_scheme": request.scheme or "http",
@@ -56,6 +57,9 @@ def _django_response(request: HttpRequest, exporter: Any) -> HttpResponse:
 
 
 class HireFireMiddleware:
+    """Answers HireFire's routes (and ``/metrics`` with ``HIREFIRE_METRICS``) and hands every other request to the
+    next middleware; sync or async, whichever Django's handler is."""
+
     sync_capable = True
     async_capable = True
 
@@ -69,13 +73,8 @@ class HireFireMiddleware:
             raise ImproperlyConfigured(
                 "HIREFIRE_PROCS: set it to a list of dotted paths to your procs, e.g. ['mysite.procs.WorkerProc']"
             )
-        options = {}
-        for key, default in _DEFAULTS.items():
-            value = getattr(settings, key, default)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise ImproperlyConfigured(f"{key} must be a number of seconds, got {value!r}")
-            options[key] = float(value)
         try:
+            options = {key: _seconds(getattr(settings, key, default), key) for key, default in _DEFAULTS.items()}
             self.exporter = exporter_app(
                 procs,
                 getattr(settings, "HIREFIRE_TOKEN", None),
@@ -101,14 +100,14 @@ class HireFireMiddleware:
         if self.is_async:
             return self.__acall__(request)
         if self.queue_timer is not None:
-            self.queue_timer.observe(request.META.get("HTTP_X_REQUEST_START"))
+            self.queue_timer.observe_environ(request.META)
         if self.exporter.handles(request.path_info):
             return _django_response(request, self.exporter)
         return self.get_response(request)
 
     async def __acall__(self, request: HttpRequest) -> Any:
         if self.queue_timer is not None:
-            self.queue_timer.observe(request.META.get("HTTP_X_REQUEST_START"))
+            self.queue_timer.observe_environ(request.META)
         if self.exporter.handles(request.path_info):
             # the cycle may wait on a broker: never on the event loop
             return await sync_to_async(_django_response, thread_sensitive=False)(request, self.exporter)

@@ -15,7 +15,7 @@ from flask import Blueprint, request
 from werkzeug.wrappers import Response
 
 from ...queue_time import QueueTimer
-from .. import ProcSpecs, exporter_app, serve, timer_from_option
+from .. import ProcSpecs, exporter_app, serve, timer_from_option, wsgi_path
 
 
 def build_hirefire_blueprint(
@@ -28,16 +28,16 @@ def build_hirefire_blueprint(
     **options: Any,
 ) -> Blueprint:
     """A blueprint serving ``/hirefire/<token>/info``, ``/hirefire``, ``/hirefire/test`` and, with ``metrics``,
-    ``/metrics``. ``queue_time`` measures every request of the app (see the README). ``options``: ``max_age``,
-    ``stale_after``, ``timeout``, ``setting``."""
+    ``/metrics``. ``queue_time`` measures every request of the app (see the README; dispatched with ``token``).
+    ``options``: ``max_age``, ``stale_after``, ``timeout``, ``setting``."""
     options.setdefault("setting", "build_hirefire_blueprint procs")
     exporter = exporter_app(procs, token, metrics=metrics, **options)
-    timer = timer_from_option(queue_time)
+    timer = timer_from_option(queue_time, token)
     blueprint = Blueprint(name, __name__)
 
     def _serve(path: str) -> Response:
         # the exporter routes from the root, whatever url_prefix the blueprint got
-        return serve(exporter, {**request.environ, "PATH_INFO": path.encode("utf-8").decode("latin-1")})
+        return serve(exporter, {**request.environ, "PATH_INFO": wsgi_path(path)})
 
     def header_info() -> Response:
         return _serve("/hirefire")
