@@ -7,6 +7,7 @@ import pytest
 from hirefire_exporter.loading import load_proc, proc_from_table
 from hirefire_exporter.procs.base import ProcConfigError
 from hirefire_exporter.procs.celery import CeleryProc
+from hirefire_exporter.procs.celery_inspect import Sightings
 
 
 def test_old_api_defaults():
@@ -32,7 +33,7 @@ def test_toml_table_with_a_broker_url_and_options():
     proc = proc_from_table(table, 0)
     proc.validate()
     assert proc.supports_latency
-    assert [proc._lists(q) for q in proc.queues] == [["app:high", "app:high\x06\x165"], ["app:low", "app:low\x06\x165"]]
+    assert [proc._lists(q) for q in proc.queues] == [("app:high", "app:high\x06\x165"), ("app:low", "app:low\x06\x165")]
     assert proc.redis_client().connection_pool.connection_kwargs["db"] == 3
 
 
@@ -42,6 +43,12 @@ def test_toml_table_with_a_broker_url_and_options():
         ({"inspect_statuses": ["active", "revoked"]}, "inspect_statuses must be a list of"),
         ({"inspect_statuses": "active"}, "inspect_statuses must be a list of"),
         ({"workers": 0}, "workers must be a positive integer"),
+        ({"inspect_forget_after": 0}, "inspect_forget_after must be a positive number of seconds, got 0"),
+        ({"inspect_forget_after": -5}, "inspect_forget_after must be a positive number of seconds, got -5"),
+        ({"inspect_forget_after": float("inf")}, "inspect_forget_after must be a positive number of seconds, got inf"),
+        ({"inspect_forget_after": float("nan")}, "inspect_forget_after must be a positive number of seconds, got nan"),
+        ({"inspect_forget_after": "300"}, "inspect_forget_after must be a positive number of seconds, got '300'"),
+        ({"inspect_forget_after": True}, "inspect_forget_after must be a positive number of seconds, got True"),
         ({"metric": "latency"}, "cannot measure job latency"),  # RabbitMQ without management_url
         ({"app": "no_such_module.app"}, "cannot import Celery app 'no_such_module.app'"),
         ({"prefetch": 4}, "unknown option 'prefetch'"),
@@ -51,6 +58,37 @@ def test_misconfiguration_names_the_proc(options, message):
     with pytest.raises(ProcConfigError, match=message):
         proc = CeleryProc("worker", url="amqp://guest:guest@127.0.0.1:5672//", **options)
         proc.validate()
+
+
+def test_inspect_forget_after_defaults_to_five_minutes_and_is_read_from_toml():
+    assert CeleryProc("worker", url="redis://127.0.0.1:6399/0").inspect_forget_after == 300
+    table = {"name": "worker", "backend": "celery", "url": "redis://127.0.0.1:6399/0", "inspect_forget_after": 90.5}
+    proc = proc_from_table(table, 0)
+    proc.validate()
+    assert proc.inspect_forget_after == 90.5
+
+
+def test_a_worker_silent_past_inspect_forget_after_is_reported_gone_once_and_back_when_it_answers():
+    """The bookkeeping behind ``inspect_forget_after``, on a clock the test moves (the real-worker cases are in
+    test_celery_redis.py)."""
+    now = [100.0]
+    sightings = Sightings(10, clock=lambda: now[0])
+
+    assert sightings.sort({"a", "b"}) == ({"a", "b"}, [])
+    now[0] = 105.0
+    sightings.answered({"a"})
+    now[0] = 110.0
+    assert sightings.sort({"a", "b"}) == ({"a", "b"}, [])  # 10 s is not longer than 10 s
+    now[0] = 110.5  # b never answered: counted from when it was first seen
+    assert sightings.sort({"a", "b"}) == ({"a"}, ["b"])
+    assert sightings.sort({"a", "b"}) == ({"a"}, [])  # reported once while it stays gone
+    sightings.answered({"b"})
+    assert sightings.sort({"a", "b", "c"}) == ({"a", "b", "c"}, [])  # b is back, and expected again
+    now[0] = 121.0
+    assert sightings.sort({"a", "b", "c"}) == (set(), ["a", "b", "c"])  # b gone again: reported again
+    now[0] = 122.0
+    assert sightings.sort({"c"}) == (set(), [])  # a and b removed from the set (SREM): forgotten
+    assert sightings.sort({"a", "c"}) == ({"a"}, [])  # a seen anew starts a new window
 
 
 def test_rabbitmq_with_the_management_api_measures_latency():

@@ -9,6 +9,8 @@ import subprocess
 import tempfile
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from urllib.parse import urlsplit
 
 import pytest
@@ -200,6 +202,20 @@ def management():
             os.environ["HIREFIRE_TEST_RABBITMQ_MANAGEMENT_URL"],
         )
         return
+    with _private_node() as urls:
+        yield urls
+
+
+@pytest.fixture(scope="session")
+def management_without_statistics():
+    """Like ``management``, on a node that collects no queue statistics (Prometheus-only setups turn them off)."""
+    with _private_node("management_agent.disable_metrics_collector = true\n") as urls:
+        yield urls
+
+
+@contextmanager
+def _private_node(extra_config: str = "") -> Iterator[tuple[str, str]]:
+    """A throwaway RabbitMQ node with the management plugin on free loopback ports: (amqp_url, management_url)."""
     server = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # the node script itself (/usr/sbin/... is a wrapper)
     if not os.path.exists(server):
         server = shutil.which("rabbitmq-server") or server
@@ -212,6 +228,7 @@ def management():
             f.write(
                 f"listeners.tcp.default = 127.0.0.1:{amqp_port}\nmanagement.tcp.port = {http_port}\n"
                 "management.tcp.ip = 127.0.0.1\nloopback_users = none\ncollect_statistics_interval = 200\n"
+                + extra_config
             )
         with open(f"{tmp}/enabled_plugins", "w") as f:
             f.write("[rabbitmq_management].\n")
@@ -279,7 +296,10 @@ def test_management_api_gives_ready_unacked_and_latency_in_one_request(managemen
     try:
 
         def settled():
-            reading = proc.read({})
+            try:
+                reading = proc.read({})
+            except LookupError:  # queues declared a moment ago: the node has no statistics for them yet
+                return False
             return blocker.started() == 1 and jobs(reading, q) == {"queued": 2, "reserved": 5} and reading
 
         reading = wait_for(settled, "2 ready and 3 prefetched + 2 ETA unacknowledged in the API")
@@ -307,6 +327,26 @@ def test_management_api_errors_name_the_api_but_not_the_password(management):
     with pytest.raises(ConnectionError) as info:
         proc.read({})
     assert "401" in str(info.value) and "wrong-secret" not in str(info.value)
+
+
+def test_management_api_without_message_counts_fails_the_proc_instead_of_reading_zero(
+    management_without_statistics, redis_conn
+):
+    """A node that collects no statistics lists its queues by name only: their counts are unknown, not 0."""
+    amqp, api = management_without_statistics
+    q = unique("nostats")
+    app = app_for(amqp, [[q, "", "direct", q, 0]])
+    declare(app)
+    Blocker(app, redis_conn).send(3, queue=q)
+    assert wait_for(lambda: CeleryProc("worker", queues=[q], app=app).read({}).quantity == 3, "3 ready messages")
+
+    status = Collection([CeleryProc("worker", queues=[q, unique("missing")], app=app, management_url=api)]).collect()
+
+    assert status.procs[0].up is False and status.procs[0].reading is None
+    assert status.procs[0].error == (
+        f"LookupError: the RabbitMQ management API lists {q!r} without message counts (statistics not collected yet,"
+        " or disabled by management_agent.disable_metrics_collector)"
+    )
 
 
 def redis_conn_url(client) -> str:

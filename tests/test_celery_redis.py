@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import signal
 import time
 
 import pytest
@@ -175,6 +177,21 @@ def test_a_worker_that_misses_the_inspect_reply_fails_the_proc(redis_conn, redis
     with pytest.raises(InspectIncomplete, match="0 of 1 workers"):
         proc.read({})
 
+    # killed without shutting down, a worker leaves its binding: Redis cannot tell it from a busy one, so the proc
+    # keeps failing, and says how to clear it
+    workers[0].process.kill()
+    workers[0].process.wait(10)
+    proc.workers = None
+    pidbox = f"_kombu.binding.{app.conf.control_exchange}.pidbox"
+    assert redis_conn.scard(pidbox) == 1
+    with pytest.raises(InspectIncomplete) as info:
+        proc.read({})
+    assert str(info.value) == (
+        f"inspect active: no answer within 0.3s from {workers[0].hostname} (a busy worker would read as holding no"
+        f" tasks); or the worker was killed without shutting down and left its member in the Redis set {pidbox!r}:"
+        " remove it (SREM), or set `workers`"
+    )
+
 
 def test_one_cycle_broadcasts_each_inspect_method_once(redis_conn, redis_url, workers, monkeypatch):
     a, b = unique("a"), unique("b")
@@ -325,3 +342,98 @@ def test_a_binding_table_of_the_wrong_type_fails_the_proc_saying_why(redis_conn,
     redis_conn.set("_kombu.binding.tasks", "a string where kombu keeps a set")
     status = Collection([CeleryProc("worker", url=redis_url)]).collect().procs[0]
     assert status.up is False and status.error.startswith("ResponseError: WRONGTYPE")
+
+
+def warnings_of(caplog):
+    return [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+
+
+def answered_read(proc, queue):
+    """The queue's jobs once every expected worker answers (workers answer slowly for a moment after start-up)."""
+    try:
+        return jobs(proc.read({}), queue)
+    except InspectIncomplete:
+        return None
+
+
+def test_a_killed_workers_leftover_binding_fails_the_proc_only_until_inspect_forget_after(
+    redis_conn, redis_url, workers, caplog
+):
+    """A SIGKILLed worker (Heroku kills a dyno 30 s after SIGTERM) never removes its broadcast binding: its silence
+    fails the proc for ``inspect_forget_after`` seconds, then it is taken for gone (logged once) and the live worker's
+    tasks are counted exactly."""
+    q = unique("killed")
+    spec = [[q, "", "direct", q, 0]]
+    app = app_for(redis_url, spec)
+    dead, live = Worker(redis_url, spec, redis_url), Worker(redis_url, spec, redis_url)
+    workers += [dead, live]
+    proc = CeleryProc("worker", queues=[q], app=app, inspect_statuses=["active"])
+    proc.inspect_forget_after = 2
+    proc.validate()
+    wait_for(lambda: redis_conn.scard(f"_kombu.binding.{app.conf.control_exchange}.pidbox") == 2, "both bindings")
+    idle = {"queued": 0, "reserved": 0, "scheduled": 0, "started": 0}
+    assert wait_for(lambda: answered_read(proc, q), "both workers to answer") == idle
+    answered_by = time.monotonic()  # both workers answered before this
+
+    dead.process.kill()
+    dead.process.wait(10)
+    blocker = Blocker(app, redis_conn)
+    blocker.send(3, queue=q)
+    wait_for(lambda: blocker.started() == 1 and redis_conn.hlen("unacked") == 1, "1 running + 1 prefetched")
+    pidbox = f"_kombu.binding.{app.conf.control_exchange}.pidbox"
+    member = f"\x06\x16\x06\x16{dead.hostname}.{app.conf.control_exchange}.pidbox"
+    assert redis_conn.sismember(pidbox, member)
+
+    with caplog.at_level(logging.WARNING, logger="hirefire_exporter"):
+        with pytest.raises(InspectIncomplete) as info:  # within the window: a busy worker is never read as idle
+            proc.read({})
+        assert str(info.value) == (
+            f"inspect active: no answer within 1s from {dead.hostname} (a busy worker would read as holding no"
+            f" tasks); or the worker was killed without shutting down and left its member in the Redis set"
+            f" {pidbox!r}: remove it (SREM), or set `workers`"
+        )
+        assert warnings_of(caplog) == []
+
+        time.sleep(max(0.0, answered_by + 2.05 - time.monotonic()))
+        readings = [jobs(proc.read({}), q) for _ in range(2)]
+
+    assert readings == [{"queued": 1, "reserved": 1, "scheduled": 0, "started": 1}] * 2
+    assert warnings_of(caplog) == [  # once, not once per cycle
+        f"proc 'worker': worker {dead.hostname!r} answered no broadcast for over 2s: taken for gone (killed without"
+        " shutting down?) and no longer waited for until it answers again; its member stays in the Redis set"
+        f" {pidbox!r}, remove it with: redis-cli SREM {pidbox} \"$(printf '\\006\\026\\006\\026{dead.hostname}."
+        f"{app.conf.control_exchange}.pidbox')\""
+    ]
+    assert redis_conn.sismember(pidbox, member)  # the exporter only reads: the member stays until removed
+
+
+def test_a_worker_taken_for_gone_that_answers_again_is_counted_and_waited_for_again(redis_conn, redis_url, workers):
+    q = unique("stopped")
+    spec = [[q, "", "direct", q, 0]]
+    app = app_for(redis_url, spec)
+    blocker = Blocker(app, redis_conn)
+    blocker.send(1, queue=q)
+    worker = Worker(redis_url, spec, redis_url)
+    workers.append(worker)
+    wait_for(lambda: blocker.started() == 1, "the task to start")
+    proc = CeleryProc("worker", queues=[q], app=app, inspect_statuses=["active"], inspect_forget_after=1)
+    running = {"queued": 0, "reserved": 0, "scheduled": 0, "started": 1}
+    assert wait_for(lambda: answered_read(proc, q), "the worker to answer") == running
+    answered_by = time.monotonic()
+
+    os.kill(worker.process.pid, signal.SIGSTOP)  # silent, not dead (as a worker stuck for minutes would be)
+    try:
+        with pytest.raises(InspectIncomplete, match=worker.hostname):
+            proc.read({})
+        time.sleep(max(0.0, answered_by + 1.05 - time.monotonic()))
+        assert jobs(proc.read({}), q) == {**running, "started": 0}  # taken for gone: what the rule accepts
+    finally:
+        os.kill(worker.process.pid, signal.SIGCONT)
+
+    assert wait_for(lambda: jobs(proc.read({}), q) == running, "the worker to answer again", timeout=10)
+    os.kill(worker.process.pid, signal.SIGSTOP)  # back: its silence fails the proc again at once
+    try:
+        with pytest.raises(InspectIncomplete, match=worker.hostname):
+            proc.read({})
+    finally:
+        os.kill(worker.process.pid, signal.SIGCONT)

@@ -26,18 +26,21 @@ it is read from the oldest message of each list (``LINDEX <list> -1``) on Redis 
 from __future__ import annotations
 
 import logging
+import math
 import re
+import shlex
 import time
 from collections import Counter
 from collections.abc import Iterable
+from functools import cached_property
 from importlib import import_module
 from typing import Any
 
 from ..redaction import redact, scrub_credentials
 from .base import ProcConfigError, QueueReading, Reading
-from .celery_inspect import METHODS, HeldTask, active_queues, inspect_tasks
+from .celery_inspect import METHODS, HeldTask, InspectIncomplete, Sightings, active_queues, inspect_tasks
 from .celery_rabbitmq import QueueCounts, declare_counts, management_counts, management_url_problem
-from .celery_redis import BindingTable, Unacked, binding_table, head_age, parse_unacked
+from .celery_redis import BindingTable, RedisKeys, Unacked, binding_table, head_age, parse_unacked
 from .celery_routing import Binding, declared_bindings, route
 from .redis_proc import Command, RedisProc, age_since, read_redis_procs
 
@@ -47,9 +50,6 @@ COUNTED = frozenset({"queued", "reserved", "scheduled", "started"})
 REDIS_SCHEMES = frozenset({"redis", "rediss"})
 #: Celery's broker when none is configured.
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
-#: kombu's Redis transport defaults.
-DEFAULT_SEP = "\x06\x16"
-DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
 _SSL_REQS = {"cert_none": "none", "cert_optional": "optional", "cert_required": "required"}
 
 
@@ -84,6 +84,11 @@ class CeleryProc(RedisProc):
     #: bindings) and so does RabbitMQ with ``management_url``; plain RabbitMQ waits the full timeout and checks the
     #: replies against the queues' consumer counts.
     workers: int | None = None
+    #: On Redis without ``workers``: a worker found in the broker that answered none of this proc's broadcasts for
+    #: this long (seconds; counted from when it was first seen if it never answered) is taken for one killed without
+    #: shutting down, whose binding stays behind: it is no longer waited for (logged once at WARNING). Until then its
+    #: silence fails the proc.
+    inspect_forget_after: float = 300.0
     #: RabbitMQ management API, e.g. ``https://user:password@host:15672``: ready + unacknowledged + latency for every
     #: queue in one HTTP request (figures about 5 s old) instead of one passive declare per queue.
     management_url: str | None = None
@@ -107,6 +112,11 @@ class CeleryProc(RedisProc):
             raise ProcConfigError(f"proc {self.name!r}: inspect_statuses must be a list of {METHODS}, got {statuses!r}")
         if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
             raise ProcConfigError(f"proc {self.name!r}: workers must be a positive integer, got {self.workers!r}")
+        forget = self.inspect_forget_after
+        if isinstance(forget, bool) or not isinstance(forget, int | float) or not 0 < forget < math.inf:
+            raise ProcConfigError(
+                f"proc {self.name!r}: inspect_forget_after must be a positive number of seconds, got {forget!r}"
+            )
         if self.management_url and (problem := management_url_problem(self.management_url)):
             raise ProcConfigError(f"proc {self.name!r}: management_url {problem}")
         if self._redis() is None:
@@ -199,42 +209,40 @@ class CeleryProc(RedisProc):
         """The Redis client the collection batches this proc's commands on; None (read on its own) when inspecting."""
         return None if self._broadcasts() else self._redis()
 
-    def _key(self, name: str) -> str:
-        return f"{self.options().get('global_keyprefix') or ''}{name}"
+    @cached_property
+    def _keys(self) -> RedisKeys:
+        """Where kombu keeps this proc's queues (worked out once: the app's configuration is read at start-up)."""
+        return RedisKeys.from_options(self.options())
 
-    def _unacked_key(self) -> str:
-        return self._key(self.options().get("unacked_key", "unacked"))
+    @cached_property
+    def _declared(self) -> list[Binding]:
+        """The bindings the app declares in ``task_queues`` (worked out once, like :attr:`_keys`)."""
+        return declared_bindings(self.celery_app().conf)
 
-    def _lists(self, queue: str) -> list[str]:
-        """The Redis lists holding ``queue``: kombu's ``_q_for_pri`` for every priority step."""
-        options = self.options()
-        sep = options.get("sep", DEFAULT_SEP)
-        steps = options.get("priority_steps", DEFAULT_PRIORITY_STEPS)
-        names = dict.fromkeys(f"{queue}{sep}{step}" if step else queue for step in steps)
-        return [self._key(name) for name in names]
+    def _lists(self, queue: str) -> tuple[str, ...]:
+        """The Redis lists holding ``queue``: the base list and one per priority step."""
+        return self._keys.lists(queue)
 
     def depth_commands(self, now: float) -> list[Command]:
         commands: list[Command] = []
         for queue in self.queues:
             for key in self._lists(queue):
                 commands += [("LLEN", key), ("LINDEX", key, -1)]
-        commands.append(("HVALS", self._unacked_key()))
+        commands.append(("HVALS", self._keys.unacked))
         return commands
 
     def latency_commands(self, depth: list[Any]) -> list[Command]:
         """The binding tables of the exchanges that unacked messages were published to (to find their queues)."""
-        return [("SMEMBERS", self._key(f"_kombu.binding.{ex}")) for ex in parse_unacked(depth[-1]).exchanges]
+        return [("SMEMBERS", self._keys.binding(ex)) for ex in parse_unacked(depth[-1]).exchanges]
 
     def build_reading(self, depth: list[Any], latency: list[Any], now: float) -> Reading:
         unacked = parse_unacked(depth[-1])
-        sep = self.options().get("sep", DEFAULT_SEP)
-        tables = {ex: binding_table(reply, sep) for ex, reply in zip(unacked.exchanges, latency)}
+        tables = {ex: binding_table(reply, self._keys.sep) for ex, reply in zip(unacked.exchanges, latency)}
         self._log_malformed(unacked.malformed, sum(table.malformed for table in tables.values()))
-        declared = declared_bindings(self.celery_app().conf)
         held: Counter[tuple[str, str]] = Counter()
         for entry in unacked.entries:
             state = "scheduled" if entry.eta is not None and entry.eta > now else "reserved"
-            for queue in _held_queues(entry, tables, declared):
+            for queue in _held_queues(entry, tables, self._declared):
                 held[queue, state] += 1
         replies = iter(depth)
         queues = []
@@ -258,7 +266,7 @@ class CeleryProc(RedisProc):
                 " tables",
                 self.name,
                 entries,
-                self._unacked_key(),
+                self._keys.unacked,
                 bindings,
             )
         self._skipping_malformed = skipping
@@ -275,15 +283,53 @@ class CeleryProc(RedisProc):
         methods = self._broadcasts()
         if not methods:
             return result
-        expected = self.workers or self._redis_workers(client)
-        held = self._inspect(methods, cache, expected)
+        if self.workers:
+            held = self._inspect(methods, cache, self.workers)
+        else:
+            try:
+                held = self._inspect(methods, cache, self._live_workers(client), replied=self._sightings.answered)
+            except InspectIncomplete as exc:  # Redis cannot tell a busy worker from a dead one's leftover binding
+                raise InspectIncomplete(
+                    f"{exc}; or the worker was killed without shutting down and left its member in the Redis set"
+                    f" {self._pidbox_key()!r}: remove it (SREM), or set `workers`"
+                ) from None
         return self._merge(result, held, cache, unacked_visible=True)
 
-    def _redis_workers(self, client: Any) -> set[str]:
-        """The hostnames of the workers listening for broadcasts (their pidbox queues' bindings)."""
-        members = client.smembers(self._key(f"_kombu.binding.{self._control_exchange()}.pidbox"))
-        table = binding_table(members, self.options().get("sep", DEFAULT_SEP))
-        return self._worker_hostnames(row.queue for row in table.rows)
+    def _pidbox_key(self) -> str:
+        """kombu's binding table of the broadcast exchange: one member per worker (``<hostname>.<exchange>.pidbox``)."""
+        return self._keys.binding(f"{self._control_exchange()}.pidbox")
+
+    def _redis_workers(self, client: Any) -> dict[str, str]:
+        """The workers listening for broadcasts (their pidbox queues' bindings): hostname -> its member of the set."""
+        sep, suffix = self._keys.sep, f".{self._control_exchange()}.pidbox"
+        workers = {}
+        for row in binding_table(client.smembers(self._pidbox_key()), sep).rows:
+            if row.queue.endswith(suffix):
+                pattern = row.pattern.pattern if row.pattern else ""
+                workers[row.queue[: -len(suffix)]] = sep.join((row.key, pattern, row.queue))
+        return workers
+
+    @cached_property
+    def _sightings(self) -> Sightings:
+        return Sightings(self.inspect_forget_after)
+
+    def _live_workers(self, client: Any) -> set[str]:
+        """The workers in the broker, less those silent for longer than ``inspect_forget_after`` (logged once)."""
+        members = self._redis_workers(client)
+        live, gone = self._sightings.sort(members)
+        for hostname in gone:
+            key = self._pidbox_key()
+            log.warning(
+                "proc %r: worker %r answered no broadcast for over %gs: taken for gone (killed without shutting"
+                " down?) and no longer waited for until it answers again; its member stays in the Redis set %r,"
+                " remove it with: %s",
+                self.name,
+                hostname,
+                self.inspect_forget_after,
+                key,
+                _srem_command(key, members[hostname]),
+            )
+        return live
 
     def _control_exchange(self) -> str:
         return self.celery_app().conf.control_exchange or "celery"
@@ -322,12 +368,22 @@ class CeleryProc(RedisProc):
     def _management_counts(self) -> tuple[dict[str, QueueCounts], int | set[str] | None]:
         """Ready + unacked counts from the management API, and the workers it lists (their pidbox queues)."""
         assert self.management_url
-        with self._broker_connection() as conn:  # the vhost the app uses (its broker_vhost when the URL has none)
-            vhost = conn.virtual_host or "/"
-        stats = management_counts(self.management_url, vhost, self.socket_timeout)
-        counts = {q: stats.get(q, QueueCounts(ready=0, unacked=0)) for q in self.queues}
-        hosts = self._worker_hostnames(name for name, c in stats.items() if c.consumers)
+        stats = management_counts(self.management_url, self._vhost, self.socket_timeout)
+        unknown = [q for q in self.queues if q in stats and stats[q] is None]
+        if unknown:
+            raise LookupError(
+                f"the RabbitMQ management API lists {', '.join(map(repr, unknown))} without message counts (statistics"
+                " not collected yet, or disabled by management_agent.disable_metrics_collector)"
+            )
+        counts = {q: stats.get(q) or QueueCounts(ready=0, unacked=0) for q in self.queues}  # not listed: no queue
+        hosts = self._worker_hostnames(name for name, c in stats.items() if c is not None and c.consumers)
         return counts, self.workers or hosts
+
+    @cached_property
+    def _vhost(self) -> str:
+        """The vhost the app uses: the broker URL's, else its ``broker_vhost`` (worked out once, without I/O)."""
+        with self._broker_connection() as conn:
+            return conn.virtual_host or "/"
 
     def _queue_arguments(self) -> dict[str, Any]:
         """Each queue's declared arguments (``x-max-priority``, ...) from the app's ``task_queues``."""
@@ -339,7 +395,7 @@ class CeleryProc(RedisProc):
     # Inspection
 
     def _inspect(
-        self, methods: list[str], cache: dict[str, Any], expected: Any, at_least: int = 0
+        self, methods: list[str], cache: dict[str, Any], expected: Any, at_least: int = 0, replied: Any = None
     ) -> dict[str, list[HeldTask]]:
         return inspect_tasks(
             self.celery_app(),
@@ -349,6 +405,7 @@ class CeleryProc(RedisProc):
             timeout=self.inspect_timeout,
             expected=expected or None,
             at_least=at_least,
+            replied=replied,
         )
 
     def _broadcast_scope(self) -> str:
@@ -389,11 +446,10 @@ class CeleryProc(RedisProc):
         keys = {(t.exchange, t.routing_key) for tasks in held.values() for t in tasks}
         routes: dict[tuple[str, str], set] = {}
         unknown = []
-        declared = declared_bindings(self.celery_app().conf)
         for exchange, routing_key in keys:
             if self.simple_queues:
                 routes[exchange, routing_key] = {routing_key}
-            elif queues := route(declared, exchange, routing_key):
+            elif queues := route(self._declared, exchange, routing_key):
                 routes[exchange, routing_key] = queues
             else:
                 unknown.append((exchange, routing_key))
@@ -402,6 +458,20 @@ class CeleryProc(RedisProc):
             asked = active_queues(app, cache, broker=scope, timeout=self.inspect_timeout, limit=self.workers)
             routes.update({key: route(asked, *key) for key in unknown})
         return routes
+
+
+def _srem_command(key: str, member: str) -> str:
+    """A shell command removing ``member`` from ``key``. kombu's separator is made of control characters: the member
+    is then written as a printf format, with octal escapes."""
+    if member.isprintable() and member.isascii():
+        return f"redis-cli SREM {shlex.quote(key)} {shlex.quote(member)}"
+    return f'redis-cli SREM {shlex.quote(key)} "$(printf {shlex.quote("".join(map(_printf_char, member)))})"'
+
+
+def _printf_char(char: str) -> str:
+    if not (char.isprintable() and char.isascii()):
+        return "".join(f"\\{byte:03o}" for byte in char.encode())
+    return {"\\": "\\\\", "%": "%%"}.get(char, char)
 
 
 def _held_queues(entry: Unacked, tables: dict[str, BindingTable], declared: list[Binding]) -> set[str]:

@@ -10,7 +10,8 @@ reporting too few jobs.
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection, Iterable
+import time
+from collections.abc import Callable, Collection, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -29,10 +30,52 @@ class InspectIncomplete(RuntimeError):
 class HeldTask:
     """A task a worker holds, as one inspect reply describes it."""
 
-    hostname: str
     exchange: str
     routing_key: str
     acknowledged: bool
+
+
+class Sightings:
+    """When each worker found in the broker was first seen and last answered a broadcast (monotonic clock).
+
+    On Redis a worker killed without shutting down (SIGKILL, a crashed dyno) leaves its broadcast binding forever,
+    and nothing tells it from a busy worker. One silent for longer than ``forget_after`` seconds (from when it was
+    first seen if it never answered) is taken for gone, so that it stops failing every cycle; until then its
+    silence fails the proc, so that a briefly busy worker never reads as holding no tasks.
+    """
+
+    def __init__(self, forget_after: float, clock: Callable[[], float] = time.monotonic) -> None:
+        self.forget_after = forget_after
+        self.clock = clock
+        self._lock = threading.Lock()
+        self._first: dict[str, float] = {}
+        self._replied: dict[str, float] = {}
+        self._gone: set[str] = set()
+
+    def sort(self, hostnames: Iterable[str]) -> tuple[set[str], list[str]]:
+        """The workers still expected to answer, and those taken for gone since the last call (sorted, each reported
+        once while it stays gone). Workers no longer in ``hostnames`` are forgotten."""
+        now = self.clock()
+        with self._lock:
+            found = set(hostnames)
+            for table in (self._first, self._replied):
+                for hostname in table.keys() - found:
+                    del table[hostname]
+            for hostname in found:
+                self._first.setdefault(hostname, now)
+            gone = {h for h in found if now - self._replied.get(h, self._first[h]) > self.forget_after}
+            newly_gone = sorted(gone - self._gone)
+            self._gone = gone
+        return found - gone, newly_gone
+
+    def answered(self, hostnames: Iterable[str]) -> None:
+        """Record answers (from workers seen in the broker: others have nothing to be forgotten for)."""
+        now = self.clock()
+        with self._lock:
+            for hostname in hostnames:
+                if hostname in self._first:
+                    self._replied[hostname] = now
+                    self._gone.discard(hostname)
 
 
 class _Shared:
@@ -54,13 +97,15 @@ def inspect_tasks(
     timeout: float,
     expected: int | Collection[str] | None = None,
     at_least: int = 0,
+    replied: Callable[[set[str]], None] | None = None,
 ) -> dict[str, list[HeldTask]]:
     """Tasks held by workers, per inspect method, broadcasting each method at most once per ``cache`` (cycle).
 
     ``expected`` is the number of workers, or their hostnames: it becomes the broadcast's ``limit`` (so the call
     returns as soon as everyone answered) and anything short of it raises :class:`InspectIncomplete`, as do fewer
     than ``at_least`` replies (a lower bound such as a queue's consumer count). The methods run concurrently, so the
-    cost is one timeout at most, not one per method.
+    cost is one timeout at most, not one per method. ``replied`` is told the hostnames that answered (before the
+    completeness check: a worker that answered an incomplete broadcast still answered).
     """
     methods = list(dict.fromkeys(methods))
     if not methods:
@@ -72,6 +117,8 @@ def inspect_tasks(
             for m in methods
         }
         replies = {m: f.result() for m, f in futures.items()}
+    if replied is not None:
+        replied({hostname for reply in replies.values() for hostname in reply})
     for method, reply in replies.items():
         _check_complete(method, reply, expected, timeout)
         if len(reply) < at_least:
@@ -132,12 +179,11 @@ def _check_complete(method: str, reply: dict[str, Any], expected: int | Collecti
 
 
 def _held(method: str, reply: dict[str, Any]) -> Iterable[HeldTask]:
-    for hostname, tasks in reply.items():
+    for tasks in reply.values():
         for task in tasks or ():
             request = task.get("request", task) if method == "scheduled" else task
             delivery = request.get("delivery_info") or {}
             yield HeldTask(
-                hostname,
                 delivery.get("exchange") or "",
                 delivery.get("routing_key") or "",
                 bool(request.get("acknowledged", method == "active")),

@@ -60,8 +60,12 @@ def declare_counts(
     return counts
 
 
-def management_counts(management_url: str, vhost: str, timeout: float) -> dict[str, QueueCounts]:
-    """Every queue of ``vhost`` from ``GET /api/queues/<vhost>?columns=...`` (credentials from the URL)."""
+def management_counts(management_url: str, vhost: str, timeout: float) -> dict[str, QueueCounts | None]:
+    """Every queue of ``vhost`` from ``GET /api/queues/<vhost>?columns=...`` (credentials from the URL).
+
+    A queue the API lists without message counts maps to None: its counts are unknown, not 0 (the node has not yet
+    collected statistics for a queue declared a moment ago, or never does: ``disable_metrics_collector``).
+    """
     parts = urlsplit(management_url)
     netloc = parts.hostname or ""
     if parts.port:
@@ -77,16 +81,24 @@ def management_counts(management_url: str, vhost: str, timeout: float) -> dict[s
             rows = json.load(response)
     except Exception as exc:  # HTTPError, URLError, timeouts, bad JSON: name the API, never the password
         raise ConnectionError(redact(f"RabbitMQ management API {base}: {exc}")) from None
-    out = {}
+    out: dict[str, QueueCounts | None] = {}
     for row in rows:
+        ready, unacked = row.get("messages_ready"), row.get("messages_unacknowledged")
+        if not _is_count(ready) or not _is_count(unacked):
+            out[row["name"]] = None
+            continue
         stamp = row.get("head_message_timestamp")
         out[row["name"]] = QueueCounts(
-            ready=int(row.get("messages_ready") or 0),
-            unacked=int(row.get("messages_unacknowledged") or 0),
+            ready=ready,
+            unacked=unacked,
             consumers=int(row.get("consumers") or 0),
             head_timestamp=float(stamp) if isinstance(stamp, int | float) else None,
         )
     return out
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
 
 
 def management_url_problem(url: Any) -> str | None:

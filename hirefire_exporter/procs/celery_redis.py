@@ -10,10 +10,50 @@ from __future__ import annotations
 import json
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from ..celery_latency import enqueued_at
 from .redis_proc import age_since, as_text, parse_utc
+
+#: kombu's Redis transport defaults.
+DEFAULT_SEP = "\x06\x16"
+DEFAULT_PRIORITY_STEPS = (0, 3, 6, 9)
+
+
+@dataclass(frozen=True)
+class RedisKeys:
+    """Where kombu's Redis transport keeps things under a set of transport options (``global_keyprefix``, ``sep``,
+    ``priority_steps``, ``unacked_key``)."""
+
+    prefix: str = ""
+    sep: str = DEFAULT_SEP
+    steps: tuple[Any, ...] = DEFAULT_PRIORITY_STEPS
+    unacked: str = "unacked"
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> RedisKeys:
+        prefix = options.get("global_keyprefix") or ""
+        return cls(
+            prefix=prefix,
+            sep=options.get("sep", DEFAULT_SEP),
+            steps=tuple(options.get("priority_steps", DEFAULT_PRIORITY_STEPS)),
+            unacked=prefix + options.get("unacked_key", "unacked"),
+        )
+
+    def key(self, name: str) -> str:
+        """A key as kombu's client writes it (with ``global_keyprefix``)."""
+        return f"{self.prefix}{name}"
+
+    @lru_cache(maxsize=4096)  # noqa: B019 (instances are few, hashable and live as long as their procs)
+    def lists(self, queue: str) -> tuple[str, ...]:
+        """The lists holding ``queue``: kombu's ``_q_for_pri`` for every priority step (step 0 is the base list)."""
+        names = dict.fromkeys(f"{queue}{self.sep}{step}" if step else queue for step in self.steps)
+        return tuple(self.key(name) for name in names)
+
+    def binding(self, exchange: str) -> str:
+        """kombu's binding table of ``exchange``."""
+        return self.key(f"_kombu.binding.{exchange}")
 
 
 @dataclass(frozen=True)
