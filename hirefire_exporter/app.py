@@ -21,6 +21,7 @@ from werkzeug.wrappers import Request, Response
 
 from . import hirefire
 from .collection import Collection
+from .loading import load_procs
 from .prometheus import Exposition, SnapshotCollector
 
 if TYPE_CHECKING:
@@ -143,8 +144,6 @@ def create_app(
 ) -> ExporterApp:
     """Build the exporter app from procs (instances, classes or dotted paths). ``setting`` names where the procs
     came from, for error messages (``HIREFIRE_PROCS``, ``--procs``...)."""
-    from .loading import load_procs
-
     collection = Collection(
         load_procs(procs, setting=setting), max_age=max_age, stale_after=stale_after, timeout=timeout
     )

@@ -12,11 +12,18 @@ from collections.abc import Sequence
 from typing import Any
 
 from . import __version__, hirefire
-from .app import create_app
+from .app import ExporterApp, create_app
 from .config import load_settings
 from .procs.base import ProcConfigError
 
 log = logging.getLogger("hirefire_exporter")
+
+
+def _log_level(value: str) -> str:
+    level = value.strip().upper()
+    if level not in logging.getLevelNamesMapping():
+        raise argparse.ArgumentTypeError(f"unknown log level {value!r} (DEBUG, INFO, WARNING, ERROR or CRITICAL)")
+    return level
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -28,12 +35,13 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--procs", help="comma-separated dotted paths to Proc classes or instances (HIREFIRE_PROCS)")
         p.add_argument("--config", help="a TOML file with settings and [[procs]] tables")
         p.add_argument("--timeout", type=float, help="seconds a cycle waits for a broker (default 3)")
-        p.add_argument("--log-level", default=os.environ.get("HIREFIRE_LOG_LEVEL", "INFO"))
+        # string defaults go through `type` too: a bad environment variable is a usage error, not a traceback
+        p.add_argument("--log-level", type=_log_level, default=os.environ.get("HIREFIRE_LOG_LEVEL", "INFO"))
 
     serve = commands.add_parser("serve", help="serve /metrics and /hirefire/<token>/info over HTTP")
     common(serve)
     serve.add_argument("--host", default="0.0.0.0")
-    serve.add_argument("--port", type=int, default=int(os.environ.get("PORT", "9180")), help="default: $PORT or 9180")
+    serve.add_argument("--port", type=int, default=os.environ.get("PORT", "9180"), help="default: $PORT or 9180")
     serve.add_argument("--token", help="the HireFire token (default: HIREFIRE_TOKEN)")
     serve.add_argument("--max-age", type=float, help="seconds a snapshot is served before a new cycle (default 5)")
     serve.add_argument("--stale-after", type=float, help="seconds a failed proc's last reading is served (default 60)")
@@ -47,7 +55,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings(
             config=args.config,
@@ -67,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     return _serve(app, args.host, args.port, args.threads)
 
 
-def _collect(app: Any) -> int:
+def _collect(app: ExporterApp) -> int:
     snapshot = app.collection.collect()
     app.collection.close()
     status, body = hirefire.info(snapshot)
@@ -78,7 +86,7 @@ def _collect(app: Any) -> int:
     return 0 if status == 200 and all(p.up for p in snapshot.procs) else 1
 
 
-def _serve(app: Any, host: str, port: int, threads: int) -> int:
+def _serve(app: ExporterApp, host: str, port: int, threads: int) -> int:
     from waitress.server import create_server
 
     server = create_server(app, host=host, port=port, threads=threads, ident="hirefire-exporter")

@@ -21,11 +21,14 @@ import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from .procs.base import Proc, Reading
+from .procs.base import Proc, ProcConfigError, Reading
 from .procs.redis_proc import RedisProc, read_redis_procs, server_key
 from .redaction import describe_error
+
+if TYPE_CHECKING:
+    from redis import Redis
 
 log = logging.getLogger("hirefire_exporter")
 
@@ -78,43 +81,48 @@ class Snapshot:
 
 
 class _Task:
-    """A unit of concurrent work in a cycle: one non-Redis proc, or all Redis procs on one server."""
+    """A unit of concurrent work in a cycle: one proc read on its own, or all Redis procs on one server, read in one
+    pipeline through ``client`` (decided once, when the collection is built)."""
 
-    def __init__(self, key: Any, procs: list[Proc]) -> None:
-        self.key = key
+    def __init__(self, procs: list[Proc], client: Redis | None = None) -> None:
         self.procs = procs
+        self.client = client
         self.inflight: Future[dict[str, tuple[Reading | Exception, float]]] | None = None
 
     def run(self, cache: dict[str, Any], now: float) -> dict[str, tuple[Reading | Exception, float]]:
         start = time.perf_counter()
-        redis_procs = [p for p in self.procs if isinstance(p, RedisProc) and p.redis_client() is not None]
-        if redis_procs:
+        if self.client is not None:
+            redis_procs = cast("list[RedisProc]", self.procs)
             try:
-                results: list[Reading | Exception] = read_redis_procs(redis_procs[0].redis_client(), redis_procs, now)
+                results: list[Reading | Exception] = read_redis_procs(self.client, redis_procs, now)
             except Exception as exc:  # the server is unreachable: every proc on it failed
                 results = [exc] * len(redis_procs)
             elapsed = time.perf_counter() - start
-            return {p.name: (_checked(r), elapsed) for p, r in zip(redis_procs, results)}
+            return {p.name: (_checked(p, r), elapsed) for p, r in zip(redis_procs, results)}
         (proc,) = self.procs
         try:
-            result: Reading | Exception = proc.read(cache)
-            if not isinstance(result, Reading):
-                raise TypeError(f"{type(proc).__name__}.read() returned {type(result).__name__}, not a Reading")
+            result: Any = proc.read(cache)
         except Exception as exc:
             result = exc
-        return {proc.name: (_checked(result), time.perf_counter() - start)}
+        return {proc.name: (_checked(proc, result), time.perf_counter() - start)}
 
 
-def _checked(result: Reading | Exception) -> Reading | Exception:
-    """The reading, or why it is unfit to act on: a proc that measured NaN, a negative count or a string fails (its
-    last good reading is kept), instead of putting ``NaN`` in HireFire's JSON or turning a scrape into a 500."""
+def _checked(proc: Proc, result: Any) -> Reading | Exception:
+    """The reading, or why it is unfit to act on: a proc that returned something other than a Reading, or measured
+    NaN, a negative count or a string fails (its last good reading is kept), instead of putting ``NaN`` in HireFire's
+    JSON or turning every request into a 500. Never raises: whatever one proc returns must not sink the cycle."""
     if isinstance(result, Exception):
         return result
-    problems = [] if _count(result.quantity) else [f"quantity {result.quantity!r}"]
-    problems += [] if _age(result.latency) else [f"latency {result.latency!r}"]
-    for queue in result.queues:
-        problems += [f"queue {queue.name!r} {state} {n!r}" for state, n in queue.jobs.items() if not _count(n)]
-        problems += [] if _age(queue.latency) else [f"queue {queue.name!r} latency {queue.latency!r}"]
+    if not isinstance(result, Reading):
+        return TypeError(f"{type(proc).__name__}.read() returned {type(result).__name__}, not a Reading")
+    try:
+        problems = [] if _count(result.quantity) else [f"quantity {result.quantity!r}"]
+        problems += [] if _age(result.latency) else [f"latency {result.latency!r}"]
+        for queue in result.queues:
+            problems += [f"queue {queue.name!r} {state} {n!r}" for state, n in queue.jobs.items() if not _count(n)]
+            problems += [] if _age(queue.latency) else [f"queue {queue.name!r} latency {queue.latency!r}"]
+    except Exception as exc:  # e.g. queues that are not QueueReadings
+        return TypeError(f"{type(proc).__name__}.read() returned a malformed Reading: {describe_error(exc)}")
     if problems:
         return ValueError("not a count or an age in seconds: " + ", ".join(problems[:3]))
     return result
@@ -129,16 +137,17 @@ def _age(value: object) -> bool:
 
 
 def _plan(procs: Sequence[Proc]) -> list[_Task]:
+    """One task per proc, except that procs reading the same Redis server share one task (and one pipeline)."""
     by_server: dict[Any, _Task] = {}
     tasks: list[_Task] = []
     for proc in procs:
         client = proc.redis_client() if isinstance(proc, RedisProc) else None
         if client is None:
-            tasks.append(_Task(("proc", proc.name), [proc]))
+            tasks.append(_Task([proc]))
             continue
-        key = ("redis", server_key(client))
+        key = server_key(client)
         if key not in by_server:
-            by_server[key] = _Task(key, [])
+            by_server[key] = _Task([], client)
             tasks.append(by_server[key])
         by_server[key].procs.append(proc)
     return tasks
@@ -157,8 +166,12 @@ class Collection:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.procs = list(procs)
+        names: set[str | None] = set()
         for proc in self.procs:
             proc.validate()  # cheap and I/O-free; load_procs() already did it for configured procs
+            if proc.name in names:  # a cycle's outcomes and the last good readings are keyed by name
+                raise ProcConfigError(f"two procs are named {proc.name!r}; each Procfile entry needs its own")
+            names.add(proc.name)
         self.max_age = max_age
         self.stale_after = stale_after
         self.timeout = timeout
@@ -166,23 +179,28 @@ class Collection:
         self._tasks = _plan(self.procs)
         self._executor: ThreadPoolExecutor | None = None
         self._lock = threading.Lock()
-        self._latest: Snapshot | None = None
-        self._latest_monotonic = 0.0
+        #: The latest snapshot and when (``time.monotonic()``) its cycle started, in one attribute so that the
+        #: lock-free fast path of :meth:`snapshot` never pairs a snapshot with another one's time.
+        self._cached: tuple[Snapshot, float] | None = None
         self.cycles = 0  # how many cycles ran: lets tests and benchmarks prove single flight
 
     @property
     def latest(self) -> Snapshot | None:
         """The latest snapshot without refreshing it (None before the first cycle)."""
-        return self._latest
+        cached = self._cached
+        return None if cached is None else cached[0]
 
     def snapshot(self) -> Snapshot:
         """The cached snapshot, refreshed by one cycle when older than ``max_age`` (concurrent callers share it)."""
-        latest = self._latest
-        if latest is not None and time.monotonic() - self._latest_monotonic < self.max_age:
-            return latest
+        seen = self._cached
+        if seen is not None and time.monotonic() - seen[1] < self.max_age:
+            return seen[0]
         with self._lock:
-            if self._latest is not None and time.monotonic() - self._latest_monotonic < self.max_age:
-                return self._latest
+            cached = self._cached
+            # A cycle that ended while this caller waited for the lock is the one it asked for, even when that cycle
+            # took longer than max_age: running another would queue one cycle per waiting caller.
+            if cached is not None and (cached is not seen or time.monotonic() - cached[1] < self.max_age):
+                return cached[0]
             return self._refresh()
 
     def collect(self) -> Snapshot:
@@ -191,15 +209,17 @@ class Collection:
             return self._refresh()
 
     def close(self) -> None:
-        """Stop the worker threads (reads still hanging on a stalled broker are abandoned)."""
-        if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
-            self._executor = None
+        """Stop the worker threads (reads still hanging on a stalled broker are abandoned). Waits for a cycle that
+        is running; a later cycle starts new threads."""
+        with self._lock:
+            if self._executor is not None:
+                self._executor.shutdown(wait=False, cancel_futures=True)
+                self._executor = None
 
     def _refresh(self) -> Snapshot:
         started = time.monotonic()
         snapshot = self._cycle()
-        self._latest, self._latest_monotonic = snapshot, started
+        self._cached = (snapshot, started)
         self.cycles += 1
         return snapshot
 
@@ -227,7 +247,8 @@ class Collection:
         return self._snapshot(now, outcomes)
 
     def _snapshot(self, now: float, outcomes: dict[str, tuple[Reading | Exception, float]]) -> Snapshot:
-        previous = {s.name: s for s in self._latest.procs} if self._latest else {}
+        latest = self.latest
+        previous = {s.name: s for s in latest.procs} if latest else {}
         statuses = []
         for proc in self.procs:
             result, duration = outcomes[proc.name]

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .loading import proc_from_table
+from .loading import proc_from_table, split_paths
 from .procs.base import Proc, ProcConfigError
 
 _NUMBERS = ("max_age", "stale_after", "timeout")
@@ -32,6 +32,8 @@ _NUMBERS = ("max_age", "stale_after", "timeout")
 
 @dataclass
 class Settings:
+    """The exporter's settings; ``procs_setting`` names where the procs came from, for error messages."""
+
     procs: list[Proc | str] = field(default_factory=list)
     token: str | None = None
     max_age: float = 5.0
@@ -54,15 +56,15 @@ class Settings:
 def load_settings(config: str | None = None, procs: str | None = None, **overrides: Any) -> Settings:
     """Settings from the environment (``HIREFIRE_PROCS``, ``HIREFIRE_TOKEN``), then ``config`` (a TOML file), then
     ``procs`` (comma-separated dotted paths) and ``overrides`` (non-None keyword values)."""
-    settings = Settings(procs=_split(os.environ.get("HIREFIRE_PROCS", "")))
+    settings = Settings(procs=list(split_paths(os.environ.get("HIREFIRE_PROCS", ""))))
     if config:
         _apply_toml(settings, config)
     if procs:
-        settings.procs, settings.procs_setting = _split(procs), "--procs"
+        settings.procs, settings.procs_setting = list(split_paths(procs)), "--procs"
     for key, value in overrides.items():
         if value is not None:
             if key in _NUMBERS:
-                value = _seconds(value, f"--{key.replace('_', '-')}")
+                value = parse_seconds(value, f"--{key.replace('_', '-')}")
             setattr(settings, key, value)
     if not settings.procs:
         raise ProcConfigError("no procs configured: use --procs, HIREFIRE_PROCS or [[procs]] in a --config file")
@@ -73,15 +75,11 @@ def load_settings(config: str | None = None, procs: str | None = None, **overrid
 _MAX_SECONDS = 365 * 24 * 3600.0
 
 
-def _seconds(value: Any, where: str) -> float:
+def parse_seconds(value: Any, where: str) -> float:
     """A duration setting: a number from 0 to a year (NaN, infinity or 1e20 would unbound or break the timeout)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= _MAX_SECONDS:
         raise ProcConfigError(f"{where} must be a number of seconds from 0 to {_MAX_SECONDS:.0f}, got {value!r}")
     return float(value)
-
-
-def _split(value: str) -> list[Proc | str]:
-    return [part.strip() for part in value.split(",") if part.strip()]
 
 
 def _apply_toml(settings: Settings, path: str) -> None:
@@ -98,7 +96,7 @@ def _apply_toml(settings: Settings, path: str) -> None:
         raise ProcConfigError(f"--config {path}: unknown keys {sorted(unknown)}")
     for key in _NUMBERS:
         if key in data:
-            setattr(settings, key, _seconds(data[key], f"--config {path}: {key}"))
+            setattr(settings, key, parse_seconds(data[key], f"--config {path}: {key}"))
     if "token" in data:
         settings.token = str(data["token"])
     if "metrics" in data:

@@ -44,8 +44,8 @@ def load_proc(spec: Proc | type | str, setting: str = "procs") -> Proc:
     if isinstance(obj, type) and issubclass(obj, Proc):
         try:
             obj = obj()
-        except ProcConfigError:
-            raise
+        except ProcConfigError as exc:
+            raise ProcConfigError(f"{setting}: {exc}") from None
         except Exception as exc:
             raise ProcConfigError(f"{setting}: cannot instantiate {obj.__name__}: {exc}") from exc
     if not isinstance(obj, Proc):
@@ -57,10 +57,15 @@ def load_proc(spec: Proc | type | str, setting: str = "procs") -> Proc:
     return obj
 
 
+def split_paths(value: str) -> list[str]:
+    """The dotted paths in a comma-separated setting (``HIREFIRE_PROCS``, ``--procs``)."""
+    return [part for part in (part.strip() for part in value.split(",")) if part]
+
+
 def load_procs(specs: Iterable[Proc | type | str] | str, setting: str = "procs") -> list[Proc]:
     """Validated procs, in order. A comma-separated string is split (as ``HIREFIRE_PROCS`` is)."""
     if isinstance(specs, str):
-        specs = [s for s in (part.strip() for part in specs.split(",")) if s]
+        specs = split_paths(specs)
     procs = [load_proc(spec, setting) for spec in specs]
     if not procs:
         raise ProcConfigError(f"{setting}: no procs configured")
@@ -84,7 +89,5 @@ def proc_from_table(table: Mapping[str, Any], index: int) -> Proc:
     cls = import_dotted(BACKENDS[backend], f"{where} backend {backend!r}")
     try:
         return cls(**options)
-    except ProcConfigError as exc:
-        raise ProcConfigError(f"{where}: {exc}") from None
-    except TypeError as exc:
+    except (ProcConfigError, TypeError) as exc:
         raise ProcConfigError(f"{where}: {exc}") from None

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import re
 
-_URL_PASSWORD = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^@\s]*@")
+#: The password runs to the LAST '@' before the path, as URL parsers (urllib, redis-py, kombu) read it: a password
+#: holding an unencoded '@' must not leave its tail in the text.
+_URL_PASSWORD = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<user>[^:/@\s]*):[^/\s]*@")
 
 
 def redact(text: str) -> str:

@@ -134,3 +134,16 @@ def test_metrics_can_be_switched_off_for_a_public_server(tmp_path, redis_conn, r
         assert client.get("/metrics").status_code == 404
         assert client.get("/hirefire/file-token/info").status_code == 200
     assert main(["serve", "--no-metrics", "--procs", "nowhere.P"]) == 2  # the flag parses; the bad proc stops it
+
+
+def test_a_bad_port_or_log_level_in_the_environment_is_a_usage_error_not_a_traceback(monkeypatch, capsys):
+    monkeypatch.setenv("PORT", "abc")
+    assert main(["collect", "--procs", "nowhere.P"]) == 2  # $PORT matters to serve only
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exited:
+        main(["serve", "--procs", "nowhere.P"])
+    assert exited.value.code == 2 and "argument --port: invalid int value: 'abc'" in capsys.readouterr().err
+    monkeypatch.setenv("HIREFIRE_LOG_LEVEL", "chatty")
+    with pytest.raises(SystemExit) as exited:
+        main(["collect", "--procs", "nowhere.P"])
+    assert exited.value.code == 2 and "unknown log level 'chatty'" in capsys.readouterr().err

@@ -14,7 +14,7 @@ from werkzeug.test import Client
 
 from hirefire_exporter.app import ExporterApp
 from hirefire_exporter.collection import Collection
-from hirefire_exporter.procs.base import Proc
+from hirefire_exporter.procs.base import Proc, ProcConfigError, Reading
 from hirefire_exporter.procs.rq import RQProc
 
 rq = pytest.importorskip("rq")
@@ -160,3 +160,94 @@ def test_old_style_procs_share_one_cache_dict_per_cycle():
     assert len(seen) == 2 and seen[0] is seen[1]
     collection.collect()
     assert seen[2] is not seen[0]  # a fresh cache every cycle
+
+
+def test_callers_waiting_on_a_cycle_longer_than_max_age_share_it_instead_of_queueing_their_own():
+    slow = Switch("slow")
+    slow.gate.clear()  # the cycle outlasts max_age (0: every caller wants a fresh one) while 10 callers wait for it
+    collection = Collection([slow], max_age=0, timeout=20)
+    with ThreadPoolExecutor(10) as pool:
+        futures = [pool.submit(collection.snapshot) for _ in range(10)]
+        time.sleep(0.5)
+        slow.gate.set()
+        snapshots = {id(f.result()) for f in futures}
+    assert collection.cycles == 1 and len(snapshots) == 1
+
+
+class NotAReading(RQProc):
+    """A custom Redis proc whose parsing returns a bare count instead of a Reading."""
+
+    def build_reading(self, depth, latency, now):
+        return int(depth[0])
+
+
+class MalformedReading(Proc):
+    queues = ["q"]
+
+    def read(self, cache):
+        return Reading(quantity=1, queues=("q",))  # queue names where QueueReadings belong
+
+
+def test_a_proc_that_returns_no_proper_reading_fails_alone_and_the_others_are_served(redis_conn):
+    rq.Queue("default", connection=redis_conn).enqueue("rq_jobs.noop")
+    odd, worker = NotAReading("odd", connection=redis_conn), RQProc("worker", connection=redis_conn)
+    procs = [odd, MalformedReading("bad"), worker]
+    client = Client(ExporterApp(Collection(procs), "tok"))
+
+    info = client.get("/hirefire/tok/info")
+    metrics = client.get("/metrics")
+    assert info.status_code == 503 and json.loads(info.data)["procs"] == ["odd", "bad"]
+    assert metrics.status_code == 200
+    text = metrics.get_data(as_text=True)
+    assert samples(text, "hirefire_proc_up") == {("odd",): 0.0, ("bad",): 0.0, ("worker",): 1.0}
+    assert samples(text, "hirefire_proc_jobs") == {("worker",): 1.0}
+    odd, bad, _ = client.application.collection.latest.procs
+    assert odd.error == "TypeError: NotAReading.read() returned int, not a Reading"
+    assert bad.error.startswith("TypeError: MalformedReading.read() returned a malformed Reading: AttributeError")
+
+
+def test_procs_on_one_server_are_read_with_their_own_credentials(private_redis):
+    port = private_redis.connection_pool.connection_kwargs["port"]
+    rq.Queue("default", connection=private_redis).enqueue("rq_jobs.noop")
+    private_redis.config_set("requirepass", "right")  # the fixture's connection stays authenticated
+    try:
+        stale = RQProc("stale", url=f"redis://:wrong@127.0.0.1:{port}/0")
+        current = RQProc("current", url=f"redis://:right@127.0.0.1:{port}/0")
+        snapshot = Collection([stale, current]).collect()
+    finally:
+        private_redis.config_set("requirepass", "")
+    assert [(s.name, s.up) for s in snapshot.procs] == [("stale", False), ("current", True)]
+    assert "AuthenticationError" in snapshot.procs[0].error and "wrong" not in snapshot.procs[0].error
+    assert snapshot.procs[1].reading.quantity == 1
+
+
+def test_sentinel_managed_clients_of_different_services_are_read_apart():
+    from redis.sentinel import Sentinel
+
+    sentinel = Sentinel([("127.0.0.1", free_port())])  # no I/O: a collection is planned without touching a server
+    procs = [
+        RQProc("a", connection=sentinel.master_for("service-a")),
+        RQProc("b", connection=sentinel.master_for("service-b")),
+        RQProc("a2", connection=sentinel.master_for("service-a")),
+    ]
+    tasks = Collection(procs)._tasks
+    assert [[p.name for p in task.procs] for task in tasks] == [["a", "a2"], ["b"]]
+
+
+def test_two_procs_with_one_name_are_refused():
+    with pytest.raises(ProcConfigError, match="two procs are named 'worker'"):
+        Collection([Switch("worker"), Switch("worker", jobs=1)])
+
+
+def test_a_password_with_an_at_sign_is_scrubbed_whole_from_errors_and_logs(caplog):
+    class Leaky(Proc):
+        queues = ["default"]
+
+        def quantity(self, **kwargs):  # an unencoded '@' is accepted by redis-py and kombu: the host follows the last
+            raise ConnectionError("Error 111 connecting to redis://app:p@ss@broker:6379/0. Connection refused.")
+
+    snapshot = Collection([Leaky("worker")]).collect()
+    assert snapshot.procs[0].error == (
+        "ConnectionError: Error 111 connecting to redis://app:***@broker:6379/0. Connection refused."
+    )
+    assert "ss@broker" not in caplog.text

@@ -34,6 +34,14 @@ class PerQueueProc(ClientProc):
         return sum(len(client) for client in self.clients)
 
 
+class BadQueuesProc(Proc):
+    name = "worker"
+    queues = 5
+
+    def quantity(self, **kwargs):
+        return 0
+
+
 @pytest.fixture
 def procs_module(monkeypatch):
     module = types.ModuleType("myapp_procs")
@@ -41,6 +49,7 @@ def procs_module(monkeypatch):
     module.PerQueueProc = PerQueueProc
     module.instance = RQProc("rq-worker", queues="default", url="redis://127.0.0.1:1/0")
     module.not_a_proc = object()
+    module.BadQueuesProc = BadQueuesProc
     monkeypatch.setitem(sys.modules, "myapp_procs", module)
     return module
 
@@ -74,6 +83,7 @@ def test_instances_override_class_attributes():
         ("no_such_module.WorkerProc", "HIREFIRE_PROCS: cannot import 'no_such_module' for 'no_such_module.WorkerProc'"),
         ("WorkerProc", "HIREFIRE_PROCS: 'WorkerProc' is not a dotted path"),
         ("myapp_procs.not_a_proc", "HIREFIRE_PROCS: 'myapp_procs.not_a_proc' is not a Proc subclass or instance"),
+        ("myapp_procs.BadQueuesProc", "HIREFIRE_PROCS: BadQueuesProc(name='worker'): queues must be a list"),
     ],
 )
 def test_a_broken_proc_path_fails_at_start_up_naming_the_setting(procs_module, spec, message):

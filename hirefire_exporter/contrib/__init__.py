@@ -20,7 +20,7 @@ from werkzeug.wrappers import Response
 
 from ..app import ExporterApp
 from ..collection import Collection
-from ..config import _seconds
+from ..config import parse_seconds
 from ..dispatcher import Dispatcher, normalize_url
 from ..loading import load_procs
 from ..procs.base import Proc, ProcConfigError
@@ -63,9 +63,9 @@ def exporter_app(
     Raises :class:`ProcConfigError` naming ``setting`` when a proc cannot be loaded, or the option that is not a
     number of seconds.
     """
-    max_age = _seconds(max_age, "max_age")
-    stale_after = _seconds(stale_after, "stale_after")
-    timeout = _seconds(timeout, "timeout")
+    max_age = parse_seconds(max_age, "max_age")
+    stale_after = parse_seconds(stale_after, "stale_after")
+    timeout = parse_seconds(timeout, "timeout")
     collection_key = (_procs_key(procs), max_age, stale_after, timeout)
     app_key = (collection_key, token, bool(metrics))
     with _lock:

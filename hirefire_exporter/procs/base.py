@@ -20,6 +20,7 @@ METRICS = ("size", "latency")
 
 
 def _is_method(cls: type, key: str) -> bool:
+    """Whether ``key`` is behaviour (a method or property), which keyword options must not replace."""
     return inspect.isroutine(getattr(cls, key)) or isinstance(inspect.getattr_static(cls, key), property)
 
 

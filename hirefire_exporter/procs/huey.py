@@ -115,12 +115,12 @@ class HueyProc(RedisProc):
         return commands
 
     def build_reading(self, depth: list[Any], latency: list[Any], now: float) -> Reading:
-        replies = iter(depth)
+        replies, priority = iter(depth), self._is_priority_redis()
         queues = []
         for q in self.queues:
             queued = int(next(replies))
             age = None
-            if self._is_priority_redis():
+            if priority:
                 head = next(replies)
                 age = _priority_head_age(head, now) if queued else 0.0
             due, later = int(next(replies)), int(next(replies))

@@ -124,14 +124,23 @@ def _check_url(name: str | None, url: Any) -> None:
 
 
 def server_key(client: Redis) -> tuple[Any, ...]:
-    """Which Redis server (and database) a client talks to: procs with the same key share one pipeline."""
-    kwargs = client.connection_pool.connection_kwargs
+    """Which Redis server, database and credentials a client talks to: procs with the same key share one pipeline,
+    sent through the first one's client. So the key holds everything that changes what a command reads or whether it
+    may: the address (or, for a Sentinel-managed client, which has none, the service name), the database, TLS and
+    the credentials (a proc with a stale password must fail on its own, not ride on its neighbour's)."""
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
     return (
+        type(pool),
+        pool.connection_class,
+        getattr(pool, "service_name", None),
         kwargs.get("host"),
         kwargs.get("port"),
         kwargs.get("path"),
         kwargs.get("db", 0),
         kwargs.get("username"),
+        kwargs.get("password"),
+        kwargs.get("credential_provider"),
     )
 
 

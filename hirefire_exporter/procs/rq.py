@@ -27,6 +27,7 @@ COUNTED = frozenset({"queued", "started", "due"})
 #: depth_commands per queue, in this order: the counts, then the id of the job at the head of the queue.
 _STATES = ("queued", "intermediate", "started", "due", "scheduled", "deferred", "failed")
 _PER_QUEUE = len(_STATES) + 1
+_HEAD = _PER_QUEUE - 1
 
 
 class RQProc(RedisProc, ClientProc):
@@ -76,13 +77,13 @@ class RQProc(RedisProc, ClientProc):
     def latency_commands(self, depth: list[Any]) -> list[Command]:
         """``enqueued_at`` of the job at the head of each non-empty queue."""
         p = self.prefix  # once: it reads the environment
-        return [("HGET", f"{p}:job:{head}", "enqueued_at") for head in self._heads(depth)]
+        heads = (as_text(replies[_HEAD]) for replies in _per_queue(depth))
+        return [("HGET", f"{p}:job:{head}", "enqueued_at") for head in heads if head is not None]
 
     def build_reading(self, depth: list[Any], latency: list[Any], now: float) -> Reading:
-        enqueued_at = iter(latency)
+        enqueued_at = iter(latency)  # one reply per non-empty queue, as latency_commands asked
         queues = []
-        for i, q in enumerate(self.queues):  # replies in the order of _STATES, then the head job's id
-            r = depth[i * _PER_QUEUE : (i + 1) * _PER_QUEUE]
+        for q, r in zip(self.queues, _per_queue(depth)):  # replies in the order of _STATES, then the head job's id
             queued = int(r[0])
             counts = {
                 "queued": queued,
@@ -92,17 +93,14 @@ class RQProc(RedisProc, ClientProc):
                 "deferred": int(r[5]),
                 "failed": int(r[6]),
             }
-            age = None if r[7] is None else _age(next(enqueued_at), now)
+            age = None if as_text(r[_HEAD]) is None else _age(next(enqueued_at), now)
             queues.append(QueueReading(q, counts, COUNTED, 0.0 if queued == 0 else age))
         return Reading.from_queues(queues)
 
-    def _per_queue(self, depth: list[Any]) -> list[list[Any]]:
-        return [depth[i : i + _PER_QUEUE] for i in range(0, len(depth), _PER_QUEUE)]
 
-    def _heads(self, depth: list[Any]) -> list[str]:
-        """The ids of the jobs at the head of the non-empty queues."""
-        heads = (as_text(replies[-1]) for replies in self._per_queue(depth))
-        return [h for h in heads if h is not None]
+def _per_queue(depth: list[Any]) -> list[list[Any]]:
+    """The replies to :meth:`RQProc.depth_commands`, one list per queue."""
+    return [depth[i : i + _PER_QUEUE] for i in range(0, len(depth), _PER_QUEUE)]
 
 
 def _age(enqueued_at: Any, now: float) -> float | None:

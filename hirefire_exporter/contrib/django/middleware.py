@@ -25,7 +25,7 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
 
-from ...config import _seconds
+from ...config import parse_seconds
 from ...procs.base import ProcConfigError
 from .. import exporter_app, queue_timer, serve, wsgi_path
 
@@ -74,7 +74,7 @@ class HireFireMiddleware:
                 "HIREFIRE_PROCS: set it to a list of dotted paths to your procs, e.g. ['mysite.procs.WorkerProc']"
             )
         try:
-            options = {key: _seconds(getattr(settings, key, default), key) for key, default in _DEFAULTS.items()}
+            options = {key: parse_seconds(getattr(settings, key, default), key) for key, default in _DEFAULTS.items()}
             self.exporter = exporter_app(
                 procs,
                 getattr(settings, "HIREFIRE_TOKEN", None),
