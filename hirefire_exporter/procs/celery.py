@@ -177,16 +177,16 @@ class CeleryProc(RedisProc):
     # Redis
 
     def _redis(self) -> Any:
-        """A client for a Redis broker (built once, no I/O), or None for other brokers."""
-        if self.connection is not None:
-            return self.connection
-        if self._client is None:
-            scheme = self._scheme()
-            if scheme not in REDIS_SCHEMES:
-                return None
-            url, ssl = self._redis_url_and_ssl(scheme)
-            self._client = self.new_client(url, **ssl)
-        return self._client
+        """The client for a Redis broker (given, or built once; no I/O), or None for other brokers, whether or not
+        this proc inspects (which :meth:`redis_client` also considers)."""
+        return RedisProc.redis_client(self)
+
+    def default_client(self) -> Any:
+        scheme = self._scheme()
+        if scheme not in REDIS_SCHEMES:
+            return None
+        url, ssl = self._redis_url_and_ssl(scheme)
+        return self.new_client(url, **ssl)
 
     def _redis_url_and_ssl(self, scheme: str) -> tuple[str, dict[str, Any]]:
         url = self.broker_url()

@@ -62,17 +62,16 @@ class HotQueueProc(RedisProc, ClientProc):
             self.connection = clients[0]
         return [q.name if q in objects else q for q in queues]
 
-    def redis_client(self) -> Any:
+    def validate(self) -> None:
         given = [key for key in ("connection", "url", "connection_params") if getattr(self, key) is not None]
         if len(given) > 1:
             raise ProcConfigError(f"proc {self.name!r}: give one of `connection`, `url` or `connection_params`")
-        if self.connection is not None or self.url:
-            return super().redis_client()
-        if self._client is None:
-            self._client = self._client_from_params()
-        return self._client
+        super().validate()
 
-    def _client_from_params(self) -> Any:
+    def default_client(self) -> Any:
+        """From ``url``, else from ``connection_params`` (the old API)."""
+        if self.url:
+            return super().default_client()
         params = self.connection_params if self.connection_params is not None else {}
         if not isinstance(params, Mapping):
             raise ProcConfigError(

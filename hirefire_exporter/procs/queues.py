@@ -120,16 +120,12 @@ class QueuesProc(RedisProc):
 
     # Redis
 
-    def redis_client(self) -> Any:
+    def default_client(self) -> Any:
+        """None for beanstalkd; from ``url``, else from the library's ``QUEUE_REDIS_*`` settings."""
         if self.storage() != "redis":
             return None
-        if self.connection is not None or self.url:
-            return super().redis_client()
-        if self._client is None:
-            self._client = self._client_from_settings()
-        return self._client
-
-    def _client_from_settings(self) -> Any:
+        if self.url:
+            return super().default_client()
         connection = library_setting("QUEUE_REDIS_CONNECTION")
         if connection is None:
             raise ProcConfigError(f"proc {self.name!r}: needs a Redis `url` or the QUEUE_REDIS_CONNECTION setting")

@@ -46,10 +46,15 @@ class RedisProc(Proc):
                 )
             return self.connection
         if self._client is None:
-            if not self.url:
-                raise ProcConfigError(f"proc {self.name!r}: needs a Redis `connection` or `url`")
-            self._client = self.new_client(self.url)
+            self._client = self.default_client()
         return self._client
+
+    def default_client(self) -> Redis | None:
+        """The client to build (once) when no ``connection`` is given: from ``url`` here. Backends with settings of
+        their own override it; ``None`` means this proc's queues are not in Redis. Does no I/O."""
+        if not self.url:
+            raise ProcConfigError(f"proc {self.name!r}: needs a Redis `connection` or `url`")
+        return self.new_client(self.url)
 
     def new_client(self, url: str | None = None, **options: Any) -> Redis:
         """A client for this proc's own use, from ``url`` or ``redis.Redis`` keyword ``options``. Does no I/O.
