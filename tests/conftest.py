@@ -123,3 +123,12 @@ def amqp_url() -> str:
     if not port_open(parsed.hostname or "127.0.0.1", parsed.port or 5672):
         unavailable("RabbitMQ", f"nothing listens on {parsed.hostname}:{parsed.port or 5672}")
     return AMQP_URL
+
+
+@pytest.fixture
+def workers() -> Iterator[list]:
+    """Worker processes a test starts (anything with ``stop()``): append them, they are stopped at teardown."""
+    started: list = []
+    yield started
+    for worker in started:
+        worker.stop()

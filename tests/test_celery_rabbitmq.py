@@ -31,14 +31,6 @@ def jobs(reading, queue):
 
 
 @pytest.fixture
-def workers():
-    started: list[Worker] = []
-    yield started
-    for worker in started:
-        worker.stop()
-
-
-@pytest.fixture
 def queues(amqp_url):
     """Unique queue names, deleted (with the exchanges named in ``exchanges``) at teardown."""
     names: list[str] = []

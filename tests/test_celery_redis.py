@@ -32,14 +32,6 @@ def stamped():
     celery_latency.disable()
 
 
-@pytest.fixture
-def workers():
-    started: list[Worker] = []
-    yield started
-    for worker in started:
-        worker.stop()
-
-
 def test_waiting_tasks_of_every_priority_are_counted(redis_conn, redis_url):
     q, other = unique("prio"), unique("other")
     app = app_for(redis_url, [[q, "", "direct", q, 0], [other, "", "direct", other, 0]])
