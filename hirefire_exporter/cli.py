@@ -6,10 +6,8 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from . import __version__, hirefire
 from .app import ExporterApp, create_app
@@ -46,6 +44,9 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--max-age", type=float, help="seconds a snapshot is served before a new cycle (default 5)")
     serve.add_argument("--stale-after", type=float, help="seconds a failed proc's last reading is served (default 60)")
     serve.add_argument("--threads", type=int, default=8, help="server worker threads (default 8)")
+    serve.add_argument(
+        "--connection-limit", type=int, default=2000, help="open connections served at once, idle ones included"
+    )
     serve.add_argument("--no-metrics", dest="metrics", action="store_false", default=None, help="do not serve /metrics")
 
     collect = commands.add_parser("collect", help="run one cycle, print the HireFire JSON, exit 1 if a proc failed")
@@ -72,7 +73,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if args.command == "collect":
         return _collect(app)
-    return _serve(app, args.host, args.port, args.threads)
+    return _serve(app, args.host, args.port, args.threads, args.connection_limit)
 
 
 def _collect(app: ExporterApp) -> int:
@@ -86,33 +87,15 @@ def _collect(app: ExporterApp) -> int:
     return 0 if status == 200 and all(p.up for p in snapshot.procs) else 1
 
 
-def _serve(app: ExporterApp, host: str, port: int, threads: int) -> int:
-    from waitress.server import create_server
+def _serve(app: ExporterApp, host: str, port: int, threads: int, connection_limit: int) -> int:
+    from .server import serve
 
-    server = create_server(app, host=host, port=port, threads=threads, ident="hirefire-exporter")
-
-    def stop(signum: int, _frame: Any) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    log.info(
-        "hirefire-exporter %s serving on http://%s:%s/ (procs: %s)",
-        __version__,
-        host,
-        port,
-        ", ".join(p.name for p in app.collection.procs),
-    )
     try:
-        server.run()
-    except SystemExit:
-        pass
-    finally:
-        server.close()
+        return serve(app, host=host, port=port, threads=threads, connection_limit=connection_limit)
+    except ProcConfigError as exc:
         app.collection.close()
-        log.info("stopped")
-    return 0
+        print(f"hirefire-exporter: {exc}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":  # pragma: no cover
