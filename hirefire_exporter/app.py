@@ -23,6 +23,7 @@ from . import hirefire
 from .collection import Collection
 from .loading import load_procs
 from .prometheus import Exposition, SnapshotCollector
+from .settings_check import collection_options
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -139,12 +140,21 @@ def create_app(
     max_age: float = 5.0,
     stale_after: float = 60.0,
     timeout: float = 3.0,
+    refresh_wait: float = 0.25,
+    share: str | None = None,
     metrics: bool = True,
     setting: str = "procs",
 ) -> ExporterApp:
     """Build the exporter app from procs (instances, classes or dotted paths). ``setting`` names where the procs
-    came from, for error messages (``HIREFIRE_PROCS``, ``--procs``...)."""
+    came from, for error messages (``HIREFIRE_PROCS``, ``--procs``...). Raises :class:`ProcConfigError` for a bad
+    option (see :func:`hirefire_exporter.settings_check.collection_options`)."""
+    options = collection_options(
+        max_age=max_age, stale_after=stale_after, timeout=timeout, refresh_wait=refresh_wait, share=share
+    )
     collection = Collection(
-        load_procs(procs, setting=setting), max_age=max_age, stale_after=stale_after, timeout=timeout
+        load_procs(procs, setting=setting),
+        max_age=options["max_age"],
+        stale_after=options["stale_after"],
+        timeout=options["timeout"],
     )
     return ExporterApp(collection, token, metrics=metrics)

@@ -12,6 +12,7 @@ from importlib import import_module
 from typing import Any
 
 from .procs.base import Proc, ProcConfigError
+from .settings_check import did_you_mean, refuse_unknown
 
 #: ``backend = "..."`` in TOML -> the Proc class that reads it.
 BACKENDS = {
@@ -21,6 +22,8 @@ BACKENDS = {
     "hotqueue": "hirefire_exporter.procs.hotqueue.HotQueueProc",
     "queues": "hirefire_exporter.procs.queues.QueuesProc",
 }
+#: Broker names people write for ``backend`` (which names the job library).
+BROKERS = ("redis", "rabbitmq", "amqp", "sqlite", "beanstalkd")
 
 
 def import_dotted(path: str, setting: str) -> Any:
@@ -81,10 +84,15 @@ def proc_from_table(table: Mapping[str, Any], index: int) -> Proc:
     """A proc declared in TOML (``[[procs]]`` with ``name``, ``backend`` and the backend's options)."""
     where = f"[[procs]] #{index + 1}"
     options = dict(table)
+    if "backend" not in options:
+        refuse_unknown([key for key in options if did_you_mean(key, ["backend"])], {"backend"}, f"{where}: ")
     backend = options.pop("backend", None)
     if backend not in BACKENDS:
+        hint = did_you_mean(backend, BACKENDS)
+        if not hint and did_you_mean(backend, BROKERS):
+            hint = "; backend names the job library, not the broker: the broker goes in `url`"
         raise ProcConfigError(
-            f"{where} ({options.get('name')!r}): backend must be one of {sorted(BACKENDS)}, got {backend!r}"
+            f"{where} ({options.get('name')!r}): backend must be one of {sorted(BACKENDS)}, got {backend!r}{hint}"
         )
     cls = import_dotted(BACKENDS[backend], f"{where} backend {backend!r}")
     try:

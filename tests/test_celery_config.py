@@ -37,18 +37,21 @@ def test_toml_table_with_a_broker_url_and_options():
     assert proc.redis_client().connection_pool.connection_kwargs["db"] == 3
 
 
+POSITIVE_SECONDS = "must be a number of seconds above 0 and up to 31536000, got"
+
+
 @pytest.mark.parametrize(
     ("options", "message"),
     [
         ({"inspect_statuses": ["active", "revoked"]}, "inspect_statuses must be a list of"),
         ({"inspect_statuses": "active"}, "inspect_statuses must be a list of"),
-        ({"workers": 0}, "workers must be a positive integer"),
-        ({"inspect_forget_after": 0}, "inspect_forget_after must be a positive number of seconds, got 0"),
-        ({"inspect_forget_after": -5}, "inspect_forget_after must be a positive number of seconds, got -5"),
-        ({"inspect_forget_after": float("inf")}, "inspect_forget_after must be a positive number of seconds, got inf"),
-        ({"inspect_forget_after": float("nan")}, "inspect_forget_after must be a positive number of seconds, got nan"),
-        ({"inspect_forget_after": "300"}, "inspect_forget_after must be a positive number of seconds, got '300'"),
-        ({"inspect_forget_after": True}, "inspect_forget_after must be a positive number of seconds, got True"),
+        ({"workers": 0}, "workers must be a number of worker processes from 1 to 100000, got 0"),
+        ({"inspect_forget_after": 0}, f"inspect_forget_after {POSITIVE_SECONDS} 0"),
+        ({"inspect_forget_after": -5}, f"inspect_forget_after {POSITIVE_SECONDS} -5"),
+        ({"inspect_forget_after": float("inf")}, f"inspect_forget_after {POSITIVE_SECONDS} inf"),
+        ({"inspect_forget_after": float("nan")}, f"inspect_forget_after {POSITIVE_SECONDS} nan"),
+        ({"inspect_forget_after": "300"}, f"inspect_forget_after {POSITIVE_SECONDS} '300'"),
+        ({"inspect_forget_after": True}, f"inspect_forget_after {POSITIVE_SECONDS} True"),
         ({"metric": "latency"}, "cannot measure job latency"),  # RabbitMQ without management_url
         ({"app": "no_such_module.app"}, "cannot import Celery app 'no_such_module.app'"),
         ({"prefetch": 4}, "unknown option 'prefetch'"),

@@ -20,11 +20,11 @@ from werkzeug.wrappers import Response
 
 from ..app import ExporterApp
 from ..collection import Collection
-from ..config import parse_seconds
 from ..dispatcher import Dispatcher, normalize_url
 from ..loading import load_procs
 from ..procs.base import Proc, ProcConfigError
 from ..queue_time import COLLECTOR, QueueTimer
+from ..settings_check import collection_options
 
 __all__ = ["ProcConfigError", "exporter_app", "queue_timer", "reset", "serve", "timer_from_option", "wsgi_path"]
 
@@ -63,9 +63,8 @@ def exporter_app(
     Raises :class:`ProcConfigError` naming ``setting`` when a proc cannot be loaded, or the option that is not a
     number of seconds.
     """
-    max_age = parse_seconds(max_age, "max_age")
-    stale_after = parse_seconds(stale_after, "stale_after")
-    timeout = parse_seconds(timeout, "timeout")
+    options = collection_options(max_age=max_age, stale_after=stale_after, timeout=timeout)
+    max_age, stale_after, timeout = options["max_age"], options["stale_after"], options["timeout"]
     collection_key = (_procs_key(procs), max_age, stale_after, timeout)
     app_key = (collection_key, token, bool(metrics))
     with _lock:

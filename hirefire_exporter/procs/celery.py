@@ -26,7 +26,6 @@ it is read from the oldest message of each list (``LINDEX <list> -1``) on Redis 
 from __future__ import annotations
 
 import logging
-import math
 import re
 import shlex
 import time
@@ -37,6 +36,7 @@ from importlib import import_module
 from typing import Any
 
 from ..redaction import redact, scrub_credentials
+from ..settings_check import Boolean, Integer, OrNone, Seconds, did_you_mean
 from .base import ProcConfigError, QueueReading, Reading
 from .celery_inspect import METHODS, HeldTask, InspectIncomplete, Sightings, active_queues, inspect_tasks
 from .celery_rabbitmq import QueueCounts, declare_counts, management_counts, management_url_problem
@@ -95,6 +95,13 @@ class CeleryProc(RedisProc):
     #: Override the app's ``broker_transport_options`` (``global_keyprefix``, ``sep``, ``priority_steps``, ...).
     transport_options: dict[str, Any] | None = None
 
+    option_checks = {
+        "inspect_timeout": Seconds(positive=True),
+        "inspect_forget_after": Seconds(positive=True),
+        "workers": OrNone(Integer(1, 100_000, "a number of worker processes")),
+        "simple_queues": Boolean(),
+    }
+
     _app: Any = None
     #: Whether the last reading skipped malformed entries (so a lasting problem is logged at WARNING once).
     _skipping_malformed: bool = False
@@ -108,19 +115,29 @@ class CeleryProc(RedisProc):
     def validate(self) -> None:
         super().validate()
         statuses = self.inspect_statuses
-        if isinstance(statuses, str) or not all(s in METHODS for s in statuses):
-            raise ProcConfigError(f"proc {self.name!r}: inspect_statuses must be a list of {METHODS}, got {statuses!r}")
-        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
-            raise ProcConfigError(f"proc {self.name!r}: workers must be a positive integer, got {self.workers!r}")
-        forget = self.inspect_forget_after
-        if isinstance(forget, bool) or not isinstance(forget, int | float) or not 0 < forget < math.inf:
-            raise ProcConfigError(
-                f"proc {self.name!r}: inspect_forget_after must be a positive number of seconds, got {forget!r}"
+        if (
+            isinstance(statuses, str)
+            or not isinstance(statuses, list | tuple)
+            or not all(s in METHODS for s in statuses)
+        ):
+            wrong = (
+                next((s for s in statuses if s not in METHODS), None) if isinstance(statuses, list | tuple) else None
             )
+            raise ProcConfigError(
+                f"proc {self.name!r}: inspect_statuses must be a list of {METHODS}, got {statuses!r}"
+                + did_you_mean(wrong, METHODS)
+            )
+        if self.transport_options is not None and not isinstance(self.transport_options, dict):
+            raise ProcConfigError(f"proc {self.name!r}: transport_options must be a table of kombu transport options")
         if self.management_url and (problem := management_url_problem(self.management_url)):
             raise ProcConfigError(f"proc {self.name!r}: management_url {problem}")
         if self._redis() is None:
             self._broker_connection().release()  # never connected: this only parses the URL
+        else:
+            try:
+                _ = self._keys  # the transport options' key layout, checked now rather than on every read
+            except ValueError as exc:
+                raise ProcConfigError(f"proc {self.name!r}: {exc}") from None
 
     def celery_app(self) -> Any:
         """The Celery app: given, imported from a dotted path, built from ``url``, or Celery's current app."""

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from importlib import import_module
 from typing import Any
 
+from ..settings_check import Choice, OrNone, Text, did_you_mean
 from .base import ProcConfigError, QueueReading, Reading
 from .redis_proc import Command, RedisProc, age_since
 
@@ -35,6 +36,7 @@ class HueyProc(RedisProc):
     huey: Any = None
     storage: str | None = None
     filename: str | None = None
+    option_checks = {"storage": OrNone(Choice(tuple(STORAGES))), "filename": OrNone(Text("a file name"))}
 
     _instance: Any = None
 
@@ -65,6 +67,7 @@ class HueyProc(RedisProc):
         if self.storage not in STORAGES:
             raise ProcConfigError(
                 f"proc {self.name!r}: needs `huey` (an instance or dotted path) or `storage` one of {sorted(STORAGES)}"
+                + did_you_mean(self.storage, STORAGES)
             )
         import huey
 

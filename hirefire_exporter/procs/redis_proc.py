@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 from ..redaction import describe_error, scrub_credentials
+from ..settings_check import Seconds
 from .base import Proc, ProcConfigError, Reading
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class RedisProc(Proc):
     url: str | None = None
     #: Socket timeouts for a client this proc builds from ``url`` (a user's own ``connection`` keeps its own).
     socket_timeout: float = 5.0
+    option_checks = {"socket_timeout": Seconds(positive=True)}
 
     _client: Redis | None = None
 
@@ -86,11 +88,6 @@ class RedisProc(Proc):
 
     def validate(self) -> None:
         super().validate()
-        timeout = self.socket_timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
-            raise ProcConfigError(
-                f"proc {self.name!r}: socket_timeout must be a positive number of seconds, got {timeout!r}"
-            )
         self.redis_client()
 
     def depth_commands(self, now: float) -> list[Command]:

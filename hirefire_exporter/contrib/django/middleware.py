@@ -25,11 +25,13 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
 
-from ...config import parse_seconds
+from ...config import BY_NAME
 from ...procs.base import ProcConfigError
+from ...settings_check import collection_options
 from .. import exporter_app, queue_timer, serve, wsgi_path
 
-_DEFAULTS = {"HIREFIRE_MAX_AGE": 5.0, "HIREFIRE_STALE_AFTER": 60.0, "HIREFIRE_TIMEOUT": 3.0}
+#: Collection options -> (the Django setting, named as the environment variable, and its default).
+_TIMING = {name: (BY_NAME[name].env, BY_NAME[name].default) for name in ("max_age", "stale_after", "timeout")}
 
 
 def _environ(request: HttpRequest) -> dict[str, Any]:
@@ -74,15 +76,14 @@ class HireFireMiddleware:
                 "HIREFIRE_PROCS: set it to a list of dotted paths to your procs, e.g. ['mysite.procs.WorkerProc']"
             )
         try:
-            options = {key: parse_seconds(getattr(settings, key, default), key) for key, default in _DEFAULTS.items()}
+            given = {name: getattr(settings, setting, default) for name, (setting, default) in _TIMING.items()}
+            options = collection_options({name: setting for name, (setting, _) in _TIMING.items()}, **given)
             self.exporter = exporter_app(
                 procs,
                 getattr(settings, "HIREFIRE_TOKEN", None),
                 metrics=bool(getattr(settings, "HIREFIRE_METRICS", False)),
                 setting="HIREFIRE_PROCS",
-                max_age=options["HIREFIRE_MAX_AGE"],
-                stale_after=options["HIREFIRE_STALE_AFTER"],
-                timeout=options["HIREFIRE_TIMEOUT"],
+                **options,
             )
             self.queue_timer = (
                 queue_timer(
