@@ -78,7 +78,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _collect(app: ExporterApp) -> int:
     snapshot = app.collection.collect()
     app.collection.close()
-    status, body = hirefire.info(snapshot)
+    status, body = hirefire.info(snapshot, app.collection.clock())
     print(json.dumps(body, indent=2))
     for proc in snapshot.procs:
         if not proc.up:
@@ -88,8 +88,20 @@ def _collect(app: ExporterApp) -> int:
 
 def _serve(app: ExporterApp, host: str, port: int, threads: int) -> int:
     from waitress.server import create_server
+    from waitress.task import ThreadedTaskDispatcher
 
-    server = create_server(app, host=host, port=port, threads=threads, ident="hirefire-exporter")
+    class Dispatcher(ThreadedTaskDispatcher):
+        """Waits at most a second for requests in flight on stop (waitress waits 5 s): a request held by a first
+        cycle on a stalled broker must not delay SIGTERM."""
+
+        def shutdown(self, cancel_pending: bool = True, timeout: float = 1.0) -> bool:
+            return super().shutdown(cancel_pending, timeout)
+
+    dispatcher = Dispatcher()
+    dispatcher.set_thread_count(threads)
+    server = create_server(
+        app, host=host, port=port, threads=threads, ident="hirefire-exporter", _dispatcher=dispatcher
+    )
 
     def stop(signum: int, _frame: Any) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)

@@ -165,7 +165,7 @@ def test_a_key_of_the_wrong_type_fails_only_that_proc(redis_conn, redis_url):
         QueuesProc("worker", queues=["default"], url=redis_url),
         HotQueueProc("mailer", queues=["emails"], url=redis_url),
     ]
-    client = Client(create_app(procs, "t", stale_after=0))
+    client = Client(create_app(procs, "t"))
 
     info = client.get("/hirefire/t/info")
     metrics = client.get("/metrics").get_data(as_text=True)
