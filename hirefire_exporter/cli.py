@@ -55,6 +55,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    # `--procs myapp.procs.WorkerProc` names the project's modules: find them in the directory the command runs in,
+    # as gunicorn, celery and huey_consumer do (a console script's import path starts at its own bin directory).
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
         settings = load_settings(
