@@ -79,8 +79,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = create_app(settings.procs, **settings.app_options())
         if args.command == "collect":
             return _collect(app)
-        # TODO(lead): call server.serve(app, host=..., port=..., threads=..., connection_limit=...) once it is on
-        # main; it raises ProcConfigError on bind failures, which this block already turns into one line.
+        # Bind failures are the server module's (on its way): once it raises ProcConfigError, this block prints them.
         return _serve(app, settings)
     except ProcConfigError as exc:
         print(f"hirefire-exporter: configuration error: {' '.join(str(exc).split())}", file=sys.stderr)
@@ -90,7 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 def _collect(app: ExporterApp) -> int:
     snapshot = app.collection.collect()
     app.collection.close()
-    status, body = hirefire.info(snapshot)
+    status, body = hirefire.info(snapshot, app.collection.clock())
     print(json.dumps(body, indent=2))
     for proc in snapshot.procs:
         if not proc.up:
@@ -100,7 +99,17 @@ def _collect(app: ExporterApp) -> int:
 
 def _serve(app: ExporterApp, settings: Settings) -> int:
     from waitress.server import create_server
+    from waitress.task import ThreadedTaskDispatcher
 
+    class Dispatcher(ThreadedTaskDispatcher):
+        """Waits at most a second for requests in flight on stop (waitress waits 5 s): a request held by a first
+        cycle on a stalled broker must not delay SIGTERM."""
+
+        def shutdown(self, cancel_pending: bool = True, timeout: float = 1.0) -> bool:
+            return super().shutdown(cancel_pending, timeout)
+
+    dispatcher = Dispatcher()
+    dispatcher.set_thread_count(settings.threads)
     host, port = settings.host, settings.port
     server = create_server(
         app,
@@ -109,6 +118,7 @@ def _serve(app: ExporterApp, settings: Settings) -> int:
         threads=settings.threads,
         connection_limit=settings.connection_limit,
         ident="hirefire-exporter",
+        _dispatcher=dispatcher,
     )
 
     def stop(signum: int, _frame: Any) -> None:

@@ -185,7 +185,7 @@ class Settings:
             "stale_after": self.stale_after,
             "timeout": self.timeout,
             "refresh_wait": self.refresh_wait,
-            "share": self.share,
+            "share": self.share or "",  # resolved here: create_app must not read HIREFIRE_SHARE_URL again
             "metrics": self.metrics,
             "setting": self.procs_setting,
         }

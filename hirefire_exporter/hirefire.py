@@ -48,10 +48,11 @@ class Token:
         return hmac.compare_digest(self._expected, candidate.encode("utf-8", "surrogateescape"))
 
 
-def info(snapshot: Snapshot) -> tuple[int, Any]:
-    """The status and JSON body of ``/info``: 200 with one entry per proc in configured order, or 503 naming the
-    procs that have no usable reading (HireFire then leaves the dynos alone instead of scaling on a guess)."""
-    failed = snapshot.failed
+def info(snapshot: Snapshot, now: float) -> tuple[int, Any]:
+    """The status and JSON body of ``/info`` served at unix time ``now``: 200 with one entry per proc in configured
+    order, or 503 naming the procs that have no usable reading at ``now`` (HireFire then leaves the dynos alone
+    instead of scaling on a guess)."""
+    failed = snapshot.failed(now)
     if failed:
         names = [status.name for status in failed]
         return 503, {"error": "no current reading for some procs; their broker could not be read", "procs": names}

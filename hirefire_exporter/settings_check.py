@@ -255,8 +255,8 @@ def _token_problem(token: str) -> str | None:
 
 @dataclass(frozen=True)
 class ShareURL:
-    """Where processes share one collection: a ``redis://``, ``rediss://`` or ``unix://`` URL; empty or ``None``
-    means off. Errors never quote the URL (it may hold a password)."""
+    """Where processes share one collection: a ``redis://``, ``rediss://`` or ``unix://`` URL; ``""`` means off and
+    ``None`` not given. Errors never quote the URL (it may hold a password)."""
 
     metavar: str = "URL"
 
@@ -267,7 +267,7 @@ class ShareURL:
             fail(f"{where} must be a Redis URL string, got {type(value).__name__}")
         url = value.strip()
         if not url:
-            return None
+            return ""  # off (None: not given)
         problem = _share_url_problem(url)
         if problem:
             fail(f"{where} {problem} (the URL is not shown: it may hold a password)")

@@ -329,9 +329,9 @@ def test_a_bad_setting_stops_the_real_command_with_one_line(refusals, key):
 
 def test_an_empty_share_means_off_and_a_good_one_is_passed_to_the_app(tmp_path):
     path = write(tmp_path, 'procs = ["x.Y"]\nshare = ""\n')
-    assert config.load_settings(config=path, environ={}).share is None
+    assert config.load_settings(config=path, environ={}).share == ""
     loaded = config.load_settings(config=path, environ={"HIREFIRE_SHARE_URL": "rediss://:pw@h:6380/2"})
-    assert loaded.share is None  # the file's "" (off) is above the environment
+    assert loaded.share == "" and loaded.app_options()["share"] == ""  # the file's "" (off) is above the environment
     loaded = config.load_settings(procs="x.Y", environ={"HIREFIRE_SHARE_URL": "rediss://:pw@h:6380/2"})
     assert loaded.app_options()["share"] == "rediss://:pw@h:6380/2"
 
