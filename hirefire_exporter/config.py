@@ -204,7 +204,8 @@ def load_settings(
     environ = os.environ if environ is None else environ
     flags = dict(flags or {})
     chosen: dict[str, tuple[Any, str]] = {  # option name -> (value, where it came from)
-        option.name: (option.default, f"the default {option.name}") for option in OPTIONS
+        option.name: (option.default, option.name)
+        for option in OPTIONS  # a default is named by its bare name
     }
 
     def take(option: Option, raw: Any, where: str, text: bool) -> None:

@@ -322,19 +322,24 @@ def collection_options(labels: Mapping[str, str] | None = None, **values: Any) -
     its own name). Returns the checked values.
 
     Bounds: ``max_age``, ``stale_after`` and ``refresh_wait`` from 0 to a year; ``timeout`` above 0 (0 would fail
-    every read); ``stale_after`` at least ``max_age`` (a reading is judged when it is served: shorter, a healthy
-    proc's reading would expire before anything refreshes it). ``refresh_wait`` may exceed ``timeout``: no refresh
-    runs longer than ``timeout``, so the wait simply ends with it.
+    every read); ``stale_after`` at least ``max_age + refresh_wait + timeout``: a reading is judged when it is
+    served, and while a broker is slow it is only replaced that often, so a shorter ``stale_after`` would refuse a
+    healthy proc's reading (a 503) between refreshes. This also catches a wait given in milliseconds.
     """
     labels = labels or {}
     checked: dict[str, Any] = {}
     for name, value in values.items():
         kind = SHARE_URL if name == "share" else TIMING[name]
         checked[name] = kind.check(value, labels.get(name, name))
-    if "max_age" in checked and "stale_after" in checked and checked["stale_after"] < checked["max_age"]:
-        fail(
-            f"{labels.get('stale_after', 'stale_after')} = {checked['stale_after']:g} must be at least"
-            f" {labels.get('max_age', 'max_age')} = {checked['max_age']:g}: a reading would expire before it is"
-            " refreshed"
-        )
+    parts = ("max_age", "refresh_wait", "timeout")
+    if "stale_after" in checked and all(name in checked for name in parts):
+        least = sum(checked[name] for name in parts)
+        if checked["stale_after"] < least:
+            named = " + ".join(labels.get(name, name) for name in parts)
+            figures = " + ".join(f"{checked[name]:g}" for name in parts)
+            fail(
+                f"{labels.get('stale_after', 'stale_after')} = {checked['stale_after']:g} must be at least {named}"
+                f" = {figures} = {least:g}: while a broker is slow a reading is only replaced that often, and one older"
+                " than stale_after is never served"
+            )
     return checked

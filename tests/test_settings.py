@@ -155,11 +155,22 @@ for name, values in INTEGERS.items():
         refusal(f"toml {name} = {toml(value)}", toml=f"{name} = {toml(value)}\n", names=f": {name} must be ")
     env_name = config.BY_NAME[name].env
     refusal(f"{env_name}=0", env={env_name: "0"}, names=f"{env_name} must be ")
-refusal("max_age over stale_after", "--stale-after", "10", toml="max_age = 30\n", names="--stale-after = 10 must be")
 refusal(
-    "max_age over the default",
+    "stale_after under max_age from the file",
+    "--stale-after",
+    "10",
+    toml="max_age = 30\n",
+    names=": max_age + refresh_wait + timeout = 30 + 0.25 + 3 = 33.25",
+)
+refusal(
+    "the default stale_after under max_age",
     env={"HIREFIRE_MAX_AGE": "120"},
-    names="the default stale_after = 60 must be at least HIREFIRE_MAX_AGE = 120",
+    names="stale_after = 60 must be at least HIREFIRE_MAX_AGE + refresh_wait + timeout = 120 + 0.25 + 3 = 123.25",
+)
+refusal(
+    "refresh_wait in milliseconds",
+    "--refresh-wait=250",
+    names="stale_after = 60 must be at least max_age + --refresh-wait + timeout = 5 + 250 + 3 = 258",
 )
 for text in ("maybe", "2"):
     refusal(f"HIREFIRE_METRICS={text}", env={"HIREFIRE_METRICS": text}, names="HIREFIRE_METRICS must be true or false")
@@ -167,6 +178,20 @@ for value in (1, "true", [True]):
     refusal(f"toml metrics = {toml(value)}", toml=f"metrics = {toml(value)}\n", names=": metrics must be true or false")
 for value in ("", " ", "local host", "bad\x01host"):
     refusal(f"--host={value!r}", f"--host={value}", names="--host must be a host name or address")
+
+
+@pytest.mark.parametrize("entry", ["create_app", "exporter_app", "Collection"])
+def test_every_python_entry_point_holds_the_same_timing_rule(entry):
+    from hirefire_exporter.collection import Collection
+
+    build = {"create_app": create_app, "exporter_app": exporter_app, "Collection": Collection}[entry]
+    procs = [Constant("worker")]
+    with pytest.raises(ProcConfigError, match=r"^stale_after = 8 must be at least max_age \+ refresh_wait \+ timeout"):
+        build(procs, max_age=5, stale_after=8)
+    with pytest.raises(ProcConfigError, match=r"^timeout must be a number of seconds above 0"):
+        build(procs, timeout=0)
+    build(procs, max_age=5, stale_after=8.25)  # exactly enough
+
 
 # Proc names and tube names: '$' matched before a trailing newline
 
