@@ -15,6 +15,7 @@ from . import __version__, hirefire
 from .app import ExporterApp, create_app
 from .config import load_settings
 from .procs.base import ProcConfigError
+from .redaction import excepthook, install, scrub
 
 log = logging.getLogger("hirefire_exporter")
 
@@ -56,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for handler in logging.getLogger().handlers:  # other libraries' records too, as this command prints them
+        install(handler)
+    sys.excepthook = excepthook
     try:
         settings = load_settings(
             config=args.config,
@@ -68,7 +72,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         app = create_app(settings.procs, **settings.app_options())
     except ProcConfigError as exc:
-        print(f"hirefire-exporter: configuration error: {exc}", file=sys.stderr)
+        print(f"hirefire-exporter: configuration error: {scrub(str(exc))}", file=sys.stderr)
         return 2
     if args.command == "collect":
         return _collect(app)
@@ -82,7 +86,7 @@ def _collect(app: ExporterApp) -> int:
     print(json.dumps(body, indent=2))
     for proc in snapshot.procs:
         if not proc.up:
-            print(f"proc {proc.name!r} failed: {proc.error}", file=sys.stderr)
+            print(scrub(f"proc {proc.name!r} failed: {proc.error}"), file=sys.stderr)
     return 0 if status == 200 and all(p.up for p in snapshot.procs) else 1
 
 

@@ -26,6 +26,7 @@ from typing import Any
 
 from .loading import proc_from_table, split_paths
 from .procs.base import Proc, ProcConfigError
+from .redaction import register
 
 _NUMBERS = ("max_age", "stale_after", "timeout")
 
@@ -56,6 +57,7 @@ class Settings:
 def load_settings(config: str | None = None, procs: str | None = None, **overrides: Any) -> Settings:
     """Settings from the environment (``HIREFIRE_PROCS``, ``HIREFIRE_TOKEN``), then ``config`` (a TOML file), then
     ``procs`` (comma-separated dotted paths) and ``overrides`` (non-None keyword values)."""
+    register(overrides.get("token"))  # before anything can fail quoting it
     settings = Settings(procs=list(split_paths(os.environ.get("HIREFIRE_PROCS", ""))))
     if config:
         _apply_toml(settings, config)
@@ -98,6 +100,7 @@ def _apply_toml(settings: Settings, path: str) -> None:
         if key in data:
             setattr(settings, key, parse_seconds(data[key], f"--config {path}: {key}"))
     if "token" in data:
+        register(data["token"])
         settings.token = str(data["token"])
     if "metrics" in data:
         if not isinstance(data["metrics"], bool):

@@ -9,6 +9,7 @@ from typing import Any
 
 from . import __version__
 from .collection import Snapshot
+from .redaction import register
 
 log = logging.getLogger("hirefire_exporter")
 
@@ -26,6 +27,7 @@ class Token:
 
     def __init__(self, configured: str | None = None) -> None:
         token = configured or os.environ.get("HIREFIRE_TOKEN") or ""
+        register(token)
         self.development = not token.strip()
         if self.development:
             log.warning(

@@ -13,6 +13,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..redaction import scrub
+
 #: Heroku process type names: letters, digits, dashes and underscores.
 PROC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -25,7 +27,11 @@ def _is_method(cls: type, key: str) -> bool:
 
 
 class ProcConfigError(ValueError):
-    """A proc is misconfigured. Raised at start-up, with the proc's name or dotted path in the message."""
+    """A proc is misconfigured. Raised at start-up, with the proc's name or dotted path in the message, which is
+    scrubbed of every known secret (see :mod:`hirefire_exporter.redaction`)."""
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(scrub(str(message)))
 
 
 @dataclass(frozen=True)
