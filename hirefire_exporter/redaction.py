@@ -60,7 +60,10 @@ _URL_PORT_PASSWORD = re.compile(
 _SCHEME = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*:/*")
 #: Where URL parsers cut a password that is not percent-encoded.
 _DELIMITERS = re.compile(r"[:/?#\[\]@;]")
-_PORT = re.compile(r"[0-9]{1,5}(?:[:/?#\[\]@;]|$)")
+#: Passwords cut into more pieces than this are scrubbed of their pieces, heads and tails, not of every run.
+_MAX_RUNS = 24
+#: A port number (urllib takes any number of digits up to 65535) where a URL's port stands.
+_PORT = re.compile(r"[0-9]+(?=[:/?#\[\]@;]|$)")
 #: Query parameters and environment variables whose values are secrets.
 _SECRET_PARAMETER = re.compile(r"pass|secret|token|credential", re.IGNORECASE)
 _SECRET_VARIABLE = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|CREDENTIAL|(?:^|_)(?:API_?)?KEY$", re.IGNORECASE)
@@ -76,7 +79,14 @@ def _pieces(password: str) -> set[str]:
     a path and quote. A piece that is a port number is no secret on its own (the password as a whole still is)."""
     starts = [0, *(m.end() for m in _DELIMITERS.finditer(password))]
     ends = [*(m.start() for m in _DELIMITERS.finditer(password)), len(password)]
-    runs = {password[a:b] for a in starts for b in ends if a < b}
+    if len(starts) <= _MAX_RUNS:
+        runs = {password[a:b] for a in starts for b in ends if a < b}
+    else:  # every run would make scrubbing slow: the pieces, and what a parser cuts (a head or a tail)
+        runs = (
+            {password[a:b] for a, b in zip(starts, ends)}
+            | {password[:b] for b in ends}
+            | {password[a:] for a in starts}
+        )
     return {run for run in runs if not _is_port(run)} | {password}
 
 
@@ -99,7 +109,8 @@ def url_passwords(url: str) -> frozenset[str]:
             human = userinfo.partition(":")[2]
         else:
             human = rest.partition("/")[0].partition(":")[2]
-            if _PORT.match(human):  # redis://host:6379/0, redis://host:6379?db=1: a port, not a password
+            port = _PORT.match(human)
+            if port and _is_port(port.group()):  # redis://host:6379/0, redis://host:6379?db=1: a port, not a password
                 human = ""
         if human:
             found |= _pieces(human)
@@ -185,9 +196,9 @@ class SecretRegistry:
             self._version += 1
 
     def _add(self, secrets: Iterable[str]) -> None:
-        new = set(secrets) - self._secrets
-        if new:
-            with self._lock:
+        with self._lock:
+            new = set(secrets) - self._secrets
+            if new:
                 self._secrets |= new
                 self._version += 1
 

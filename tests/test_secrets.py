@@ -159,7 +159,8 @@ def plausible(shape: str, password: str) -> bool:
     """Whether the shape keeps the password a password (see :data:`NO_AT`): in a URL without '@', a password with
     an '@' makes the text after it the host, and one that starts with a number is a port."""
     if shape in NO_AT:
-        return "@" not in password and not re.match(r"[0-9]{1,5}(?:[:/?#\[\]@;]|$)", password)
+        port = re.match(r"[0-9]+(?=[:/?#\[\]@;]|$)", password)
+        return "@" not in password and not (port and _is_port(port.group()))
     return True
 
 
@@ -187,15 +188,8 @@ def neutral(password: str) -> str:
     return "Q" * len(password)
 
 
-@pytest.fixture(autouse=True)
-def forget_secrets():
-    """Each test (and each example, see :func:`fresh`) starts with no registered secret, as a new process would."""
-    SECRETS.clear()
-    yield
-    SECRETS.clear()
-
-
 def fresh() -> None:
+    """Each example starts with no registered secret, as a new process would (conftest clears after each test)."""
     SECRETS.clear()
 
 
@@ -464,6 +458,18 @@ def test_a_logged_traceback_is_scrubbed_for_every_handler(caplog, monkeypatch):
     (record,) = caplog.records
     assert "Hunt3rSecret" not in caplog.text and record.exc_info is None
     assert "ConnectionError: cannot reach 'redis://app:***@broker/0' (password '***')" in record.exc_text
+
+
+def test_an_uncaught_exception_the_command_prints_is_scrubbed(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "excepthook", sys.excepthook)
+    monkeypatch.setenv("CELERY_BROKER_URL", "amqp://app:Zebra-Cake-42@mq//")
+    main(["collect", "--procs", "nowhere.WorkerProc"])
+    try:
+        raise OSError("cannot bind: amqp://app:Zebra-Cake-42@mq//, password 'Zebra-Cake-42'")
+    except OSError as exc:
+        sys.excepthook(type(exc), exc, exc.__traceback__)
+    err = capsys.readouterr().err
+    assert "OSError: cannot bind: amqp://app:***@mq//, password '***'" in err and "Zebra" not in err
 
 
 # Real processes
