@@ -94,7 +94,7 @@ class RedisProc(Proc):
             )
         client = self.redis_client()
         if client is not None:  # a client given ready-made (or a Huey instance's) has a password of its own
-            register(client.connection_pool.connection_kwargs.get("password"))
+            register(getattr(getattr(client, "connection_pool", None), "connection_kwargs", {}).get("password"))
 
     def depth_commands(self, now: float) -> list[Command]:
         """The read-only commands that count this proc's jobs (one per key)."""
