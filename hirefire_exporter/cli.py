@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from . import __version__, hirefire
 from .config import BY_NAME, OPTIONS, Option, Settings, load_settings
 from .procs.base import ProcConfigError
+from .redaction import excepthook, install, scrub
 from .settings_check import Boolean
 
 if TYPE_CHECKING:
@@ -71,9 +72,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     _import_from_working_directory()
     args = _parser().parse_args(argv)
     flags = {name: value for name, value in vars(args).items() if name in BY_NAME}
+    sys.excepthook = excepthook
     try:
         settings = load_settings(args.command, flags)
         logging.basicConfig(level=settings.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        for handler in logging.getLogger().handlers:  # other libraries' records too, as this command prints them
+            install(handler)
         from .app import create_app  # here: a refused setting answers without loading the web stack
 
         app = create_app(settings.procs, **settings.app_options())
@@ -82,7 +86,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         # Bind failures are the server module's (on its way): once it raises ProcConfigError, this block prints them.
         return _serve(app, settings)
     except ProcConfigError as exc:
-        print(f"hirefire-exporter: configuration error: {' '.join(str(exc).split())}", file=sys.stderr)
+        print(f"hirefire-exporter: configuration error: {scrub(' '.join(str(exc).split()))}", file=sys.stderr)
         return 2
 
 
@@ -93,7 +97,7 @@ def _collect(app: ExporterApp) -> int:
     print(json.dumps(body, indent=2))
     for proc in snapshot.procs:
         if not proc.up:
-            print(f"proc {proc.name!r} failed: {proc.error}", file=sys.stderr)
+            print(scrub(f"proc {proc.name!r} failed: {proc.error}"), file=sys.stderr)
     return 0 if status == 200 and all(p.up for p in snapshot.procs) else 1
 
 

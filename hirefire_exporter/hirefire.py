@@ -9,6 +9,7 @@ from typing import Any
 
 from . import __version__
 from .collection import Snapshot
+from .redaction import register
 from .settings_check import TOKEN
 
 log = logging.getLogger("hirefire_exporter")
@@ -31,6 +32,7 @@ class Token:
             token = TOKEN.check(configured, "token")
         else:
             token = TOKEN.check(os.environ.get("HIREFIRE_TOKEN"), "HIREFIRE_TOKEN")
+        register(token or "")
         self.development = token is None
         if token is None:
             log.warning(

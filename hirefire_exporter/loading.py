@@ -12,6 +12,7 @@ from importlib import import_module
 from typing import Any
 
 from .procs.base import Proc, ProcConfigError
+from .redaction import describe_error
 from .settings_check import did_you_mean, refuse_unknown
 
 #: ``backend = "..."`` in TOML -> the Proc class that reads it.
@@ -33,8 +34,10 @@ def import_dotted(path: str, setting: str) -> Any:
         raise ProcConfigError(f"{setting}: {path!r} is not a dotted path like 'myapp.procs.WorkerProc'")
     try:
         module = import_module(module_name)
-    except Exception as exc:
-        raise ProcConfigError(f"{setting}: cannot import {module_name!r} for {path!r}: {exc}") from exc
+    except Exception as exc:  # the user's module, failing however it may (with a secret of the environment in its
+        # message, or a whole URL): described scrubbed, with where it failed, and not chained (the cause is raw)
+        where = f"{setting}: cannot import {module_name!r} for {path!r}"
+        raise ProcConfigError(f"{where}: {describe_error(exc, locate=True)}") from None
     try:
         return getattr(module, attribute)
     except AttributeError:
@@ -50,7 +53,9 @@ def load_proc(spec: Proc | type | str, setting: str = "procs") -> Proc:
         except ProcConfigError as exc:
             raise ProcConfigError(f"{setting}: {exc}") from None
         except Exception as exc:
-            raise ProcConfigError(f"{setting}: cannot instantiate {obj.__name__}: {exc}") from exc
+            raise ProcConfigError(
+                f"{setting}: cannot instantiate {obj.__name__}: {describe_error(exc, locate=True)}"
+            ) from None
     if not isinstance(obj, Proc):
         raise ProcConfigError(f"{setting}: {spec!r} is not a Proc subclass or instance")
     try:

@@ -22,6 +22,8 @@ from dataclasses import dataclass
 from typing import Any, NoReturn, Protocol
 from urllib.parse import urlsplit
 
+from .redaction import register, register_url
+
 #: The longest duration any setting takes: longer than anyone waits, short enough for every clock, socket and wait
 #: primitive (1e308 seconds overflows them all).
 MAX_SECONDS = 365 * 24 * 3600
@@ -224,6 +226,7 @@ class Token:
             return None
         if not isinstance(value, str):
             fail(f"{where} must be a string, got {type(value).__name__}")
+        register(value)  # before any message could quote it
         token = value.strip()
         if not token:
             return None
@@ -265,6 +268,7 @@ class ShareURL:
             return None
         if not isinstance(value, str):
             fail(f"{where} must be a Redis URL string, got {type(value).__name__}")
+        register_url(value)  # its password is a secret from now on, whatever else fails
         url = value.strip()
         if not url:
             return ""  # off (None: not given)

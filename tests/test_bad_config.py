@@ -62,33 +62,39 @@ CASES = {
     # URL syntax
     "URL not a string": (rq_table().replace('"redis://127.0.0.1:6379/0"', "6379"), "`url` must be a Redis URL string"),
     "empty URL": (rq_table(url=""), "needs a Redis `connection` or `url`"),
-    "port not a number": (rq_table(url=f"redis://:{PASSWORD}@host:port/0"), "Port could not be cast to integer"),
-    "port out of range": (rq_table(url=f"redis://:{PASSWORD}@host:99999/0"), "Port out of range 0-65535"),
-    "host forgotten": (rq_table(url=f"redis://app:{PASSWORD}/0"), "cast to integer value as '***'"),
-    "one-letter user": (rq_table(url=f"redis://u:{PASSWORD}@host:port/0"), "be cast to integer value as 'port'"),
+    "port not a number": (rq_table(url=f"redis://:{PASSWORD}@host:port/0"), "bad Redis URL: its port is not a number"),
+    "port out of range": (
+        rq_table(url=f"redis://:{PASSWORD}@host:99999/0"),
+        "its port is not a number from 0 to 65535",
+    ),
+    "host forgotten": (
+        rq_table(url=f"redis://app:{PASSWORD}/0"),
+        "its port is not a number from 0 to 65535 (host left out?",
+    ),
+    "one-letter user": (rq_table(url=f"redis://u:{PASSWORD}@host:port/0"), "proc 'worker': bad Redis URL: its port"),
     "wrong scheme": (rq_table(url=f"http://app:{PASSWORD}@host/0"), "Redis URL must specify one of the following"),
     "database not a number": (rq_table(url=f"redis://:{PASSWORD}@host/zero"), "database in the Redis URL must be a"),
     "bad query option": (rq_table(url=f"redis://:{PASSWORD}@host/0?db=x"), "Invalid value for 'db'"),
-    "broken IPv6": (rq_table(url=f"redis://:{PASSWORD}@[::1/0"), "bad Redis URL: Invalid IPv6 URL"),
+    "broken IPv6": (rq_table(url=f"redis://:{PASSWORD}@[::1/0"), "bad Redis URL: its host cannot be parsed"),
     "huey bad URL": (
         f'[[procs]]\nname = "worker"\nbackend = "huey"\nstorage = "redis"\nurl = "redis://:{PASSWORD}@h:xx/0"\n',
-        "Port could not be cast to integer",
+        "its port is not a number from 0 to 65535",
     ),
     "celery Redis URL with a bad port": (
         f'[[procs]]\nname = "worker"\nbackend = "celery"\nurl = "redis://:{PASSWORD}@host:port/0"\n',
-        "Port could not be cast to integer",
+        "its port is not a number from 0 to 65535",
     ),
     "huey unknown storage": ('[[procs]]\nname = "worker"\nbackend = "huey"\nstorage = "mongo"\n', "`storage` one of"),
     "hotqueue bad URL": (
         f'[[procs]]\nname = "worker"\nbackend = "hotqueue"\nqueues = ["a"]\nurl = "redis://:{PASSWORD}@h:xx/0"\n',
-        "Port could not be cast to integer",
+        "its port is not a number from 0 to 65535",
     ),
 }
 
 CELERY_CASES = {
     "celery AMQP URL with a bad port": (
         f'[[procs]]\nname = "worker"\nbackend = "celery"\nurl = "amqp://guest:{PASSWORD}@host:port//"\n',
-        "bad Celery broker URL: Port could not be cast to integer value as 'port'",
+        "bad Celery broker URL: its port is not a number from 0 to 65535",
     ),
     "celery unknown transport": (
         f'[[procs]]\nname = "worker"\nbackend = "celery"\nurl = "sqs2://u:{PASSWORD}@host//"\n',

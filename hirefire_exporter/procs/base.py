@@ -13,6 +13,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..redaction import scrub
 from ..settings_check import Choice, refuse_unknown
 
 #: Heroku process type names: letters, digits, dashes and underscores.
@@ -27,7 +28,11 @@ def _is_method(cls: type, key: str) -> bool:
 
 
 class ProcConfigError(ValueError):
-    """A proc is misconfigured. Raised at start-up, with the proc's name or dotted path in the message."""
+    """A proc is misconfigured. Raised at start-up, with the proc's name or dotted path in the message, which is
+    scrubbed of every known secret (see :mod:`hirefire_exporter.redaction`)."""
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(scrub(str(message)))
 
 
 @dataclass(frozen=True)

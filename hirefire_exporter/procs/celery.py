@@ -35,7 +35,7 @@ from functools import cached_property
 from importlib import import_module
 from typing import Any
 
-from ..redaction import redact, scrub_credentials
+from ..redaction import describe_error, register_url, url_problem
 from ..settings_check import Boolean, Integer, OrNone, Seconds, did_you_mean
 from .base import ProcConfigError, QueueReading, Reading
 from .celery_inspect import METHODS, HeldTask, InspectIncomplete, Sightings, active_queues, inspect_tasks
@@ -129,6 +129,7 @@ class CeleryProc(RedisProc):
             )
         if self.transport_options is not None and not isinstance(self.transport_options, dict):
             raise ProcConfigError(f"proc {self.name!r}: transport_options must be a table of kombu transport options")
+        register_url(self.management_url)
         if self.management_url and (problem := management_url_problem(self.management_url)):
             raise ProcConfigError(f"proc {self.name!r}: management_url {problem}")
         if self._redis() is None:
@@ -147,8 +148,10 @@ class CeleryProc(RedisProc):
                 module, _, attr = app.rpartition(".")
                 try:
                     app = getattr(import_module(module), attr)
-                except (ImportError, AttributeError, ValueError) as exc:
-                    raise ProcConfigError(f"proc {self.name!r}: cannot import Celery app {self.app!r}: {exc}") from exc
+                except Exception as exc:  # a broken module, however it fails; not chained: the cause is not scrubbed
+                    raise ProcConfigError(
+                        f"proc {self.name!r}: cannot import Celery app {self.app!r}: {describe_error(exc, locate=True)}"
+                    ) from None
             elif app is None:
                 from celery import Celery, current_app
 
@@ -167,6 +170,7 @@ class CeleryProc(RedisProc):
             url = url[0]
         if not isinstance(url, str):
             raise ProcConfigError(f"proc {self.name!r}: the broker URL must be a string, got {type(url).__name__}")
+        register_url(url)
         return url.split(";")[0].strip()
 
     def options(self) -> dict[str, Any]:
@@ -181,15 +185,17 @@ class CeleryProc(RedisProc):
         """A kombu connection to a broker that is not Redis, not yet connected. Building it parses the URL and loads
         its transport, without I/O: :meth:`validate` builds one so that a broken URL fails at start-up."""
         url = self.broker_url()
-        try:
-            return self.celery_app().connection_for_read(url, connect_timeout=self.socket_timeout)
-        except KeyError as exc:  # kombu: "No such transport: sqs2.  Did you mean sqs?"
-            problem = str(exc.args[0] if exc.args else exc)
-        except ImportError as exc:  # e.g. sqs:// without botocore
-            problem = f"its transport needs a package that is not installed: {exc}"
-        except ValueError as exc:  # e.g. "Port could not be cast to integer value as 'port'"
-            problem = str(exc)
-        raise ProcConfigError(f"proc {self.name!r}: bad Celery broker URL: {scrub_credentials(redact(problem), url)}")
+        problem = url_problem(url)  # before kombu, whose messages quote what it read as the port
+        if problem is None:
+            try:
+                return self.celery_app().connection_for_read(url, connect_timeout=self.socket_timeout)
+            except KeyError as exc:  # kombu: "No such transport: sqs2.  Did you mean sqs?"
+                problem = str(exc.args[0] if exc.args else exc)
+            except ImportError as exc:  # e.g. sqs:// without botocore
+                problem = f"its transport needs a package that is not installed: {exc}"
+            except ValueError as exc:
+                problem = describe_error(exc)
+        raise ProcConfigError(f"proc {self.name!r}: bad Celery broker URL: {problem}")
 
     # Redis
 

@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from importlib import import_module
 from typing import Any
 
+from ..redaction import describe_error
 from ..settings_check import Choice, OrNone, Text, did_you_mean
 from .base import ProcConfigError, QueueReading, Reading
 from .redis_proc import Command, RedisProc, age_since
@@ -60,8 +61,10 @@ class HueyProc(RedisProc):
             module, _, attr = self.huey.rpartition(".")
             try:
                 return getattr(import_module(module), attr)
-            except (ImportError, AttributeError, ValueError) as exc:
-                raise ProcConfigError(f"proc {self.name!r}: cannot import Huey instance {self.huey!r}: {exc}") from exc
+            except Exception as exc:  # a broken module, however it fails; not chained: the cause is not scrubbed
+                raise ProcConfigError(
+                    f"proc {self.name!r}: cannot import Huey instance {self.huey!r}: {describe_error(exc, locate=True)}"
+                ) from None
         if self.huey is not None:
             return self.huey
         if self.storage not in STORAGES:
