@@ -285,7 +285,7 @@ def in_process(port: int, queues: list[str], scrapes: int) -> None:
         return EnvironBuilder(path=path, headers=headers).get_environ()
 
     proc = RQProc("worker", queues=queues, url=f"redis://127.0.0.1:{port}/0")
-    app = create_app([proc], TOKEN, max_age=3600)
+    app = create_app([proc], TOKEN, max_age=3600, stale_after=7200)
     paths = {
         "/hirefire/<token>/info": environ(f"/hirefire/{TOKEN}/info"),
         "/metrics": environ("/metrics"),

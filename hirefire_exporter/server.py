@@ -10,6 +10,9 @@ stand between that and 1,000 open connections, each measured (``bench/README.md`
   server stops serving. ``poll()`` has no such ceiling;
 - every connection is a file descriptor, and the common soft limit is 1024: accepting fails with EMFILE. The soft
   limit is raised towards the hard one, as far as the connection limit needs.
+
+On SIGTERM or SIGINT it waits at most a second for requests in flight (waitress waits 5 s): a request held by a
+first cycle on a stalled broker must not delay the stop.
 """
 
 from __future__ import annotations
@@ -56,6 +59,16 @@ def _connection_limit(wanted: int) -> int:
     return max(limit, 1)
 
 
+def _dispatcher() -> Any:
+    from waitress.task import ThreadedTaskDispatcher
+
+    class Dispatcher(ThreadedTaskDispatcher):
+        def shutdown(self, cancel_pending: bool = True, timeout: float = 1.0) -> bool:
+            return super().shutdown(cancel_pending, timeout)
+
+    return Dispatcher()
+
+
 def _check_listen(host: str, port: int) -> None:
     if not 0 <= port <= 65535:
         raise ProcConfigError(f"--port must be between 0 and 65535, not {port}")
@@ -90,6 +103,7 @@ def serve(
 
     _check_listen(host, port)
     sockets: dict[int, Any] = {}  # waitress' socket map, ours so that a failed bind can close what it opened
+    dispatcher = _dispatcher()
     try:
         server = create_server(
             app,
@@ -101,11 +115,13 @@ def serve(
             channel_timeout=channel_timeout,
             asyncore_use_poll=True,
             ident="hirefire-exporter",
+            _dispatcher=dispatcher,
         )
     except OSError as exc:
         for dispatcher in list(sockets.values()):
             dispatcher.close()
         raise ProcConfigError(f"cannot listen on {host}:{port} (--host, --port): {exc.strerror or exc}") from None
+    dispatcher.set_thread_count(threads)  # only now: a server that cannot listen leaves no threads behind
 
     def stop(signum: int, _frame: Any) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)

@@ -185,7 +185,6 @@ def test_every_worker_serves_the_whole_groups_request_count(gunicorn):
     stamp = {"X-Request-Start": f"t={time.time() - 0.05:.3f}"}
     answers = get_many(port, "/", REQUESTS, stamp)
     assert {(status, body) for status, _, body in answers} == {(200, "hello")}
-    assert len({pid for _, pid, _ in answers}) > 1  # the requests themselves were spread over workers
     workers = scrape_every_worker(port, REQUESTS, WORKERS)
     status, _, body = get(port, "/metrics?name[]=hirefire_request_queue_seconds_count&name[]=hirefire_proc_jobs")
     assert status == 200 and request_count(body) == {"web.1": REQUESTS} and "hirefire_proc_jobs" in body

@@ -139,9 +139,10 @@ def test_a_port_in_use_exits_2_with_one_line(tmp_path, redis_url):
             env={**os.environ, "HIREFIRE_LOG_LEVEL": "WARNING"},
         )
     assert result.returncode == 2
+    reason = "Address already in use"
     assert (
         result.stderr
-        == f"hirefire-exporter: cannot listen on 127.0.0.1:{port} (--host, --port): Address already in use\n"
+        == f"hirefire-exporter: configuration error: cannot listen on 127.0.0.1:{port} (--host, --port): {reason}\n"
     )
 
 
