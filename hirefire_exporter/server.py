@@ -2,7 +2,7 @@
 
 Waitress reads requests in one event loop and hands only complete requests to its worker threads, so a slow client
 (one header line every few seconds) or an idle keep-alive connection costs a socket, not a thread. Three things
-stand between that and 1,000 open connections, each measured (``bench/README.md``, issue 10):
+stand between that and 1,000 open connections, each measured (``bench/connections.py``):
 
 - waitress stops accepting at ``connection_limit`` open connections (default 100): past it a healthy client waits
   in the listen backlog until some other connection closes;
