@@ -6,10 +6,9 @@ import argparse
 import json
 import logging
 import os
-import signal
 import sys
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from . import __version__, hirefire
 from .config import BY_NAME, OPTIONS, Option, Settings, load_settings
@@ -83,7 +82,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         app = create_app(settings.procs, **settings.app_options())
         if args.command == "collect":
             return _collect(app)
-        # Bind failures are the server module's (on its way): once it raises ProcConfigError, this block prints them.
+        # a server that cannot listen raises ProcConfigError too: one line, exit 2
         return _serve(app, settings)
     except ProcConfigError as exc:
         print(f"hirefire-exporter: configuration error: {scrub(' '.join(str(exc).split()))}", file=sys.stderr)
@@ -102,51 +101,15 @@ def _collect(app: ExporterApp) -> int:
 
 
 def _serve(app: ExporterApp, settings: Settings) -> int:
-    from waitress.server import create_server
-    from waitress.task import ThreadedTaskDispatcher
+    from .server import serve
 
-    class Dispatcher(ThreadedTaskDispatcher):
-        """Waits at most a second for requests in flight on stop (waitress waits 5 s): a request held by a first
-        cycle on a stalled broker must not delay SIGTERM."""
-
-        def shutdown(self, cancel_pending: bool = True, timeout: float = 1.0) -> bool:
-            return super().shutdown(cancel_pending, timeout)
-
-    dispatcher = Dispatcher()
-    dispatcher.set_thread_count(settings.threads)
-    host, port = settings.host, settings.port
-    server = create_server(
+    return serve(
         app,
-        host=host,
-        port=port,
+        host=settings.host,
+        port=settings.port,
         threads=settings.threads,
         connection_limit=settings.connection_limit,
-        ident="hirefire-exporter",
-        _dispatcher=dispatcher,
     )
-
-    def stop(signum: int, _frame: Any) -> None:
-        log.info("received %s, stopping", signal.Signals(signum).name)
-        raise SystemExit(0)
-
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGINT, stop)
-    log.info(
-        "hirefire-exporter %s serving on http://%s:%s/ (procs: %s)",
-        __version__,
-        host,
-        port,
-        ", ".join(p.name for p in app.collection.procs),
-    )
-    try:
-        server.run()
-    except SystemExit:
-        pass
-    finally:
-        server.close()
-        app.collection.close()
-        log.info("stopped")
-    return 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -142,7 +142,7 @@ OPTIONS: tuple[Option, ...] = (
     Option(
         "connection_limit",
         Integer(1, 1_000_000),
-        1000,
+        2000,  # 1,000 idle or slow clients and room to spare (measured: see server.py); waitress slows past ~3,000
         "HIREFIRE_CONNECTION_LIMIT",
         "the most client connections open at once",
     ),
