@@ -24,6 +24,7 @@ from . import hirefire
 from .collection import Collection
 from .loading import load_procs
 from .prometheus import Exposition, SnapshotCollector
+from .settings_check import collection_options
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -150,17 +151,24 @@ def build_collection(
 ) -> Collection:
     """A :class:`Collection` over procs given as instances, classes or dotted paths (``setting`` names where they
     came from, for error messages). ``share``: a Redis URL where processes measuring the same configuration share
-    one collection per ``max_age``; ``None`` takes ``HIREFIRE_SHARE_URL``, ``""`` turns sharing off. No I/O."""
+    one collection per ``max_age``; ``None`` takes ``HIREFIRE_SHARE_URL``, ``""`` turns sharing off. No I/O. A bad
+    option raises :class:`ProcConfigError` (see :func:`hirefire_exporter.settings_check.collection_options`)."""
+    options = collection_options(
+        {"share": "share" if share is not None else SHARE_ENV},
+        max_age=max_age,
+        stale_after=stale_after,
+        timeout=timeout,
+        refresh_wait=refresh_wait,
+        share=os.environ.get(SHARE_ENV) if share is None else share,
+    )
     loaded = load_procs(procs, setting=setting)
-    url = os.environ.get(SHARE_ENV, "") if share is None else share
+    url = options.pop("share")
     store = None
-    if url.strip():
+    if url:
         from .sharing import SharedSnapshots
 
-        store = SharedSnapshots(url.strip(), loaded, max_age=max_age, stale_after=stale_after, timeout=timeout)
-    return Collection(
-        loaded, max_age=max_age, stale_after=stale_after, timeout=timeout, refresh_wait=refresh_wait, share=store
-    )
+        store = SharedSnapshots(url, loaded, **{k: options[k] for k in ("max_age", "stale_after", "timeout")})
+    return Collection(loaded, **options, share=store)
 
 
 def create_app(

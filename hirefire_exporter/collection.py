@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any, cast
 from .procs.base import Proc, ProcConfigError, Reading
 from .procs.redis_proc import RedisProc, read_redis_procs, server_key
 from .redaction import describe_error
+from .settings_check import collection_options
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -225,12 +226,7 @@ class Collection:
             if proc.name in names:  # a cycle's outcomes and the last good readings are keyed by name
                 raise ProcConfigError(f"two procs are named {proc.name!r}; each Procfile entry needs its own")
             names.add(proc.name)
-        if stale_after < max_age + refresh_wait + timeout:
-            raise ProcConfigError(
-                f"stale_after ({stale_after:g}s) must be at least max_age + refresh_wait + timeout "
-                f"({max_age + refresh_wait + timeout:g}s): a reading is only replaced that often while some broker "
-                "is slow, and one older than stale_after is never served"
-            )
+        collection_options(max_age=max_age, stale_after=stale_after, timeout=timeout, refresh_wait=refresh_wait)
         self.max_age = max_age
         self.stale_after = stale_after
         self.timeout = timeout

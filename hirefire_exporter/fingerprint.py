@@ -59,7 +59,7 @@ def _proc(proc: Proc) -> dict[str, Any]:
         "name": _plain(proc.name),
         "queues": _plain(proc.queues),
         "metric": _plain(proc.metric),
-        "options": {key: _plain(getattr(proc, key)) for key in sorted(_option_names(proc))},
+        "options": {key: _secret_or_plain(key, getattr(proc, key)) for key in sorted(_option_names(proc))},
         "reads": _reads(proc),
     }
 
@@ -142,10 +142,8 @@ def _plain(value: Any, depth: int = 0) -> Any:
     if depth >= _MAX_DEPTH:
         return _type_name(value)
     if isinstance(value, Mapping):
-        return {
-            str(key): "***" if _SECRET_NAME.search(str(key)) else _plain(item, depth + 1)
-            for key, item in sorted(value.items(), key=lambda pair: str(pair[0]))
-        }
+        items = sorted(value.items(), key=lambda pair: str(pair[0]))
+        return {str(key): _secret_or_plain(str(key), item, depth + 1) for key, item in items}
     if isinstance(value, list | tuple):
         return [_plain(item, depth + 1) for item in value]
     if isinstance(value, set | frozenset):
@@ -155,6 +153,11 @@ def _plain(value: Any, depth: int = 0) -> Any:
     if hasattr(value, "__qualname__") and hasattr(value, "__module__"):  # a class or a function
         return f"{value.__module__}.{value.__qualname__}"
     return _type_name(value)
+
+
+def _secret_or_plain(name: str, value: Any, depth: int = 0) -> Any:
+    """A value named like a secret (``password``, ``api_token``...) is ``***``, whatever it holds."""
+    return "***" if _SECRET_NAME.search(name) else _plain(value, depth)
 
 
 def scrub(text: str) -> str:

@@ -9,6 +9,8 @@ from typing import Any
 
 from . import __version__
 from .collection import Snapshot
+from .redaction import register
+from .settings_check import TOKEN
 
 log = logging.getLogger("hirefire_exporter")
 
@@ -22,19 +24,24 @@ HEADERS = {
 
 
 class Token:
-    """The HireFire token: from settings, else ``HIREFIRE_TOKEN``, else ``development`` with a warning."""
+    """The HireFire token: from settings, else ``HIREFIRE_TOKEN``, else ``development`` with a warning. A token that
+    HireFire could not send both in the path and in the header is refused (:data:`settings_check.TOKEN`)."""
 
     def __init__(self, configured: str | None = None) -> None:
-        token = configured or os.environ.get("HIREFIRE_TOKEN") or ""
-        self.development = not token.strip()
-        if self.development:
+        if configured:
+            token = TOKEN.check(configured, "token")
+        else:
+            token = TOKEN.check(os.environ.get("HIREFIRE_TOKEN"), "HIREFIRE_TOKEN")
+        register(token or "")
+        self.development = token is None
+        if token is None:
             log.warning(
                 "no HireFire token configured (setting or HIREFIRE_TOKEN): accepting the token %r, "
                 "which is only fit for local checks",
                 DEVELOPMENT_TOKEN,
             )
             token = DEVELOPMENT_TOKEN
-        self._expected = token.strip().encode("utf-8")
+        self._expected = token.encode("ascii")
 
     def matches(self, candidate: str | None) -> bool:
         """Constant-time comparison: the time taken does not tell how much of a guess was right."""

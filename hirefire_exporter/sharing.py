@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import fingerprint
 from .procs.base import Proc, ProcConfigError
 from .procs.redis_proc import build_client
-from .redaction import describe_error, redact, scrub_credentials
+from .redaction import describe_error, scrub
 from .snapshot_codec import SCHEMA, snapshot_from_json, snapshot_to_json
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ class SharedSnapshots:
     @property
     def where(self) -> str:
         """The store's URL without its password, for logs."""
-        return scrub_credentials(redact(self.url), self.url)
+        return scrub(self.url)
 
     @property
     def holder(self) -> str:
@@ -190,7 +190,7 @@ class SharedSnapshots:
             self._resume_at = time.monotonic() + self.max_age
             if self.reachable:
                 self.reachable = False
-                error = scrub_credentials(describe_error(exc), self.url)
+                error = describe_error(exc)
                 log.warning("share: the shared store %s failed (%s): collecting locally", self.where, error)
 
     def _unreadable(self, why: str) -> None:

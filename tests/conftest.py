@@ -132,3 +132,13 @@ def workers() -> Iterator[list]:
     yield started
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture(autouse=True)
+def _forget_secrets() -> Iterator[None]:
+    """Forget the secrets a test registered (a password ``x`` of one test would mask ``'x'`` in the next one's
+    messages), as the end of its process would."""
+    yield
+    from hirefire_exporter.redaction import SECRETS
+
+    SECRETS.clear()

@@ -304,7 +304,7 @@ def test_shell_commands_are_ones_the_tools_accept(block, tmp_path):
         for line in block.code.splitlines():
             if line.strip() and not line.lstrip().startswith("#"):
                 name, colon, command = line.partition(":")
-                assert colon and PROC_NAME.match(name) and command.strip(), f"{block.where}: not a Procfile line"
+                assert colon and PROC_NAME.fullmatch(name) and command.strip(), f"{block.where}: not a Procfile line"
     cwd = ROOT
     for command in commands_of(block):
         cwd = check_command(command, block, cwd, project_dir)

@@ -20,10 +20,10 @@ from werkzeug.wrappers import Response
 
 from ..app import ExporterApp, build_collection
 from ..collection import Collection
-from ..config import parse_seconds
 from ..dispatcher import Dispatcher, normalize_url
 from ..procs.base import Proc, ProcConfigError
 from ..queue_time import COLLECTOR, QueueTimer
+from ..settings_check import collection_options
 
 __all__ = ["ProcConfigError", "exporter_app", "queue_timer", "reset", "serve", "timer_from_option", "wsgi_path"]
 
@@ -66,10 +66,9 @@ def exporter_app(
     Raises :class:`ProcConfigError` naming ``setting`` when a proc cannot be loaded, or the option that is not a
     number of seconds.
     """
-    max_age = parse_seconds(max_age, "max_age")
-    stale_after = parse_seconds(stale_after, "stale_after")
-    timeout = parse_seconds(timeout, "timeout")
-    refresh_wait = parse_seconds(refresh_wait, "refresh_wait")
+    options = collection_options(max_age=max_age, stale_after=stale_after, timeout=timeout, refresh_wait=refresh_wait)
+    max_age, stale_after, timeout = options["max_age"], options["stale_after"], options["timeout"]
+    refresh_wait = options["refresh_wait"]
     collection_key = (_procs_key(procs), max_age, stale_after, timeout, refresh_wait, share)
     app_key = (collection_key, token, bool(metrics))
     with _lock:

@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..settings_check import OrNone, Text
 from .base import ClientProc, QueueReading, Reading
 from .redis_proc import Command, RedisProc, age_since, as_text, parse_utc
 
@@ -47,6 +48,7 @@ class RQProc(RedisProc, ClientProc):
     supports_latency = True
     #: RQ's key prefix; ``None`` reads ``RQ_KEY_PREFIX`` from the environment (RQ 3), else ``rq``.
     key_prefix: str | None = None
+    option_checks = {"key_prefix": OrNone(Text("a Redis key prefix", word=True))}
 
     @property
     def prefix(self) -> str:

@@ -26,16 +26,15 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
 
-from ...config import parse_seconds
+from ...config import BY_NAME
 from ...procs.base import ProcConfigError
+from ...settings_check import collection_options
 from .. import exporter_app, queue_timer, serve, wsgi_path
 
-#: Duration settings -> (exporter_app option, default).
-_DURATIONS = {
-    "HIREFIRE_MAX_AGE": ("max_age", 5.0),
-    "HIREFIRE_STALE_AFTER": ("stale_after", 60.0),
-    "HIREFIRE_TIMEOUT": ("timeout", 3.0),
-    "HIREFIRE_REFRESH_WAIT": ("refresh_wait", 0.25),
+#: Collection options -> (the Django setting, named as the environment variable, and its default).
+_OPTIONS = {
+    name: (BY_NAME[name].env, BY_NAME[name].default)
+    for name in ("max_age", "stale_after", "timeout", "refresh_wait", "share")
 }
 
 
@@ -81,17 +80,14 @@ class HireFireMiddleware:
                 "HIREFIRE_PROCS: set it to a list of dotted paths to your procs, e.g. ['mysite.procs.WorkerProc']"
             )
         try:
-            durations = {
-                option: parse_seconds(getattr(settings, key, default), key)
-                for key, (option, default) in _DURATIONS.items()
-            }
+            given = {name: getattr(settings, setting, default) for name, (setting, default) in _OPTIONS.items()}
+            options = collection_options({name: setting for name, (setting, _) in _OPTIONS.items()}, **given)
             self.exporter = exporter_app(
                 procs,
                 getattr(settings, "HIREFIRE_TOKEN", None),
                 metrics=bool(getattr(settings, "HIREFIRE_METRICS", False)),
                 setting="HIREFIRE_PROCS",
-                share=getattr(settings, "HIREFIRE_SHARE_URL", None),
-                **durations,
+                **options,
             )
             self.queue_timer = (
                 queue_timer(
