@@ -29,7 +29,7 @@ from .procs.base import Proc
 from .redaction import redact
 
 #: The attributes of every proc that :func:`describe` lists on their own, or that are derived, not configured.
-_NOT_OPTIONS = frozenset({"name", "queues", "metric", "supports_latency"})
+_NOT_OPTIONS = frozenset({"name", "queues", "metric", "supports_latency", "option_checks"})
 #: Mapping keys and URL query arguments that hold secrets.
 _SECRET_NAME = re.compile(r"pass|secret|token|credential|auth|(^|_)key$", re.IGNORECASE)
 _QUERY_SECRET = re.compile(r"(?P<key>[?&;](?P<name>[^=&;#\s]+)=)(?P<value>[^&;#\s]*)")

@@ -17,8 +17,9 @@ the braces keep both in one Redis Cluster slot):
 Nothing else is written: no proc configuration, no URL, no secret. The lease holds ``host/pid/random``, to tell who
 collects. A store that cannot be reached, refuses a command or answers late (socket timeouts of
 :data:`STORE_TIMEOUT`) means "collect locally": :meth:`SharedSnapshots.fetch` answers ``None`` and
-:meth:`~SharedSnapshots.acquire` ``True``, and the store is left alone for ``max_age`` (until the next cycle) before
-it is tried again, so an outage costs one timeout per cycle, not one per call. No method raises.
+:meth:`~SharedSnapshots.acquire` ``True``, and the store is left alone for :data:`STORE_RETRY` seconds (at least
+``max_age``) before it is tried again, so a stalled store delays one cycle in several by one timeout, not every call.
+No method raises.
 """
 
 from __future__ import annotations
@@ -52,6 +53,11 @@ STORE_TIMEOUT = 0.5
 #: Seconds a lease outlasts ``timeout``: the snapshot's publication (at most STORE_TIMEOUT) and scheduling slack
 #: (a busy host, a garbage collection, encoding a large snapshot).
 LEASE_SLACK = 2.0
+#: Seconds an unreachable store is left alone before it is tried again (at least ``max_age``): a stalled store
+#: delays one cycle in this many by STORE_TIMEOUT, instead of every cycle.
+STORE_RETRY = 5.0
+#: Seconds between two reads of the store while waiting for another process's first snapshot.
+AWAIT_POLL = 0.05
 KEY_PREFIX = "hirefire_exporter"
 
 T = TypeVar("T")
@@ -138,6 +144,18 @@ class SharedSnapshots:
         self._unreadable_logged = False
         return snapshot
 
+    def await_published(self, within: float) -> Snapshot | None:
+        """The snapshot another process publishes within ``within`` seconds, for a process that has nothing to serve
+        while another collects (a fleet's first cycle); ``None`` when none comes or the store is down. Asks every
+        :data:`AWAIT_POLL` seconds. Never raises."""
+        deadline = time.monotonic() + within
+        while True:
+            snapshot = self.fetch()
+            left = deadline - time.monotonic()
+            if snapshot is not None or not self.reachable or left <= 0:
+                return snapshot
+            time.sleep(min(AWAIT_POLL, left))
+
     def acquire(self) -> bool:
         """Try the lease: True when this process should collect now, because it won the lease or because the store
         cannot be reached (collect locally). Never raises."""
@@ -170,7 +188,7 @@ class SharedSnapshots:
 
     def _call(self, command: Callable[[], T], fallback: T) -> T:
         """``command()``, or ``fallback`` when the store is down (now, or a moment ago: tried again after
-        ``max_age``)."""
+        STORE_RETRY seconds)."""
         if not self.reachable and time.monotonic() < self._resume_at:
             return fallback
         try:
@@ -187,7 +205,7 @@ class SharedSnapshots:
 
     def _down(self, exc: BaseException) -> None:
         with self._lock:
-            self._resume_at = time.monotonic() + self.max_age
+            self._resume_at = time.monotonic() + max(self.max_age, STORE_RETRY)
             if self.reachable:
                 self.reachable = False
                 error = describe_error(exc)
