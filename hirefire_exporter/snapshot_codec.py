@@ -26,68 +26,114 @@ from .procs.base import QueueReading, Reading
 SCHEMA = 1
 
 
-class _Codec:
-    """How one value is written to JSON and read back (``where`` names the value in errors)."""
+class _Invalid(ValueError):
+    """A value that is not what the format says, and where it is (built on the way out: the happy path formats
+    no string)."""
 
-    def __init__(self, encode: Callable[[Any], Any], decode: Callable[[Any, str], Any]) -> None:
+    def __init__(self, message: str, path: str = "") -> None:
+        super().__init__(message)
+        self.message, self.path = message, path
+
+    def within(self, segment: str) -> _Invalid:
+        return _Invalid(self.message, segment + self.path)
+
+    def __str__(self) -> str:
+        return f"snapshot{self.path}: {self.message}"
+
+
+class _Codec:
+    """How one value is written to JSON and read back. ``accept``, for scalars: the check alone, which containers
+    run over all their items at once."""
+
+    def __init__(
+        self, encode: Callable[[Any], Any], decode: Callable[[Any], Any], accept: Callable[[Any], bool] | None = None
+    ) -> None:
         self.encode = encode
         self.decode = decode
+        self.accept = accept
 
 
-def _checked(accept: Callable[[Any], bool], expected: str) -> _Codec:
-    def decode(data: Any, where: str) -> Any:
+def _scalar(accept: Callable[[Any], bool], expected: str) -> _Codec:
+    def decode(data: Any) -> Any:
         if not accept(data):
-            raise ValueError(f"{where}: expected {expected}, got {type(data).__name__}")
+            raise _Invalid(f"expected {expected}, got {type(data).__name__}")
         return data
 
-    return _Codec(lambda value: value, decode)
+    return _Codec(lambda value: value, decode, accept)
 
 
-STRING = _checked(lambda data: isinstance(data, str), "a string")
-BOOLEAN = _checked(lambda data: isinstance(data, bool), "true or false")
+def _is_number(data: Any) -> bool:
+    kind = type(data)
+    return kind is int or (kind is float and math.isfinite(data))
+
+
+STRING = _scalar(lambda data: type(data) is str, "a string")
+BOOLEAN = _scalar(lambda data: type(data) is bool, "true or false")
 #: An int or a float, kept as it is (JSON tells 3 from 3.0); finite (``1e999`` parses as infinity).
-NUMBER = _checked(
-    lambda data: isinstance(data, int | float) and not isinstance(data, bool) and math.isfinite(data), "a finite number"
-)
+NUMBER = _scalar(_is_number, "a finite number")
 
 
 def optional(codec: _Codec) -> _Codec:
     return _Codec(
         lambda value: None if value is None else codec.encode(value),
-        lambda data, where: None if data is None else codec.decode(data, where),
+        lambda data: None if data is None else codec.decode(data),
     )
 
 
-def _list(data: Any, where: str) -> list[Any]:
-    if not isinstance(data, list):
-        raise ValueError(f"{where}: expected a list, got {type(data).__name__}")
-    return data
+def _items(codec: _Codec, data: Any, kind: type, segment: Callable[[Any], str]) -> Any:
+    """``data`` (a list or a dict) with every item decoded; the failing item is found again on the slow path."""
+    if type(data) is not kind:
+        raise _Invalid(f"expected {'a list' if kind is list else 'an object'}, got {type(data).__name__}")
+    values = data if kind is list else data.values()
+    accept = codec.accept
+    if accept is not None and all(map(accept, values)):
+        return data
+    try:
+        if kind is list:
+            return [codec.decode(item) for item in data]
+        return {key: codec.decode(value) for key, value in data.items()}
+    except _Invalid:
+        for key, value in enumerate(data) if kind is list else data.items():
+            try:
+                codec.decode(value)
+            except _Invalid as exc:
+                raise exc.within(segment(key)) from None
+        raise
 
 
 def tuple_of(codec: _Codec) -> _Codec:
     return _Codec(
         lambda value: [codec.encode(item) for item in value],
-        lambda data, where: tuple(codec.decode(item, f"{where}[{i}]") for i, item in enumerate(_list(data, where))),
+        lambda data: tuple(_items(codec, data, list, lambda i: f"[{i}]")),
     )
 
 
 def frozenset_of(codec: _Codec) -> _Codec:
-    """Written sorted, so that one snapshot always encodes to the same bytes."""
-    return _Codec(
-        lambda value: sorted(codec.encode(item) for item in value),
-        lambda data, where: frozenset(codec.decode(item, f"{where}[]") for item in _list(data, where)),
-    )
+    """Written sorted, so that one snapshot always encodes to the same bytes; read back as one frozenset per
+    distinct value (10,000 queues with the same counted states hold one set, as the collecting process did)."""
+    interned: dict[tuple[Any, ...], frozenset[Any]] = {}
+
+    def decode(data: Any) -> frozenset[Any]:
+        items = tuple(_items(codec, data, list, lambda _: "[]"))
+        found = interned.get(items)
+        if found is None:
+            found = frozenset(items)
+            if len(interned) < 256:
+                interned[items] = found
+        return found
+
+    return _Codec(lambda value: sorted(codec.encode(item) for item in value), decode)
 
 
 def mapping_of(codec: _Codec) -> _Codec:
     """A mapping with string keys, in its own order (a JSON object keeps it)."""
 
-    def decode(data: Any, where: str) -> dict[str, Any]:
-        if not isinstance(data, dict):
-            raise ValueError(f"{where}: expected an object, got {type(data).__name__}")
-        return {key: codec.decode(value, f"{where}[{key!r}]") for key, value in data.items()}
+    def encode(value: Mapping[Any, Any]) -> dict[str, Any]:
+        if not all(type(key) is str for key in value):
+            raise ValueError("snapshot: a mapping key is not a string")
+        return {key: codec.encode(item) for key, item in value.items()}
 
-    return _Codec(lambda value: {STRING.decode(k, "key"): codec.encode(v) for k, v in value.items()}, decode)
+    return _Codec(encode, lambda data: _items(codec, data, dict, lambda key: f"[{key!r}]"))
 
 
 def record(cls: type, fields: Mapping[str, _Codec], local: frozenset[str] = frozenset()) -> _Codec:
@@ -98,17 +144,24 @@ def record(cls: type, fields: Mapping[str, _Codec], local: frozenset[str] = froz
         missing = sorted(declared - set(fields) - local)
         raise TypeError(f"snapshot_codec: the table for {cls.__name__} does not match its fields (missing {missing})")
     names = frozenset(fields)
+    codecs = tuple(fields.items())
 
     def encode(value: Any) -> dict[str, Any]:
-        return {name: codec.encode(getattr(value, name)) for name, codec in fields.items()}
+        return {name: codec.encode(getattr(value, name)) for name, codec in codecs}
 
-    def decode(data: Any, where: str) -> Any:
-        if not isinstance(data, dict):
-            raise ValueError(f"{where}: expected a {cls.__name__} object, got {type(data).__name__}")
+    def decode(data: Any) -> Any:
+        if type(data) is not dict:
+            raise _Invalid(f"expected a {cls.__name__} object, got {type(data).__name__}")
         if data.keys() != names:
             unknown, missing = sorted(data.keys() - names), sorted(names - data.keys())
-            raise ValueError(f"{where}: {cls.__name__} fields differ (unknown {unknown}, missing {missing})")
-        return cls(**{name: codec.decode(data[name], f"{where}.{name}") for name, codec in fields.items()})
+            raise _Invalid(f"{cls.__name__} fields differ (unknown {unknown}, missing {missing})")
+        values = {}
+        for name, codec in codecs:
+            try:
+                values[name] = codec.decode(data[name])
+            except _Invalid as exc:
+                raise exc.within(f".{name}") from None
+        return cls(**values)
 
     return _Codec(encode, decode)
 
@@ -179,5 +232,5 @@ def snapshot_from_json(data: bytes | str) -> Snapshot:
         raise ValueError(f"snapshot schema {schema!r}, this release reads schema {SCHEMA}")
     if document.keys() != {"schema", "snapshot"}:
         raise ValueError(f"snapshot document fields differ: {sorted(document)}")
-    snapshot: Snapshot = SNAPSHOT.decode(document["snapshot"], "snapshot")
+    snapshot: Snapshot = SNAPSHOT.decode(document["snapshot"])
     return snapshot
