@@ -463,3 +463,31 @@ def test_nothing_but_the_snapshot_reaches_the_store_and_no_password(private_redi
         assert "pw-proc-9f2" not in caplog.text and "pw-wrong-77" not in caplog.text
     finally:
         private_redis.acl_deluser("exporter")
+
+
+def test_the_store_needs_only_a_user_limited_to_its_keys_and_five_commands(private_redis):
+    """The ACL the docs give for the store: the exporter's keys only; GET, SET, DEL (in scripts), EVALSHA and
+    SCRIPT LOAD."""
+    kwargs = private_redis.connection_pool.connection_kwargs
+    private_redis.acl_setuser(
+        "share",
+        enabled=True,
+        passwords=["+pw-share-acl"],
+        keys=["hirefire_exporter:*"],
+        commands=["-@all", "+get", "+set", "+del", "+evalsha", "+script|load"],
+    )
+    try:
+        url = f"redis://share:pw-share-acl@{kwargs['host']}:{kwargs['port']}/0"
+        collector, reader = store(url, max_age=0.5), store(url, max_age=0.5)
+        assert collector.acquire() and not reader.acquire()
+        collector.release()
+        assert collector.acquire()
+        collector.publish(a_snapshot(quantity=3))
+        collector.release()
+        assert reader.fetch().procs[0].reading.quantity == 3
+        assert collector.reachable and reader.reachable  # nothing was refused
+        wait_until(reader.acquire, timeout=3, what="the fresh mark to expire")
+        reader.publish(a_snapshot(collected_at=time.time() - 1))  # too old for a mark: the lease is deleted
+        assert reader.reachable and private_redis.exists(reader.lease_key) == 0
+    finally:
+        private_redis.acl_deluser("share")
