@@ -5,13 +5,15 @@ apart.
 Redis server, database and user a proc reads; Celery's broker and transport options; RQ's key prefix; Huey's
 storage; the beanstalkd server): two apps whose procs read different servers, databases, queues or keys never get
 the same digest. Passwords never enter it: URLs lose their password (in the user part and in query arguments such
-as ``?password=``), mapping entries whose key names a secret (``password``, ``token``, ...) are replaced by
-``***``, and a Redis client is described by its address, database and user only. So two apps measuring the same
-queues on the same server with different credentials share one snapshot: they measure the same thing.
+as ``?password=``), options and mapping entries named like a secret (``password``, ``token``, ...) are ``***``,
+and a Redis client is described by its address, database and user only. So two apps measuring the same queues on
+the same server as the same user with different passwords share one snapshot: they measure the same thing.
 
-Python objects other than Redis clients (a Celery app, a Huey instance, anything a custom proc holds) enter by
-their type only, next to what they resolve to above; a custom proc whose options are objects that two apps
-configure differently needs another ``name`` (or another share URL) to keep the two apart.
+Only the configuration counts, not the process's secrets registry (:mod:`hirefire_exporter.redaction`), so that
+processes started with different environments still agree on the digest. Python objects other than Redis clients
+(a Celery app, a Huey instance, anything a custom proc holds) enter by their type only, beside what they resolve to
+above: a custom proc whose options are objects that two apps set up differently needs another ``name`` (or another
+share URL) to keep the two apart.
 """
 
 from __future__ import annotations
@@ -136,9 +138,9 @@ def _plain(value: Any, depth: int = 0) -> Any:
     if isinstance(value, float):
         return value if math.isfinite(value) else repr(value)
     if isinstance(value, str):
-        return scrub(value)
+        return strip_passwords(value)
     if isinstance(value, bytes):
-        return scrub(value.decode("latin-1"))
+        return strip_passwords(value.decode("latin-1"))
     if depth >= _MAX_DEPTH:
         return _type_name(value)
     if isinstance(value, Mapping):
@@ -160,7 +162,7 @@ def _secret_or_plain(name: str, value: Any, depth: int = 0) -> Any:
     return "***" if _SECRET_NAME.search(name) else _plain(value, depth)
 
 
-def scrub(text: str) -> str:
+def strip_passwords(text: str) -> str:
     """``text`` without URL passwords: the user part's, and query arguments whose name says secret."""
     text = redact(text)
     if "=" not in text:

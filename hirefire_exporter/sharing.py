@@ -135,7 +135,7 @@ class SharedSnapshots:
             return None
         try:
             snapshot = snapshot_from_json(data)
-        except ValueError as exc:
+        except Exception as exc:  # ValueError by contract; whatever else, a snapshot to ignore, not to raise
             self._unreadable(describe_error(exc))
             return None
         if [status.name for status in snapshot.procs] != self._names:  # the digest says so; this costs nothing
@@ -167,7 +167,7 @@ class SharedSnapshots:
         ``max_age`` old. Never raises."""
         try:
             data = snapshot_to_json(snapshot)
-        except ValueError as exc:  # a NaN that got past the cycle's checks: a bug, but not the fleet's problem
+        except Exception as exc:  # a NaN or a non-string key past the cycle's checks: a bug, not the fleet's problem
             log.warning("share: snapshot not published: %s", describe_error(exc))
             return
         fresh_ms = round((self.max_age - (time.time() - snapshot.collected_at)) * 1000)
