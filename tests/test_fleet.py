@@ -269,11 +269,6 @@ def test_a_store_that_stalls_or_dies_means_every_process_collects_for_itself(tmp
     assert collections(connection) <= 4 / 1 + 1
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="Collection._refresh serves nothing when it loses the lease with no snapshot anywhere yet; it needs "
-    "share.await_published() there (see the sharing helper's report). Remove this mark once it is wired.",
-)
 def test_a_fleet_starting_together_answers_every_first_request(tmp_path, broker, store, fleets):
     """The first request of each process arrives at once: one wins the lease, the others wait for its snapshot
     (as a lone process waits for its first cycle) instead of answering 503. The broker answers 0.3 s late, so that
