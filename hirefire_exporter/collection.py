@@ -311,6 +311,10 @@ class Collection:
                 share.release()
         elif shared is not None:  # another process is collecting: serve what it last published meanwhile
             self._adopt(shared)
+        elif self.latest is None:  # a fleet's first cycle, collected elsewhere: wait for it as a first request would
+            published = share.await_published(self.timeout + _FIRST_CYCLE_SLACK)
+            if published is not None:
+                self._adopt(published)
 
     def _adopt(self, shared: Snapshot) -> None:
         """Serve a snapshot another process collected, cached for what is left of its ``max_age``."""

@@ -334,7 +334,7 @@ def test_a_failed_collection_logs_and_answers_no_part_of_a_password_or_the_token
         caplog.clear()
         url = build(shape, backend, host, pw)
         monkeypatch.setenv("REDIS_URL", url)
-        app = create_app([backend.proc(url), QuotingProc("custom")], token=token, timeout=1, stale_after=0)
+        app = create_app([backend.proc(url), QuotingProc("custom")], token=token, timeout=1)
         try:
             client = Client(app)
             info = client.get(f"/hirefire/{token}/info")

@@ -59,33 +59,9 @@ class RedisProc(Proc):
         return self.new_client(self.url)
 
     def new_client(self, url: str | None = None, **options: Any) -> Redis:
-        """A client for this proc's own use, from ``url`` or ``redis.Redis`` keyword ``options``. Does no I/O.
-
-        Socket timeouts bound every read; one immediate retry replaces redis-py's default backoff (which takes about
-        3 s to give up on a refused connection, longer than a cycle's timeout), while still surviving a pooled
-        connection the server closed while idle.
-        """
-        from redis import Redis
-        from redis.backoff import NoBackoff
-        from redis.retry import Retry
-
-        defaults = {
-            "socket_timeout": self.socket_timeout,
-            "socket_connect_timeout": self.socket_timeout,
-            # no health_check_interval: after 30 s idle (HireFire polls once a minute) it costs every cycle an extra
-            # PING round trip; the pool already reconnects a connection the server closed, and the retry covers a
-            # connection that dies mid-pipeline.
-            "retry": Retry(NoBackoff(), 1),
-        }
-        options = {**defaults, **options}
-        register_url(url)
-        register(options.get("password"))
-        if url is not None:
-            _check_url(self.name, url)
-        try:
-            return Redis.from_url(url, **options) if url else Redis(**options)
-        except (TypeError, ValueError) as exc:
-            raise ProcConfigError(f"proc {self.name!r}: bad Redis connection settings: {describe_error(exc)}") from None
+        """A client for this proc's own use, from ``url`` or ``redis.Redis`` keyword ``options``. Does no I/O."""
+        options.setdefault("socket_timeout", self.socket_timeout)
+        return build_client(f"proc {self.name!r}", url, **options)
 
     def validate(self) -> None:
         super().validate()
@@ -114,19 +90,50 @@ class RedisProc(Proc):
         return result
 
 
-def _check_url(name: str | None, url: Any) -> None:
+def build_client(label: str, url: str | None = None, *, socket_timeout: float, **options: Any) -> Redis:
+    """A Redis client from ``url`` or ``redis.Redis`` keyword ``options``; ``label`` names the setting in errors
+    (``proc 'worker'``). Does no I/O. Raises :class:`ProcConfigError` (one line, no password) for bad settings.
+
+    Socket timeouts bound every read; one immediate retry replaces redis-py's default backoff (which takes about
+    3 s to give up on a refused connection, longer than a cycle's timeout), while still surviving a pooled
+    connection the server closed while idle.
+    """
+    from redis import Redis
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    defaults = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_timeout,
+        # no health_check_interval: after 30 s idle (HireFire polls once a minute) it costs every cycle an extra
+        # PING round trip; the pool already reconnects a connection the server closed, and the retry covers a
+        # connection that dies mid-pipeline.
+        "retry": Retry(NoBackoff(), 1),
+    }
+    options = {**defaults, **options}
+    register_url(url)
+    register(options.get("password"))
+    if url is not None:
+        _check_url(label, url)
+    try:
+        return Redis.from_url(url, **options) if url else Redis(**options)
+    except (TypeError, ValueError) as exc:
+        raise ProcConfigError(f"{label}: bad Redis connection settings: {describe_error(exc)}") from None
+
+
+def _check_url(label: str, url: Any) -> None:
     """What redis-py lets through silently: a URL that is not a string, or a database that is not a number (read
     as database 0, someone else's queues)."""
     if not isinstance(url, str):
-        raise ProcConfigError(f"proc {name!r}: `url` must be a Redis URL string, got {type(url).__name__}")
+        raise ProcConfigError(f"{label}: `url` must be a Redis URL string, got {type(url).__name__}")
     problem = url_problem(url)
     if problem:
-        raise ProcConfigError(f"proc {name!r}: bad Redis URL: {problem}")
+        raise ProcConfigError(f"{label}: bad Redis URL: {problem}")
     parts = urlsplit(url)
     db = parts.path.strip("/") if parts.scheme in ("redis", "rediss") else ""
     if db and not db.isdigit():  # not quoted: with an unencoded '/' in the password, the path is the password's tail
         raise ProcConfigError(
-            f"proc {name!r}: the database in the Redis URL must be a number (the path after the host)"
+            f"{label}: the database in the Redis URL must be a number (the path after the host)"
             + (" (a password holding / must be percent-encoded: %2F)" if "@" in db else "")
         )
 
