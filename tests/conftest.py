@@ -142,3 +142,19 @@ def _forget_secrets() -> Iterator[None]:
     from hirefire_exporter.redaction import SECRETS
 
     SECRETS.clear()
+
+
+@pytest.fixture
+def killable_redis() -> Iterator:
+    """A started redis-server of the test's own (``faultproxy.RedisProcess``): the test may pause it (SIGSTOP), kill
+    it and start it again; it is stopped at teardown."""
+    from faultproxy import RedisProcess
+
+    try:
+        server = RedisProcess().start()
+    except FileNotFoundError:
+        unavailable("redis-server", "this test stops, kills or pauses a redis-server of its own")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -22,7 +22,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
-from conftest import free_port, unavailable
+from conftest import free_port
 from faultproxy import FaultProxy, RedisProcess, wait_port
 from support import command_counts, samples, wait_until
 
@@ -133,16 +133,9 @@ class Fleet:
 
 
 @pytest.fixture
-def store() -> Iterator[RedisProcess]:
+def store(killable_redis: RedisProcess) -> RedisProcess:
     """The shared store: a redis-server of the test's own, to stop, kill and start again."""
-    try:
-        server = RedisProcess().start()
-    except FileNotFoundError:
-        unavailable("redis-server", "the fleet tests stop and kill a store of their own")
-    try:
-        yield server
-    finally:
-        server.stop()
+    return killable_redis
 
 
 @pytest.fixture

@@ -17,7 +17,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -40,17 +39,8 @@ INFO = f"/hirefire/{TOKEN}/info"
 
 
 @pytest.fixture
-def own_redis() -> Iterator[RedisProcess]:
-    from conftest import unavailable
-
-    try:
-        server = RedisProcess().start()
-    except FileNotFoundError:
-        unavailable("redis-server", "these tests stop a redis-server of their own with SIGSTOP")
-    try:
-        yield server
-    finally:
-        server.stop()
+def own_redis(killable_redis: RedisProcess) -> RedisProcess:
+    return killable_redis
 
 
 def enqueue(server: RedisProcess, n: int) -> None:
