@@ -32,6 +32,7 @@ import shlex
 import time
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import replace
 from functools import cached_property
 from importlib import import_module
 from typing import Any
@@ -350,7 +351,7 @@ class CeleryProc(RedisProc):
             if self.management_url:
                 stamp = c.head_timestamp
                 latency = 0.0 if c.ready == 0 else (None if stamp is None else age_since(stamp, now))
-            queues.append(QueueReading(queue, jobs, COUNTED, latency))
+            queues.append(QueueReading(queue, jobs, COUNTED, latency, c.found))
         reading = Reading.from_queues(queues)
         methods = self._broadcasts()
         if not methods:
@@ -375,7 +376,8 @@ class CeleryProc(RedisProc):
                 f"the RabbitMQ management API lists {', '.join(map(repr, unknown))} without message counts (statistics"
                 " not collected yet, or disabled by management_agent.disable_metrics_collector)"
             )
-        counts = {q: stats.get(q) or QueueCounts(ready=0, unacked=0) for q in self.queues}  # not listed: no queue
+        missing = QueueCounts(ready=0, unacked=0, found=False)  # not listed: no such queue
+        counts = {q: stats.get(q) or missing for q in self.queues}
         hosts = self._worker_hostnames(name for name, c in stats.items() if c is not None and c.consumers)
         return counts, self.workers or hosts
 
@@ -439,7 +441,7 @@ class CeleryProc(RedisProc):
                 for method in ("reserved", "scheduled"):
                     if method in held:
                         jobs[method] = counts[qr.name, method]
-            queues.append(QueueReading(qr.name, jobs, qr.counted, qr.latency))
+            queues.append(replace(qr, jobs=jobs))
         return Reading.from_queues(queues)
 
     def _inspect_routes(self, held: dict[str, list[HeldTask]], cache: dict[str, Any]) -> dict[tuple[str, str], set]:
