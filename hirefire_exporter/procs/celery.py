@@ -224,11 +224,29 @@ class CeleryProc(RedisProc):
         """The Redis lists holding ``queue``: the base list and one per priority step."""
         return self._keys.lists(queue)
 
+    def _binding_keys(self, queue: str) -> tuple[str, ...]:
+        """kombu's binding tables that list ``queue`` once it was declared (by a worker, or a producer sending to it):
+        its exchange's as the app declares it, and the one named after the queue (the default exchange's, and that of
+        a queue Celery creates on the fly)."""
+        return self._binding_tables.get(queue) or (self._keys.binding(queue),)
+
+    @cached_property
+    def _binding_tables(self) -> dict[str, tuple[str, ...]]:
+        """:meth:`_binding_keys` of the queues the app declares on a named exchange (worked out once)."""
+        tables: dict[str, dict[str, None]] = {}
+        for b in self._declared:
+            if b.exchange:
+                tables.setdefault(b.queue, {})[self._keys.binding(b.exchange)] = None
+        for queue, keys in tables.items():
+            keys.setdefault(self._keys.binding(queue), None)
+        return {queue: tuple(keys) for queue, keys in tables.items()}
+
     def depth_commands(self, now: float) -> list[Command]:
         commands: list[Command] = []
         for queue in self.queues:
             for key in self._lists(queue):
                 commands += [("LLEN", key), ("LINDEX", key, -1)]
+            commands += [("SMEMBERS", key) for key in self._binding_keys(queue)]
         commands.append(("HVALS", self._keys.unacked))
         return commands
 
@@ -249,11 +267,13 @@ class CeleryProc(RedisProc):
         queues = []
         for queue in self.queues:
             lists = [(int(next(replies)), next(replies)) for _ in self._lists(queue)]
+            bound = [binding_table(next(replies), self._keys.sep) for _ in self._binding_keys(queue)]
             queued = sum(length for length, _ in lists)
             ages = [head_age(head, now) for length, head in lists if length]
             age = 0.0 if not ages else (None if None in ages else max(ages))  # type: ignore[type-var]
             jobs = {"queued": queued, "reserved": held[queue, "reserved"], "scheduled": held[queue, "scheduled"]}
-            queues.append(QueueReading(queue, jobs, COUNTED, age))
+            found = any(jobs.values()) or any(row.queue == queue for table in bound for row in table.rows)
+            queues.append(QueueReading(queue, jobs, COUNTED, age, found))
         return Reading.from_queues(queues)
 
     def _log_malformed(self, entries: int, bindings: int) -> None:
