@@ -120,8 +120,8 @@ class CeleryProc(RedisProc):
             )
         if self.management_url and (problem := management_url_problem(self.management_url)):
             raise ProcConfigError(f"proc {self.name!r}: management_url {problem}")
-        if self._redis() is None:
-            self._broker_connection().release()  # never connected: this only parses the URL
+        if self._redis() is None or self._broadcasts():  # the proc talks through a kombu transport
+            self._broker_connection().release()  # never connected: this parses the URL and loads the transport
 
     def celery_app(self) -> Any:
         """The Celery app: given, imported from a dotted path, built from ``url``, or Celery's current app."""
@@ -162,15 +162,21 @@ class CeleryProc(RedisProc):
         return scheme.lower() if found else ""
 
     def _broker_connection(self) -> Any:
-        """A kombu connection to a broker that is not Redis, not yet connected. Building it parses the URL and loads
-        its transport, without I/O: :meth:`validate` builds one so that a broken URL fails at start-up."""
+        """A kombu connection to the measured broker (``url``, else the app's), not yet connected: what passive
+        declarations and inspect broadcasts use. Building it parses the URL and loads its transport with what the
+        transport needs, without I/O: :meth:`validate` builds one so that a broken URL or a missing package fails at
+        start-up."""
         url = self.broker_url()
         try:
-            return self.celery_app().connection_for_read(url, connect_timeout=self.socket_timeout)
+            connection = self.celery_app().connection_for_read(
+                url, connect_timeout=self.socket_timeout, transport_options=self.transport_options
+            )
+            connection.transport  # noqa: B018 (instantiates the transport: its client library is checked there)
+            return connection
+        except ImportError as exc:  # e.g. redis:// without packaging (kombu[redis]), sqs:// without boto3
+            raise ProcConfigError(f"proc {self.name!r}: {_missing_transport_package(self._scheme(), exc)}") from None
         except KeyError as exc:  # kombu: "No such transport: sqs2.  Did you mean sqs?"
             problem = str(exc.args[0] if exc.args else exc)
-        except ImportError as exc:  # e.g. sqs:// without botocore
-            problem = f"its transport needs a package that is not installed: {exc}"
         except ValueError as exc:  # e.g. "Port could not be cast to integer value as 'port'"
             problem = str(exc)
         raise ProcConfigError(f"proc {self.name!r}: bad Celery broker URL: {scrub_credentials(redact(problem), url)}")
@@ -420,7 +426,7 @@ class CeleryProc(RedisProc):
         self, methods: list[str], cache: dict[str, Any], expected: Any, at_least: int = 0, replied: Any = None
     ) -> dict[str, list[HeldTask]]:
         return inspect_tasks(
-            self.celery_app(),
+            self._control_app,
             methods,
             cache,
             broker=self._broadcast_scope(),
@@ -429,6 +435,32 @@ class CeleryProc(RedisProc):
             at_least=at_least,
             replied=replied,
         )
+
+    @cached_property
+    def _control_app(self) -> Any:
+        """The app that broadcasts: the app itself when it publishes to the measured broker with this proc's transport
+        options, else a copy of its settings on the measured broker. (Celery publishes a broadcast through the app's
+        own producer pool, whichever connection ``inspect()`` is given: a ``url`` other than the app's broker would
+        ask the app's workers about the measured broker's queues.)"""
+        app = self.celery_app()
+        own = app.conf.broker_write_url or app.conf.broker_url
+        own = own[0] if isinstance(own, list | tuple) else own
+        url = self.broker_url()
+        if not self.transport_options and isinstance(own, str) and own.split(";")[0].strip() == url:
+            return app
+        from celery import Celery
+
+        settings = app.conf.table(with_defaults=False, censored=False)
+        settings.pop("deprecated_settings", None)
+        control = Celery(f"hirefire-{self.name}-inspect", set_as_current=False)
+        control.conf.update(
+            settings,
+            broker_url=url,
+            broker_read_url=None,
+            broker_write_url=None,
+            broker_transport_options=self.options(),
+        )
+        return control
 
     def _broadcast_scope(self) -> str:
         """Which workers a broadcast reaches (broker and control exchange): procs of one scope share a broadcast."""
@@ -476,10 +508,39 @@ class CeleryProc(RedisProc):
             else:
                 unknown.append((exchange, routing_key))
         if unknown:  # ask the workers which queues they consume and how (one more broadcast, cached per cycle)
-            app, scope = self.celery_app(), self._broadcast_scope()
+            app, scope = self._control_app, self._broadcast_scope()
             asked = active_queues(app, cache, broker=scope, timeout=self.inspect_timeout, limit=self.workers)
             routes.update({key: route(asked, *key) for key in unknown})
         return routes
+
+
+#: Celery's extras that bring what a kombu transport needs, by URL scheme (py-amqp, for amqp://, comes with kombu).
+TRANSPORT_EXTRAS = {
+    "redis": "redis",
+    "rediss": "redis",
+    "sentinel": "redis",
+    "sqs": "sqs",
+    "mongodb": "mongodb",
+    "zookeeper": "zookeeper",
+    "consul": "consul",
+    "azureservicebus": "azureservicebus",
+    "azurestoragequeues": "azurestoragequeues",
+    "gcpubsub": "gcpubsub",
+    "sqla": "sqlalchemy",
+    "sqlalchemy": "sqlalchemy",
+    "confluentkafka": "confluentkafka",
+}
+
+
+def _missing_transport_package(scheme: str, exc: ImportError) -> str:
+    """One line naming the module a broker's transport could not import and what to install."""
+    module = (exc.name or "").partition(".")[0]
+    missing = f"the module {module!r}, which is not installed" if module else f"a package that is not installed ({exc})"
+    extra = TRANSPORT_EXTRAS.get(scheme)
+    hint = f"pip install 'celery[{extra}]'" if extra else "install the package that provides it"
+    if extra == "redis":
+        hint += " (hirefire-exporter's 'celery' extra brings it)"
+    return f"the Celery {scheme or 'broker'} transport needs {missing}: {hint}"
 
 
 def _srem_command(key: str, member: str) -> str:
