@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
 from hirefire_exporter.loading import load_proc, proc_from_table
 from hirefire_exporter.procs.base import ProcConfigError
 from hirefire_exporter.procs.celery import CeleryProc
 from hirefire_exporter.procs.celery_inspect import Sightings
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def test_old_api_defaults():
@@ -156,46 +148,3 @@ def test_a_broken_management_url_fails_at_start_up_never_quoting_it(management_u
 def test_a_broker_url_that_is_not_a_string_fails_at_start_up():
     with pytest.raises(ProcConfigError, match="proc 'worker': the broker URL must be a string, got int"):
         CeleryProc("worker", url=6379).validate()
-
-
-WITHOUT_PACKAGING = (
-    "import sys; sys.modules['packaging'] = None;"  # as in an install of celery without its [redis] extra
-    " from hirefire_exporter.cli import main; sys.exit(main(sys.argv[1:]))"
-)
-
-
-def collect_without_packaging(tmp_path: Path, table: str) -> subprocess.CompletedProcess:
-    """``hirefire-exporter collect`` on one Celery proc (TOML lines ``table``), without the package ``packaging``."""
-    config = tmp_path / "hirefire.toml"
-    config.write_text(f'[[procs]]\nname = "worker"\nbackend = "celery"\n{table}\n')
-    return subprocess.run(
-        [sys.executable, "-c", WITHOUT_PACKAGING, "collect", "--config", str(config)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env={**os.environ, "HIREFIRE_TOKEN": "t"},
-        cwd=ROOT,
-    )
-
-
-@pytest.mark.parametrize(
-    ("table", "module", "extra"),
-    [
-        ('url = "{redis}"\ninspect_statuses = ["active"]', "packaging", "celery[redis]"),  # kombu's Redis transport
-        ('url = "sqs://"', "botocore", "celery[sqs]"),  # a transport whose client library is missing
-    ],
-)
-def test_a_missing_transport_package_stops_start_up_with_one_line(tmp_path, redis_url, table, module, extra):
-    result = collect_without_packaging(tmp_path, table.format(redis=redis_url))
-
-    assert result.returncode == 2, result.stderr
-    (line,) = result.stderr.splitlines()
-    assert line.startswith("hirefire-exporter: configuration error:")
-    assert f"the module {module!r}, which is not installed: pip install '{extra}'" in line, line
-
-
-def test_a_celery_proc_that_reads_redis_itself_needs_no_kombu_transport(tmp_path, redis_url, redis_conn):
-    redis_conn.lpush("celery", "{}")
-    result = collect_without_packaging(tmp_path, f'url = "{redis_url}"')
-    assert result.returncode == 0, result.stderr
-    assert json.loads(result.stdout) == [{"name": "worker", "value": 1, "quantity": 1}]
