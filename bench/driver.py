@@ -55,18 +55,21 @@ def raw(url: str, queues: list[str], procs: int) -> Callable[[], Any]:
 
     client = redis.Redis.from_url(url, socket_timeout=5.0, socket_connect_timeout=5.0, retry=Retry(NoBackoff(), 1))
     with open(COMMANDS_FILE) as f:
-        depth = [tuple(command) for command in json.load(f)]
+        commands = json.load(f)
+    depth = [tuple(command) for command in commands["depth"]]
+    load, walks = tuple(commands["load"]), [tuple(command) for command in commands["walks"]]
 
     def cycle() -> Any:
         pipe = client.pipeline(transaction=False)
         for command in depth:
             pipe.execute_command(*command)
         replies = pipe.execute()
-        heads = [r for r in replies[7::8] if r is not None]
-        if heads:
+        busy = [walk for walk, length in zip(walks, replies[0::8]) if length]
+        if busy:
             pipe = client.pipeline(transaction=False)
-            for head in heads:
-                pipe.execute_command("HGET", b"rq:job:" + head, "enqueued_at")
+            pipe.execute_command(*load)
+            for walk in busy:
+                pipe.execute_command(*walk)
             pipe.execute()
         return sum(replies[0::8]) + sum(replies[1::8]) + sum(replies[2::8]) + sum(replies[3::8])
 

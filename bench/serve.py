@@ -6,7 +6,7 @@ cached scrape costs, and memory over many scrapes.
 1. Scrape storm: 50 concurrent scrapers (20 HireFire on /hirefire/<token>/info, 20 Prometheus on /metrics, each on a
    keep-alive connection, and 10 health checks on /healthz with a new connection per request) against
    `hirefire-exporter serve --max-age 2` for a fixed time. Collections are counted from Redis's command statistics
-   (LINDEX runs once per queue per cycle), so single flight is checked on the broker, not trusted from our counter.
+   (SISMEMBER runs once per queue per cycle), so single flight is checked on the broker, not trusted from our counter.
    Server threads and sockets (from /proc) before and after.
 2. Served /metrics under the same 50-way concurrency, ours vs rq-exporter's server (`python -m rq_exporter`, run from
    its venv), each on the same RQ queues: throughput, client-side latency, server CPU and Redis commands per scrape.
@@ -174,7 +174,7 @@ def percentile(values: list[float], q: float) -> float:
 
 def collections(client: redis.Redis, queues: int) -> float:
     calls, _ = command_stats(client)
-    return calls.get("lindex", 0) / queues
+    return calls.get("sismember", 0) / queues
 
 
 def storm_against_ours(client: redis.Redis, port: int, queues: list[str], seconds: float, tmp: str) -> None:

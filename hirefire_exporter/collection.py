@@ -242,6 +242,7 @@ class Collection:
         #: fast path of :meth:`snapshot` never pairs a snapshot with another one's time.
         self._cached: tuple[Snapshot, float] | None = None
         self.cycles = 0  # cycles this process ran: lets tests and benchmarks prove single flight and sharing
+        self._missing_queues: set[tuple[str | None, str]] = set()  # (proc, queue) pairs warned about as not found
 
     @property
     def latest(self) -> Snapshot | None:
@@ -376,6 +377,18 @@ class Collection:
             task.running = False
         arrived.put((task, outcome))
 
+    def _warn_missing(self, proc: str | None, reading: Reading) -> None:
+        """Once per queue and process: a queue the broker has no trace of reads as 0 jobs, like an empty one."""
+        for queue in reading.queues:
+            if getattr(queue, "found", None) is False and (proc, queue.name) not in self._missing_queues:
+                self._missing_queues.add((proc, queue.name))
+                log.warning(
+                    "proc %r: queue %r not found on the broker: it reads as 0 jobs (a typo in `queues`, or no job"
+                    " was ever sent to it?)",
+                    proc,
+                    queue.name,
+                )
+
     def _snapshot(
         self,
         now: float,
@@ -397,6 +410,7 @@ class Collection:
             if isinstance(result, Reading):
                 if final and before is not None and not before.up:
                     log.info("proc %r: reading again", proc.name)
+                self._warn_missing(proc.name, result)
                 statuses.append(ProcStatus(proc.name, proc.metric, result, now, True, None, duration))
                 continue
             error = describe_error(result)

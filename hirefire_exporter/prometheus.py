@@ -35,6 +35,12 @@ def _families() -> dict[str, GaugeMetricFamily]:
         "queue_latency": gauge(
             "hirefire_queue_latency_seconds", "Age of the oldest waiting job in the queue.", ["proc", "queue"]
         ),
+        "queue_found": gauge(
+            "hirefire_queue_found",
+            "1 if the queue exists on the broker, 0 if the broker has no trace of it (never used, or a typo in the"
+            " proc's queues: it reads as 0 jobs); absent where the backend cannot tell.",
+            ["proc", "queue"],
+        ),
         "up": gauge("hirefire_proc_up", "1 if the proc's last collection succeeded, else 0.", ["proc"], False),
         "duration": gauge(
             "hirefire_proc_collect_duration_seconds", "How long the proc's last collection took.", ["proc"], False
@@ -79,6 +85,9 @@ def render(snapshot: Snapshot, now: float) -> Iterator[GaugeMetricFamily]:
                 f["queue_jobs"].add_metric([status.name, queue.name, state], count)
             if queue.latency is not None:
                 f["queue_latency"].add_metric([status.name, queue.name], queue.latency)
+            found = getattr(queue, "found", None)  # (a custom proc's duck-typed queues may not have it)
+            if found is not None:
+                f["queue_found"].add_metric([status.name, queue.name], 1.0 if found else 0.0)
     f["timestamp"].add_metric([], snapshot.collected_at)
     f["shared"].add_metric([], 1.0 if snapshot.shared else 0.0)
     return iter(f.values())

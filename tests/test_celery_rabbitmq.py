@@ -74,11 +74,55 @@ def test_ready_counts_and_a_missing_queue_reads_zero_without_leaking_channels(am
 
     assert [(q.name, dict(q.jobs)) for q in reading.queues][:2] == [(missing, {"queued": 0}), (a, {"queued": 3})]
     assert jobs(reading, b) == {"queued": 2}
+    assert [q.found for q in reading.queues] == [False, True, False, True]
     with Connection(amqp_url) as conn:
         conn.connect()
         counts = declare_counts(conn, [missing, a, missing, b], {})
         assert [c.ready for c in counts.values()] == [0, 3, 2]
         assert list(conn.connection.channels) == [0]  # only the connection itself: every channel was closed
+
+
+def test_a_queue_the_broker_refuses_fails_the_read_whatever_its_name_says(amqp_url, redis_conn, queues):
+    """Only the reply code 404 means "never declared". A queue held exclusively by another connection (405
+    RESOURCE_LOCKED) exists and its count is unknown: the proc is down and keeps its last good reading, even when
+    the queue's name (quoted in the broker's error text) contains NOT_FOUND."""
+    names, _ = queues
+    ready = unique("ready")
+    app = app_for(amqp_url, spec_for(names, [ready, "", "direct", ready, 0]))
+    declare(app)
+    Blocker(app, redis_conn).send(2, queue=ready)
+    locked = unique("NOT_FOUND")  # not in `names`: an exclusive queue goes away with its connection
+    collection = Collection([CeleryProc("worker", queues=[ready, locked], app=app)], stale_after=3600)
+    first = wait_for(lambda: (s := collection.collect()).procs[0].reading.quantity == 2 and s, "2 ready messages")
+    assert [q.found for q in first.procs[0].reading.queues] == [True, False]  # not declared yet: 404, 0 jobs
+
+    with Connection(amqp_url) as owner:
+        owner.default_channel.queue_declare(queue=locked, exclusive=True)
+        status = collection.collect().procs[0]
+
+    assert status.up is False
+    assert "RESOURCE_LOCKED" in status.error and "(405)" in status.error
+    assert status.reading == first.procs[0].reading  # the last good reading, never a 0 for the locked queue
+
+
+def test_only_reply_code_404_reads_as_a_queue_not_found():
+    """kombu's virtual transports give the reply code as a string; py-amqp's errors as an int. The text is never read:
+    an ACCESS_REFUSED quoting a queue named NOT_FOUND is still a refusal."""
+    from amqp.exceptions import AccessRefused, NotFound, ResourceLocked
+
+    from hirefire_exporter.procs.celery_rabbitmq import reply_code
+
+    with Connection("memory://") as conn:
+        missing = unique("missing")
+        assert declare_counts(conn, [missing], {})[missing].found is False
+        with pytest.raises(conn.channel_errors) as info:
+            conn.channel().queue_declare(queue=missing, passive=True)
+    assert reply_code(info.value) == 404
+    text = "ACCESS_REFUSED - access to queue 'NOT_FOUND' in vhost '/' refused"
+    assert reply_code(AccessRefused(text, (50, 10), reply_code=403)) == 403
+    assert reply_code(ResourceLocked("RESOURCE_LOCKED - queue 'NOT_FOUND'")) == 405
+    assert reply_code(NotFound("NOT_FOUND - no queue 'x'")) == 404
+    assert reply_code(RuntimeError("NOT_FOUND")) is None
 
 
 def test_a_priority_queue_counts_every_priority(amqp_url, redis_conn, queues):
@@ -298,6 +342,7 @@ def test_management_api_gives_ready_unacked_and_latency_in_one_request(managemen
         assert reading.queues[0].latency >= time.time() - before - 1  # the head message was stamped at publish
         assert reading.queues[0].latency == pytest.approx(time.time() - int(before), abs=2)
         assert [(x.latency, dict(x.jobs)) for x in reading.queues[1:]] == [(0.0, {"queued": 0, "reserved": 0})] * 2
+        assert [x.found for x in reading.queues] == [True, True, False]  # the API does not list a missing queue
 
         # with the API, only `active` is broadcast, its limit is the workers the API lists
         inspected = CeleryProc("worker", queues=[q], app=app, management_url=api, inspect_statuses=["active"])

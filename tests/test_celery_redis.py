@@ -104,6 +104,23 @@ def test_with_acks_late_the_running_task_stays_visible(redis_conn, redis_url, wo
     assert reading.quantity == 6
 
 
+def test_inspection_asks_the_workers_of_the_broker_it_measures_not_the_apps(redis_url, private_redis, workers):
+    """The proc's `url` is another broker than the app's own: its broadcasts go there, to the workers it counts."""
+    server = private_redis.connection_pool.connection_kwargs
+    measured = f"redis://{server['host']}:{server['port']}/0"
+    q = unique("elsewhere")
+    spec = [[q, "", "direct", q, 0]]
+    app = app_for(redis_url, spec)  # the app's own broker: the test database, with no worker on it
+    blocker = Blocker(app_for(measured, spec), private_redis)
+    blocker.send(3, queue=q)
+    workers.append(Worker(measured, spec, measured, prefetch=1))
+    wait_for(lambda: blocker.started() == 1, "the task to start on the measured broker")
+
+    for known in ({}, {"workers": 1}):  # the workers found in the measured broker, or their given number
+        proc = CeleryProc("worker", queues=[q], app=app, url=measured, inspect_statuses=["active"], **known)
+        assert jobs(proc.read({}), q) == {"queued": 1, "reserved": 1, "scheduled": 0, "started": 1}
+
+
 def test_eta_tasks_held_by_a_worker_are_scheduled(redis_conn, redis_url, workers):
     q = unique("eta")
     spec = [[q, "", "direct", q, 0]]

@@ -204,6 +204,7 @@ def test_every_panel_reads_at_a_glance():
         "Jobs per queue and state": "short",
         "Waiting jobs per queue, now": "short",
         "Oldest waiting job per queue": "s",
+        "Queues found": "none",
         "Proc up": "none",
         "Exporter scraped": "none",
         "Snapshot age": "s",

@@ -53,18 +53,22 @@ def cycle(redis_conn, proc):
 # RQ
 
 
-def test_rq_head_job_with_an_expired_hash_or_a_garbage_id_counts_exactly_with_unknown_latency(redis_conn):
+def test_rq_ids_without_a_job_hash_are_expired_jobs_not_waiting_ones(redis_conn):
+    """An id whose job hash is gone (a `ttl` passed, a manual cleanup) or that never named a job: an RQ worker pops it
+    and drops it. It is reported as `expired`, not counted, and no job waits."""
     queue = rq.Queue("default", connection=redis_conn)
     job = queue.enqueue("rq_jobs.noop")
-    redis_conn.delete(f"rq:job:{job.id}")  # the job hash expired (result_ttl / manual cleanup), its id remains
+    redis_conn.delete(f"rq:job:{job.id}")
     status = cycle(redis_conn, RQProc("worker", connection=redis_conn))
-    assert (status.up, status.reading.quantity, status.reading.latency) == (True, 1, None)
+    assert (status.up, status.reading.quantity, status.reading.latency) == (True, 0, 0.0)
+    assert status.reading.queues[0].jobs["expired"] == 1
 
     redis_conn.delete("rq:queue:default")
     for item in GARBAGE:
         redis_conn.rpush("rq:queue:default", item)
     status = cycle(redis_conn, RQProc("worker", connection=redis_conn))
-    assert (status.up, status.reading.quantity, status.reading.latency) == (True, len(GARBAGE), None)
+    assert (status.up, status.reading.quantity, status.reading.latency) == (True, 0, 0.0)
+    assert status.reading.queues[0].jobs["expired"] == len(GARBAGE)
 
 
 @pytest.mark.parametrize(

@@ -202,6 +202,9 @@ def test_beanstalkd_counts_per_tube_and_state(beanstalkd):
         assert samples(metrics, "hirefire_queue_jobs") == {
             ("worker", tube, state): float(n) for tube, states in expected.items() for state, n in states.items()
         }
+        # beanstalkd forgets an empty tube nobody watches (every idle tube once its workers are scaled to zero):
+        # a tube it does not have may or may not be a typo, so no hirefire_queue_found series for it
+        assert samples(metrics, "hirefire_queue_found") == {("worker", "emails"): 1.0, ("worker", "reports"): 1.0}
 
         worker.close()  # the worker goes away: beanstalkd puts its reserved job back in the ready queue
         reports = Collection([tubes(beanstalkd, "reports")])

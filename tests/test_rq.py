@@ -12,6 +12,7 @@ from werkzeug.test import Client
 
 from hirefire_exporter.app import ExporterApp
 from hirefire_exporter.collection import Collection
+from hirefire_exporter.procs.redis_proc import parse_utc
 from hirefire_exporter.procs.rq import RQProc
 
 rq = pytest.importorskip("rq")
@@ -49,9 +50,9 @@ def test_counts_waiting_running_and_due_jobs_over_several_queues(redis_conn, red
         assert samples(metrics, "hirefire_proc_jobs") == {("worker",): 9.0}
         jobs = samples(metrics, "hirefire_queue_jobs")
         expected = {
-            "high": {"queued": 2, "started": 0, "due": 1, "scheduled": 0, "deferred": 0, "failed": 0},
-            "default": {"queued": 3, "started": 0, "due": 0, "scheduled": 1, "deferred": 1, "failed": 0},
-            "low": {"queued": 2, "started": 1, "due": 0, "scheduled": 0, "deferred": 0, "failed": 0},
+            "high": {"queued": 2, "started": 0, "due": 1, "scheduled": 0, "deferred": 0, "failed": 0, "expired": 0},
+            "default": {"queued": 3, "started": 0, "due": 0, "scheduled": 1, "deferred": 1, "failed": 0, "expired": 0},
+            "low": {"queued": 2, "started": 1, "due": 0, "scheduled": 0, "deferred": 0, "failed": 0, "expired": 0},
         }
         assert jobs == {
             ("worker", queue, state): float(n) for queue, states in expected.items() for state, n in states.items()
@@ -95,7 +96,8 @@ def test_reads_without_writing_and_ignores_dead_workers_leases(private_redis):
     assert jobs["started"] == 1  # the expired lease belongs to a dead worker; RQ requeues or fails it
     assert private_redis.zcard("rq:wip:default") == 2  # nothing cleaned up: RQ's registry.count would have
     used = set(command_counts(private_redis))
-    assert used <= {"llen", "lindex", "zcount", "zcard", "hget"}, used
+    # reads only: the counts, rq:queues membership, and the script that finds the oldest live job (LRANGE, HGET)
+    assert used <= {"llen", "zcount", "zcard", "sismember", "script|load", "evalsha", "lrange", "hget", "exists"}, used
 
 
 def test_queues_of_one_proc_cost_one_round_trip_plus_one_for_latency(private_redis, monkeypatch):
@@ -109,8 +111,18 @@ def test_queues_of_one_proc_cost_one_round_trip_plus_one_for_latency(private_red
 
     assert len(sends) == 2  # one pipelined round trip for the counts, one for the oldest jobs' ages
     counts = command_counts(private_redis)
-    # one command per key read: per queue 2 LLEN, 3 ZCOUNT, 2 ZCARD, 1 LINDEX; 1 HGET per non-empty queue
-    assert counts == {"llen": 100, "zcount": 150, "zcard": 100, "lindex": 50, "hget": 50}
+    # one command per key read: per queue 2 LLEN, 3 ZCOUNT, 2 ZCARD, 1 SISMEMBER; per non-empty queue one run of the
+    # script (loaded once) that reads the head of the queue (LRANGE) and the head job's enqueued_at (HGET)
+    assert counts == {
+        "llen": 100,
+        "zcount": 150,
+        "zcard": 100,
+        "sismember": 50,
+        "script|load": 1,
+        "evalsha": 50,
+        "lrange": 50,
+        "hget": 50,
+    }
 
 
 def test_procs_declared_with_a_connection_and_declaratively(redis_conn, queues):
@@ -125,3 +137,58 @@ def test_procs_declared_with_a_connection_and_declaratively(redis_conn, queues):
     assert isinstance(client, rq.Queue) and client.count == 1
     assert WorkerProc().quantity() == 1
     assert RQProc("other", queues=["default"], connection=redis_conn).quantity(cache={}) == 1
+
+
+def expire(redis_conn, *jobs):
+    """Make jobs' hashes vanish as a `ttl` does (RQ leaves their ids in the queue)."""
+    redis_conn.delete(*(job.key for job in jobs))
+
+
+def test_expired_jobs_at_the_head_are_passed_over_for_latency_and_not_counted(redis_conn, redis_url, queues):
+    default = queues["default"]
+    with_ttl = [default.enqueue("rq_jobs.noop", ttl=1) for _ in range(3)]
+    wait_until(lambda: not any(redis_conn.exists(job.key) for job in with_ttl), what="the jobs' ttl to pass")
+    live = default.enqueue("rq_jobs.noop")
+    expire(redis_conn, default.enqueue("rq_jobs.noop"))  # an expired id behind a live job: counted until dropped
+    default.enqueue("rq_jobs.noop")
+    later = parse_utc(redis_conn.hget(live.key, "enqueued_at")) + 120
+    collection = Collection(
+        [RQProc("worker", queues=["default"], url=redis_url, metric="latency")], clock=lambda: later
+    )
+    app = ExporterApp(collection, "tok")
+
+    info = Client(app).get("/hirefire/tok/info")
+
+    assert info.status_code == 200
+    assert json.loads(info.data) == [{"name": "worker", "value": 120.0, "quantity": 120.0}]  # the live job's age
+    queue = collection.latest.procs[0].reading.queues[0]
+    assert (queue.jobs["queued"], queue.jobs["expired"], queue.latency) == (3, 3, 120.0)
+
+    # what RQ workers do with expired ids: drop them, and run the live jobs
+    worker = start_rq_worker(redis_url, "default")
+    try:
+        wait_until(lambda: redis_conn.zcard("rq:finished:default") == 2, what="the worker to run the 2 live jobs")
+        wait_until(lambda: redis_conn.llen("rq:queue:default") == 0, what="the worker to drop the expired ids")
+    finally:
+        stop(worker)
+
+
+def test_a_queue_of_expired_ids_only_has_no_waiting_job(redis_conn, redis_url, queues):
+    expire(redis_conn, *(queues["default"].enqueue("rq_jobs.noop") for _ in range(5)))
+    snapshot = Collection([RQProc("worker", url=redis_url, metric="latency")]).collect()
+    queue = snapshot.procs[0].reading.queues[0]
+    assert (dict(queue.jobs), queue.latency) == (
+        {"queued": 0, "started": 0, "due": 0, "scheduled": 0, "deferred": 0, "failed": 0, "expired": 5},
+        0.0,
+    )
+    assert snapshot.value(snapshot.procs[0]) == 0.0
+
+
+def test_past_the_scan_limit_the_latency_is_unknown_and_every_id_counts(redis_conn, redis_url, queues, monkeypatch):
+    monkeypatch.setattr("hirefire_exporter.procs.rq.HEAD_SCAN_LIMIT", 5)
+    expire(redis_conn, *(queues["default"].enqueue("rq_jobs.noop") for _ in range(7)))
+    queues["default"].enqueue("rq_jobs.noop")
+    status = Collection([RQProc("worker", url=redis_url)]).collect().procs[0]
+    queue = status.reading.queues[0]
+    assert status.up is True
+    assert (queue.jobs["queued"], queue.jobs["expired"], queue.latency) == (3, 5, None)

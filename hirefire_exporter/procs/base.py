@@ -41,13 +41,16 @@ class QueueReading:
 
     ``jobs`` maps a job state (``queued``, ``started``, ``scheduled``, ...) to a count. ``counted`` lists the states
     that count towards the proc's total (jobs that need a worker now or are on one). ``latency`` is the age in seconds
-    of the oldest waiting job, ``None`` where the backend cannot tell, ``0.0`` for an empty queue.
+    of the oldest waiting job, ``None`` where the backend cannot tell, ``0.0`` for an empty queue. ``found`` says
+    whether the queue exists on the broker: ``False`` for a queue the broker has no trace of (never used, or a typo
+    in ``queues``), which then reads as 0 jobs like an empty one; ``None`` where the backend cannot tell.
     """
 
     name: str
     jobs: Mapping[str, int]
     counted: frozenset[str] = frozenset({"queued"})
     latency: float | None = None
+    found: bool | None = None
 
     @property
     def quantity(self) -> int:

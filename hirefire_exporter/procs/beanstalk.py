@@ -77,8 +77,9 @@ class Connection:
         sock.sendall(payload)
         return [self._reply() for _ in range(count)]
 
-    def stats_tubes(self, tubes: Iterable[str]) -> dict[str, dict[str, int]]:
-        """Job counts by state (:data:`STATES`) for each tube, all in one round trip. A missing tube has 0 jobs."""
+    def stats_tubes(self, tubes: Iterable[str]) -> dict[str, dict[str, int] | None]:
+        """Job counts by state (:data:`STATES`) for each tube, all in one round trip; None for a tube beanstalkd does
+        not have (``NOT_FOUND``: it has no jobs, and no client uses or watches it)."""
         tubes = list(dict.fromkeys(tubes))
         for tube in tubes:
             if not TUBE_NAME.fullmatch(tube):
@@ -87,7 +88,7 @@ class Connection:
         out = {}
         for tube, (words, body) in zip(tubes, replies):
             if words == ["NOT_FOUND"]:
-                out[tube] = dict.fromkeys(STATES, 0)
+                out[tube] = None
             elif words[0] == "OK" and body is not None:
                 out[tube] = _counts(tube, body)
             else:

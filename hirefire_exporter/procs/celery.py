@@ -31,6 +31,7 @@ import shlex
 import time
 from collections import Counter
 from collections.abc import Iterable
+from dataclasses import replace
 from functools import cached_property
 from importlib import import_module
 from typing import Any
@@ -132,8 +133,8 @@ class CeleryProc(RedisProc):
         register_url(self.management_url)
         if self.management_url and (problem := management_url_problem(self.management_url)):
             raise ProcConfigError(f"proc {self.name!r}: management_url {problem}")
-        if self._redis() is None:
-            self._broker_connection().release()  # never connected: this only parses the URL
+        if self._redis() is None or self._broadcasts():  # the proc talks through a kombu transport
+            self._broker_connection().release()  # never connected: this parses the URL and loads the transport
         else:
             try:
                 _ = self._keys  # the transport options' key layout, checked now rather than on every read
@@ -182,17 +183,25 @@ class CeleryProc(RedisProc):
         return scheme.lower() if found else ""
 
     def _broker_connection(self) -> Any:
-        """A kombu connection to a broker that is not Redis, not yet connected. Building it parses the URL and loads
-        its transport, without I/O: :meth:`validate` builds one so that a broken URL fails at start-up."""
+        """A kombu connection to the measured broker (``url``, else the app's), not yet connected: what passive
+        declarations and inspect broadcasts use. Building it parses the URL and loads its transport with what the
+        transport needs, without I/O: :meth:`validate` builds one so that a broken URL or a missing package fails at
+        start-up."""
         url = self.broker_url()
         problem = url_problem(url)  # before kombu, whose messages quote what it read as the port
         if problem is None:
             try:
-                return self.celery_app().connection_for_read(url, connect_timeout=self.socket_timeout)
+                connection = self.celery_app().connection_for_read(
+                    url, connect_timeout=self.socket_timeout, transport_options=self.transport_options
+                )
+                connection.transport  # noqa: B018 (instantiates the transport: its client library is checked there)
+                return connection
+            except ImportError as exc:  # e.g. redis:// without packaging (kombu[redis]), sqs:// without boto3
+                raise ProcConfigError(
+                    f"proc {self.name!r}: {_missing_transport_package(self._scheme(), exc)}"
+                ) from None
             except KeyError as exc:  # kombu: "No such transport: sqs2.  Did you mean sqs?"
                 problem = str(exc.args[0] if exc.args else exc)
-            except ImportError as exc:  # e.g. sqs:// without botocore
-                problem = f"its transport needs a package that is not installed: {exc}"
             except ValueError as exc:
                 problem = describe_error(exc)
         raise ProcConfigError(f"proc {self.name!r}: bad Celery broker URL: {problem}")
@@ -246,11 +255,29 @@ class CeleryProc(RedisProc):
         """The Redis lists holding ``queue``: the base list and one per priority step."""
         return self._keys.lists(queue)
 
+    def _binding_keys(self, queue: str) -> tuple[str, ...]:
+        """kombu's binding tables that list ``queue`` once it was declared (by a worker, or a producer sending to it):
+        its exchange's as the app declares it, and the one named after the queue (the default exchange's, and that of
+        a queue Celery creates on the fly)."""
+        return self._binding_tables.get(queue) or (self._keys.binding(queue),)
+
+    @cached_property
+    def _binding_tables(self) -> dict[str, tuple[str, ...]]:
+        """:meth:`_binding_keys` of the queues the app declares on a named exchange (worked out once)."""
+        tables: dict[str, dict[str, None]] = {}
+        for b in self._declared:
+            if b.exchange:
+                tables.setdefault(b.queue, {})[self._keys.binding(b.exchange)] = None
+        for queue, keys in tables.items():
+            keys.setdefault(self._keys.binding(queue), None)
+        return {queue: tuple(keys) for queue, keys in tables.items()}
+
     def depth_commands(self, now: float) -> list[Command]:
         commands: list[Command] = []
         for queue in self.queues:
             for key in self._lists(queue):
                 commands += [("LLEN", key), ("LINDEX", key, -1)]
+            commands += [("SMEMBERS", key) for key in self._binding_keys(queue)]
         commands.append(("HVALS", self._keys.unacked))
         return commands
 
@@ -271,11 +298,13 @@ class CeleryProc(RedisProc):
         queues = []
         for queue in self.queues:
             lists = [(int(next(replies)), next(replies)) for _ in self._lists(queue)]
+            bound = [binding_table(next(replies), self._keys.sep) for _ in self._binding_keys(queue)]
             queued = sum(length for length, _ in lists)
             ages = [head_age(head, now) for length, head in lists if length]
             age = 0.0 if not ages else (None if None in ages else max(ages))  # type: ignore[type-var]
             jobs = {"queued": queued, "reserved": held[queue, "reserved"], "scheduled": held[queue, "scheduled"]}
-            queues.append(QueueReading(queue, jobs, COUNTED, age))
+            found = any(jobs.values()) or any(row.queue == queue for table in bound for row in table.rows)
+            queues.append(QueueReading(queue, jobs, COUNTED, age, found))
         return Reading.from_queues(queues)
 
     def _log_malformed(self, entries: int, bindings: int) -> None:
@@ -373,7 +402,7 @@ class CeleryProc(RedisProc):
             if self.management_url:
                 stamp = c.head_timestamp
                 latency = 0.0 if c.ready == 0 else (None if stamp is None else age_since(stamp, now))
-            queues.append(QueueReading(queue, jobs, COUNTED, latency))
+            queues.append(QueueReading(queue, jobs, COUNTED, latency, c.found))
         reading = Reading.from_queues(queues)
         methods = self._broadcasts()
         if not methods:
@@ -398,7 +427,8 @@ class CeleryProc(RedisProc):
                 f"the RabbitMQ management API lists {', '.join(map(repr, unknown))} without message counts (statistics"
                 " not collected yet, or disabled by management_agent.disable_metrics_collector)"
             )
-        counts = {q: stats.get(q) or QueueCounts(ready=0, unacked=0) for q in self.queues}  # not listed: no queue
+        missing = QueueCounts(ready=0, unacked=0, found=False)  # not listed: no such queue
+        counts = {q: stats.get(q) or missing for q in self.queues}
         hosts = self._worker_hostnames(name for name, c in stats.items() if c is not None and c.consumers)
         return counts, self.workers or hosts
 
@@ -421,7 +451,7 @@ class CeleryProc(RedisProc):
         self, methods: list[str], cache: dict[str, Any], expected: Any, at_least: int = 0, replied: Any = None
     ) -> dict[str, list[HeldTask]]:
         return inspect_tasks(
-            self.celery_app(),
+            self._control_app,
             methods,
             cache,
             broker=self._broadcast_scope(),
@@ -430,6 +460,32 @@ class CeleryProc(RedisProc):
             at_least=at_least,
             replied=replied,
         )
+
+    @cached_property
+    def _control_app(self) -> Any:
+        """The app that broadcasts: the app itself when it publishes to the measured broker with this proc's transport
+        options, else a copy of its settings on the measured broker. (Celery publishes a broadcast through the app's
+        own producer pool, whichever connection ``inspect()`` is given: a ``url`` other than the app's broker would
+        ask the app's workers about the measured broker's queues.)"""
+        app = self.celery_app()
+        own = app.conf.broker_write_url or app.conf.broker_url
+        own = own[0] if isinstance(own, list | tuple) else own
+        url = self.broker_url()
+        if not self.transport_options and isinstance(own, str) and own.split(";")[0].strip() == url:
+            return app
+        from celery import Celery
+
+        settings = app.conf.table(with_defaults=False, censored=False)
+        settings.pop("deprecated_settings", None)
+        control = Celery(f"hirefire-{self.name}-inspect", set_as_current=False)
+        control.conf.update(
+            settings,
+            broker_url=url,
+            broker_read_url=None,
+            broker_write_url=None,
+            broker_transport_options=self.options(),
+        )
+        return control
 
     def _broadcast_scope(self) -> str:
         """Which workers a broadcast reaches (broker and control exchange): procs of one scope share a broadcast."""
@@ -462,7 +518,7 @@ class CeleryProc(RedisProc):
                 for method in ("reserved", "scheduled"):
                     if method in held:
                         jobs[method] = counts[qr.name, method]
-            queues.append(QueueReading(qr.name, jobs, qr.counted, qr.latency))
+            queues.append(replace(qr, jobs=jobs))
         return Reading.from_queues(queues)
 
     def _inspect_routes(self, held: dict[str, list[HeldTask]], cache: dict[str, Any]) -> dict[tuple[str, str], set]:
@@ -477,10 +533,39 @@ class CeleryProc(RedisProc):
             else:
                 unknown.append((exchange, routing_key))
         if unknown:  # ask the workers which queues they consume and how (one more broadcast, cached per cycle)
-            app, scope = self.celery_app(), self._broadcast_scope()
+            app, scope = self._control_app, self._broadcast_scope()
             asked = active_queues(app, cache, broker=scope, timeout=self.inspect_timeout, limit=self.workers)
             routes.update({key: route(asked, *key) for key in unknown})
         return routes
+
+
+#: Celery's extras that bring what a kombu transport needs, by URL scheme (py-amqp, for amqp://, comes with kombu).
+TRANSPORT_EXTRAS = {
+    "redis": "redis",
+    "rediss": "redis",
+    "sentinel": "redis",
+    "sqs": "sqs",
+    "mongodb": "mongodb",
+    "zookeeper": "zookeeper",
+    "consul": "consul",
+    "azureservicebus": "azureservicebus",
+    "azurestoragequeues": "azurestoragequeues",
+    "gcpubsub": "gcpubsub",
+    "sqla": "sqlalchemy",
+    "sqlalchemy": "sqlalchemy",
+    "confluentkafka": "confluentkafka",
+}
+
+
+def _missing_transport_package(scheme: str, exc: ImportError) -> str:
+    """One line naming the module a broker's transport could not import and what to install."""
+    module = (exc.name or "").partition(".")[0]
+    missing = f"the module {module!r}, which is not installed" if module else f"a package that is not installed ({exc})"
+    extra = TRANSPORT_EXTRAS.get(scheme)
+    hint = f"pip install 'celery[{extra}]'" if extra else "install the package that provides it"
+    if extra == "redis":
+        hint += " (hirefire-exporter's 'celery' extra brings it)"
+    return f"the Celery {scheme or 'broker'} transport needs {missing}: {hint}"
 
 
 def _srem_command(key: str, member: str) -> str:

@@ -4,8 +4,11 @@ Two ways, both read-only (never ``basic_get`` + requeue, which marks the message
 
 - :func:`declare_counts`: a passive ``queue_declare`` per queue on one channel: ``message_count`` is the number of
   *ready* messages (tasks prefetched by workers or held with an ETA are not in it), ``consumer_count`` the number of
-  consumers. A queue that does not exist closes the channel; it is counted as empty and a new channel is opened for
-  the remaining queues. Works on every kombu transport (for virtual transports ``message_count`` is their size).
+  consumers. Any refusal closes the channel. Only the reply code 404 (``NOT_FOUND``: the queue was never declared,
+  nothing was ever published to it) reads as an empty queue that was not found, after which a new channel is opened
+  for the remaining queues; any other refusal (405 ``RESOURCE_LOCKED``: an exclusive queue of another connection, 403
+  ``ACCESS_REFUSED``, 406 ``PRECONDITION_FAILED``...) fails the read. Works on every kombu transport (for virtual
+  transports ``message_count`` is their size).
 - :func:`management_counts`: one HTTP request to the management API for every queue of the vhost: ready,
   unacknowledged (prefetched, ETA-held, and running with ``task_acks_late``) and the head message's timestamp. The
   API's figures lag the broker by about 5 seconds.
@@ -32,12 +35,14 @@ class QueueCounts:
     unacked: int | None = None  # None: this source cannot see unacknowledged messages
     consumers: int = 0
     head_timestamp: float | None = None  # the oldest ready message's AMQP `timestamp`, when known
+    found: bool | None = None  # whether the broker knows the queue (None: cannot tell)
 
 
 def declare_counts(
     connection: Any, queues: Iterable[str], arguments: Mapping[str, Mapping[str, Any] | None]
 ) -> dict[str, QueueCounts]:
-    """Ready messages and consumers per queue, by passive declaration on one channel (a new one after a 404)."""
+    """Ready messages and consumers per queue, by passive declaration on one channel (a new one after a 404). A refusal
+    other than 404 is raised: the queue exists, and its count is unknown."""
     counts: dict[str, QueueCounts] = {}
     channel = None
     try:
@@ -47,13 +52,13 @@ def declare_counts(
             try:
                 ok = channel.queue_declare(queue=queue, passive=True, arguments=arguments.get(queue))
             except connection.channel_errors as exc:
-                if not _not_found(exc):
+                if reply_code(exc) != 404:
                     raise
-                counts[queue] = QueueCounts(ready=0)  # never declared: nothing was ever published to it
+                counts[queue] = QueueCounts(ready=0, found=False)  # never declared: nothing was ever published to it
                 _close_quietly(channel)  # the broker closed it; release it on our side too
                 channel = None
                 continue
-            counts[queue] = QueueCounts(ready=int(ok.message_count), consumers=int(ok.consumer_count))
+            counts[queue] = QueueCounts(ready=int(ok.message_count), consumers=int(ok.consumer_count), found=True)
     finally:
         if channel is not None:
             _close_quietly(channel)
@@ -93,6 +98,7 @@ def management_counts(management_url: str, vhost: str, timeout: float) -> dict[s
             unacked=unacked,
             consumers=int(row.get("consumers") or 0),
             head_timestamp=float(stamp) if isinstance(stamp, int | float) else None,
+            found=True,
         )
     return out
 
@@ -119,9 +125,16 @@ def management_url_problem(url: Any) -> str | None:
     return None
 
 
-def _not_found(exc: BaseException) -> bool:
-    code = getattr(exc, "code", None) or getattr(exc, "reply_code", None)
-    return str(code) == "404" or "NOT_FOUND" in str(exc)
+def reply_code(exc: BaseException) -> int | None:
+    """The AMQP reply code of a channel error (py-amqp's ``reply_code``; kombu's virtual transports give it as a
+    string, ``'404'``), never guessed from the text: the text quotes the queue name, which may say anything."""
+    for attribute in ("reply_code", "code"):
+        code = getattr(exc, attribute, None)
+        if isinstance(code, str) and code.strip().isdigit():
+            code = int(code)
+        if isinstance(code, int) and not isinstance(code, bool) and code:
+            return code
+    return None
 
 
 def _close_quietly(channel: Any) -> None:

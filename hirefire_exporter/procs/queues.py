@@ -173,14 +173,15 @@ class QueuesProc(RedisProc):
         host, port = self.beanstalk_address()
         with beanstalk.Connection(host, port, timeout=self.socket_timeout) as connection:
             stats = connection.stats_tubes(self.queues)
-        return Reading.from_queues(
-            QueueReading(
-                q,
-                {BEANSTALK_STATES[state]: count for state, count in stats[q].items()},
-                BEANSTALK_COUNTED,
-            )
-            for q in self.queues
-        )
+        return Reading.from_queues(_tube_reading(q, stats[q]) for q in self.queues)
+
+
+def _tube_reading(tube: str, counts: dict[str, int] | None) -> QueueReading:
+    """A tube's counts. beanstalkd forgets a tube that has no jobs once no client watches it, which an idle tube is
+    whenever its workers are scaled to zero: a tube it does not have has 0 jobs, and may or may not be a typo
+    (``found`` None)."""
+    jobs = {BEANSTALK_STATES[state]: count for state, count in (counts or dict.fromkeys(beanstalk.STATES, 0)).items()}
+    return QueueReading(tube, jobs, BEANSTALK_COUNTED, found=True if counts is not None else None)
 
 
 def _host_port(value: str, setting: str, proc: str | None) -> tuple[str, int]:

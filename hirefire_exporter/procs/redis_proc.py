@@ -98,9 +98,15 @@ def build_client(label: str, url: str | None = None, *, socket_timeout: float, *
     3 s to give up on a refused connection, longer than a cycle's timeout), while still surviving a pooled
     connection the server closed while idle.
     """
-    from redis import Redis
-    from redis.backoff import NoBackoff
-    from redis.retry import Retry
+    try:
+        from redis import Redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+    except ImportError:
+        raise ProcConfigError(
+            f"{label} needs the module 'redis', which is not installed: pip install redis (or the backend's extra,"
+            " such as 'hirefire-exporter[rq]')"
+        ) from None
 
     defaults = {
         "socket_timeout": socket_timeout,

@@ -10,25 +10,66 @@ Per queue ``q`` (prefix ``rq``, or ``RQ_KEY_PREFIX`` as RQ 3 reads it):
   ``scheduled`` for later;
 - ``rq:deferred:q`` and ``rq:failed:q``: reported, never counted.
 
+A queue's id list may hold ids whose job hash is gone: a job enqueued with a ``ttl`` that passed while it waited, or
+a hash deleted by hand. An RQ worker pops such an id and drops it without running anything. The oldest waiting job is
+therefore the first *live* one: :data:`FIRST_LIVE_JOB`, a read-only Lua script, walks the queue from its head past
+such ids (at most :data:`HEAD_SCAN_LIMIT`) and returns the first live job's ``enqueued_at`` and how many expired ids
+it passed. Those are reported as ``expired`` and not counted; an expired id behind a live job is still counted as
+``queued`` until a worker drops it (finding it would mean reading every job hash of the queue). RQ's own workers and
+scheduler run Lua scripts on the same server.
+
+Whether a queue exists: RQ adds every queue it enqueues to (its key) to the set ``rq:queues``; a queue in neither
+that set nor any of its keys has never had a job, which reads as 0 jobs and ``found = False`` (a typo in ``queues``?).
+
 RQ's own ``registry.count`` runs a cleanup that writes to Redis and moves jobs to the failed registry, so this
-module never calls it: only LLEN, LINDEX, ZCOUNT, ZCARD and HGET.
+module never calls it: it reads with LLEN, ZCOUNT, ZCARD and SISMEMBER, and the script with LRANGE, HGET and EXISTS.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import os
 from typing import Any
 
+from ..redaction import describe_error
 from ..settings_check import OrNone, Text
 from .base import ClientProc, QueueReading, Reading
-from .redis_proc import Command, RedisProc, age_since, as_text, parse_utc
+from .redis_proc import Command, RedisProc, age_since, parse_utc
+
+log = logging.getLogger("hirefire_exporter")
 
 #: The states that need a worker now or are on one: HireFire's count.
 COUNTED = frozenset({"queued", "started", "due"})
-#: depth_commands per queue, in this order: the counts, then the id of the job at the head of the queue.
+#: depth_commands per queue, in this order: the counts, then whether RQ knows the queue.
 _STATES = ("queued", "intermediate", "started", "due", "scheduled", "deferred", "failed")
 _PER_QUEUE = len(_STATES) + 1
-_HEAD = _PER_QUEUE - 1
+_KNOWN = _PER_QUEUE - 1
+#: How many ids at the head of a queue the script looks at, at most, to find a live job (about 1 ms of Redis time).
+HEAD_SCAN_LIMIT = 1000
+
+#: KEYS[1]: a queue's id list; ARGV[1]: the job key prefix (``rq:job:``); ARGV[2]: how many ids to look at, at most.
+#: Returns ``{skipped, enqueued_at}`` for the first id whose job hash exists (``enqueued_at`` is ``""`` when the hash
+#: has none), else ``{skipped, false, 1}`` when every id was expired, ``{skipped, false, 0}`` at the limit. Reads only;
+#: ids are read in growing slices, so a live head costs one LRANGE of 4 ids and one HGET.
+FIRST_LIVE_JOB = """
+local limit = tonumber(ARGV[2])
+local start, size = 0, 4
+while start < limit do
+  local ids = redis.call('LRANGE', KEYS[1], start, math.min(start + size, limit) - 1)
+  for i, id in ipairs(ids) do
+    local key = ARGV[1] .. id
+    local stamp = redis.call('HGET', key, 'enqueued_at')
+    if stamp then return {start + i - 1, stamp} end
+    if redis.call('EXISTS', key) == 1 then return {start + i - 1, ''} end
+  end
+  if #ids < math.min(size, limit - start) then return {start + #ids, false, 1} end
+  start = start + #ids
+  size = size * 4
+end
+return {start, false, 0}
+"""
+_SCRIPT_SHA = hashlib.sha1(FIRST_LIVE_JOB.encode()).hexdigest()
 
 
 class RQProc(RedisProc, ClientProc):
@@ -72,32 +113,69 @@ class RQProc(RedisProc, ClientProc):
                 ("ZCOUNT", f"{p}:scheduled:{q}", f"({now}", "+inf"),
                 ("ZCARD", f"{p}:deferred:{q}"),
                 ("ZCARD", f"{p}:failed:{q}"),
-                ("LINDEX", f"{p}:queue:{q}", 0),
+                ("SISMEMBER", f"{p}:queues", f"{p}:queue:{q}"),
             ]
         return commands
 
     def latency_commands(self, depth: list[Any]) -> list[Command]:
-        """``enqueued_at`` of the job at the head of each non-empty queue."""
+        """The first live job of each non-empty queue (:data:`FIRST_LIVE_JOB`), the script loaded first in the same
+        pipeline (sent once per pipeline, however many procs ask: the pipeline sends a command once)."""
         p = self.prefix  # once: it reads the environment
-        heads = (as_text(replies[_HEAD]) for replies in _per_queue(depth))
-        return [("HGET", f"{p}:job:{head}", "enqueued_at") for head in heads if head is not None]
+        walks: list[Command] = [
+            ("EVALSHA", _SCRIPT_SHA, 1, f"{p}:queue:{q}", f"{p}:job:", HEAD_SCAN_LIMIT)
+            for q, replies in zip(self.queues, _per_queue(depth))
+            if int(replies[0])
+        ]
+        return [("SCRIPT", "LOAD", FIRST_LIVE_JOB), *walks] if walks else []
 
     def build_reading(self, depth: list[Any], latency: list[Any], now: float) -> Reading:
-        enqueued_at = iter(latency)  # one reply per non-empty queue, as latency_commands asked
+        walks = iter(latency[1:])  # after SCRIPT LOAD: one reply per non-empty queue, as latency_commands asked
         queues = []
-        for q, r in zip(self.queues, _per_queue(depth)):  # replies in the order of _STATES, then the head job's id
-            queued = int(r[0])
+        for q, r in zip(self.queues, _per_queue(depth)):  # replies in the order of _STATES, then rq:queues membership
+            waiting = int(r[0])
+            expired, age = self._first_live(q, next(walks), waiting, now) if waiting else (0, 0.0)
             counts = {
-                "queued": queued,
+                "queued": max(0, waiting - expired),
                 "started": int(r[1]) + int(r[2]),  # popped but not yet registered + running
                 "due": int(r[3]),
                 "scheduled": int(r[4]),
                 "deferred": int(r[5]),
                 "failed": int(r[6]),
+                "expired": expired,
             }
-            age = None if as_text(r[_HEAD]) is None else _age(next(enqueued_at), now)
-            queues.append(QueueReading(q, counts, COUNTED, 0.0 if queued == 0 else age))
+            found = bool(int(r[_KNOWN])) or any(counts.values())
+            queues.append(QueueReading(q, counts, COUNTED, age, found))
         return Reading.from_queues(queues)
+
+    def _first_live(self, queue: str, reply: Any, waiting: int, now: float) -> tuple[int, float | None]:
+        """How many expired ids lead the queue, and the age of the first live job after them (``0.0`` when there is
+        none: no job waits; ``None`` when it cannot be told: past the scan limit, or an unreadable reply)."""
+        if isinstance(reply, Exception):  # e.g. a job key of the wrong type, or a user not allowed to run scripts
+            self._log_walk_failure(queue, reply)
+            return 0, None
+        try:
+            skipped, stamp, *rest = reply
+            skipped = int(skipped)
+        except (TypeError, ValueError):
+            return 0, None
+        if stamp is not None:
+            return skipped, _age(stamp, now)
+        if rest and int(rest[0]):  # every id was expired: nothing waits
+            return skipped, 0.0
+        return skipped, None
+
+    _walk_failed: bool = False
+
+    def _log_walk_failure(self, queue: str, error: Exception) -> None:
+        """Say once per proc why latency is unknown (a lasting problem, such as an ACL without EVALSHA)."""
+        if not self._walk_failed:
+            self._walk_failed = True
+            log.warning(
+                "proc %r: cannot find the oldest job of queue %r, its latency is unknown: %s",
+                self.name,
+                queue,
+                describe_error(error),
+            )
 
 
 def _per_queue(depth: list[Any]) -> list[list[Any]]:
