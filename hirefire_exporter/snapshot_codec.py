@@ -23,7 +23,7 @@ from .collection import ProcStatus, Snapshot
 from .procs.base import QueueReading, Reading
 
 #: The format's version: a release reads only its own.
-SCHEMA = 1
+SCHEMA = 2
 
 
 class _Invalid(ValueError):
@@ -174,6 +174,7 @@ QUEUE_READING = record(
         "jobs": mapping_of(NUMBER),
         "counted": frozenset_of(STRING),
         "latency": optional(NUMBER),
+        "found": optional(BOOLEAN),
     },
 )
 READING = record(
