@@ -380,7 +380,8 @@ def test_the_read_only_redis_user_lets_every_redis_backend_read(private_redis, p
     try:
         from hirefire_exporter.loading import proc_from_table
 
-        private_redis.rpush("rq:queue:default", "job")
+        private_redis.rpush("rq:queue:default", "job")  # a live job: its hash exists (an id without one is expired)
+        private_redis.hset("rq:job:job", mapping={"enqueued_at": "2026-12-01T00:00:00.000000Z", "status": "queued"})
         tables = [
             {"backend": "rq"},
             {"backend": "celery"},
@@ -401,6 +402,7 @@ def test_the_read_only_redis_user_lets_every_redis_backend_read(private_redis, p
         failed = {status.name: status.error for status in snapshot.procs if not status.up}
         assert not failed
         assert snapshot.value(snapshot.procs[0]) == 1
+        assert snapshot.procs[0].reading.latency > 0  # the RQ head-job script runs under the ACL too
     finally:
         private_redis.execute_command("ACL", "DELUSER", user)
 
