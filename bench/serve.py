@@ -29,7 +29,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -63,8 +63,11 @@ class Storm:
     seconds: float = 0.0
 
 
-def scrape_storm(port: int, scrapers: list[tuple[str, bool]], seconds: float) -> Storm:
-    """Each scraper is (path, keep_alive): it requests ``path`` in a loop for ``seconds``."""
+def scrape_storm(
+    port: int, scrapers: list[tuple[str, bool]], seconds: float, on_body: Callable[[bytes], None] | None = None
+) -> Storm:
+    """Each scraper is (path, keep_alive): it requests ``path`` in a loop for ``seconds``; ``on_body`` sees every
+    body."""
     storm = Storm()
     lock = threading.Lock()
     deadline = time.monotonic() + seconds
@@ -80,7 +83,9 @@ def scrape_storm(port: int, scrapers: list[tuple[str, bool]], seconds: float) ->
             try:
                 conn.request("GET", path, headers={"Connection": "keep-alive" if keep_alive else "close"})
                 response = conn.getresponse()
-                response.read()
+                body = response.read()
+                if on_body is not None:
+                    on_body(body)
                 if response.status != 200:
                     errors += 1
             except (OSError, http.client.HTTPException):
@@ -285,7 +290,7 @@ def in_process(port: int, queues: list[str], scrapes: int) -> None:
         return EnvironBuilder(path=path, headers=headers).get_environ()
 
     proc = RQProc("worker", queues=queues, url=f"redis://127.0.0.1:{port}/0")
-    app = create_app([proc], TOKEN, max_age=3600)
+    app = create_app([proc], TOKEN, max_age=3600, stale_after=7200)
     paths = {
         "/hirefire/<token>/info": environ(f"/hirefire/{TOKEN}/info"),
         "/metrics": environ("/metrics"),

@@ -1,14 +1,14 @@
 """Soak: `hirefire-exporter serve` under concurrent scrapes for minutes while its broker goes down, hangs and slows.
 
     /work/venv/bin/python bench/soak.py                 # 5 minutes, 16 scrapers, 20 s fault phases
-    /work/venv/bin/python bench/soak.py --duration 20 --phase 2 --scrapers 8    # the short variant (a test runs it)
+    /work/venv/bin/python bench/soak.py --duration 14 --phase 2 --scrapers 8    # the short variant (a test runs it)
 
 Set-up, all on loopback and private (the machine's shared brokers are never touched): a redis-server of its own with
 known queues (RQ ``default`` 7 jobs, Huey ``soak`` 5 tasks), a fault proxy in front of it, and the exporter serving
 three procs: ``worker`` (RQ) and ``huey`` read through the proxy, ``direct`` (RQ queue ``other``, 3 jobs) read straight
 from the server; a proc's last reading is served for half a phase (``stale_after``), then it is reported as failed.
 The proxy cycles through phases: pass, stall (accepts, never answers), pass, cut (refused), pass,
-slow 0.3 s per reply (within the timeout), pass, slow 3 s per reply (beyond it).
+slow 0.1 s per reply (within the timeout), pass, slow 3 s per reply (beyond it).
 
 Every answer is checked: ``/metrics`` always 200, ``direct`` always up with exactly 3 jobs, the proxied procs either
 absent or exactly 7 and 5 (never another number); ``/info`` either 200 with exactly [7, 5, 3] or 503 naming only
@@ -41,7 +41,7 @@ from faultproxy import FaultProxy, RedisProcess, free_port, wait_port  # noqa: E
 TOKEN = "soak-token"
 EXPECTED = {"worker": 7, "huey": 5, "direct": 3}
 PROXIED = {"worker", "huey"}
-PHASES = [("pass", 0.0), ("stall", 0.0), ("pass", 0.0), ("cut", 0.0), ("pass", 0.0), ("slow", 0.3), ("pass", 0.0)]
+PHASES = [("pass", 0.0), ("stall", 0.0), ("pass", 0.0), ("cut", 0.0), ("pass", 0.0), ("slow", 0.1), ("pass", 0.0)]
 PHASES += [("slow", 3.0)]
 
 
@@ -149,9 +149,9 @@ def config(tmp: str, proxy: FaultProxy, server: RedisProcess, stale_after: float
     path.write_text(
         f"""
 token = "{TOKEN}"
-max_age = 1
+max_age = 0.2
 stale_after = {stale_after}
-timeout = 1
+timeout = 0.5
 
 [[procs]]
 name = "worker"

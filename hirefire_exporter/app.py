@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
@@ -23,6 +24,7 @@ from . import hirefire
 from .collection import Collection
 from .loading import load_procs
 from .prometheus import Exposition, SnapshotCollector
+from .settings_check import collection_options
 
 if TYPE_CHECKING:
     from _typeshed.wsgi import StartResponse, WSGIEnvironment
@@ -108,7 +110,8 @@ class ExporterApp:
         return response(environ, start_response)
 
     def _metrics(self, request: Request) -> Response:
-        gzipped = "gzip" in request.headers.get("Accept-Encoding", "")
+        # q-values count: "gzip;q=0" refuses gzip, "*" accepts it (werkzeug's parser, RFC 9110)
+        gzipped = request.accept_encodings.quality("gzip") > 0
         body, content_type = self.exposition.body(request.headers.get("Accept", ""), gzipped)
         headers = {"Content-Encoding": "gzip", "Vary": "Accept-Encoding"} if gzipped else {"Vary": "Accept-Encoding"}
         return Response(body, content_type=content_type, headers=headers)
@@ -128,8 +131,44 @@ class ExporterApp:
     def _hirefire_info(self, token: str | None) -> Response:
         if not self.token.matches(token):
             raise NotFound()
-        status, body = hirefire.info(self.collection.snapshot())
+        status, body = hirefire.info(self.collection.snapshot(), self.collection.clock())
         return Response(json.dumps(body), status=status, mimetype="application/json", headers=hirefire.HEADERS)
+
+
+#: The environment variable that turns on sharing when no ``share`` option is given.
+SHARE_ENV = "HIREFIRE_SHARE_URL"
+
+
+def build_collection(
+    procs: Sequence[Proc | str | type] | str,
+    *,
+    max_age: float = 5.0,
+    stale_after: float = 60.0,
+    timeout: float = 3.0,
+    refresh_wait: float = 0.25,
+    share: str | None = None,
+    setting: str = "procs",
+) -> Collection:
+    """A :class:`Collection` over procs given as instances, classes or dotted paths (``setting`` names where they
+    came from, for error messages). ``share``: a Redis URL where processes measuring the same configuration share
+    one collection per ``max_age``; ``None`` takes ``HIREFIRE_SHARE_URL``, ``""`` turns sharing off. No I/O. A bad
+    option raises :class:`ProcConfigError` (see :func:`hirefire_exporter.settings_check.collection_options`)."""
+    options = collection_options(
+        {"share": "share" if share is not None else SHARE_ENV},
+        max_age=max_age,
+        stale_after=stale_after,
+        timeout=timeout,
+        refresh_wait=refresh_wait,
+        share=os.environ.get(SHARE_ENV) if share is None else share,
+    )
+    loaded = load_procs(procs, setting=setting)
+    url = options.pop("share")
+    store = None
+    if url:
+        from .sharing import SharedSnapshots
+
+        store = SharedSnapshots(url, loaded, **{k: options[k] for k in ("max_age", "stale_after", "timeout")})
+    return Collection(loaded, **options, share=store)
 
 
 def create_app(
@@ -139,12 +178,21 @@ def create_app(
     max_age: float = 5.0,
     stale_after: float = 60.0,
     timeout: float = 3.0,
+    refresh_wait: float = 0.25,
+    share: str | None = None,
     metrics: bool = True,
     setting: str = "procs",
 ) -> ExporterApp:
     """Build the exporter app from procs (instances, classes or dotted paths). ``setting`` names where the procs
-    came from, for error messages (``HIREFIRE_PROCS``, ``--procs``...)."""
-    collection = Collection(
-        load_procs(procs, setting=setting), max_age=max_age, stale_after=stale_after, timeout=timeout
+    came from, for error messages (``HIREFIRE_PROCS``, ``--procs``...); see :func:`build_collection` for the
+    collection options."""
+    collection = build_collection(
+        procs,
+        max_age=max_age,
+        stale_after=stale_after,
+        timeout=timeout,
+        refresh_wait=refresh_wait,
+        share=share,
+        setting=setting,
     )
     return ExporterApp(collection, token, metrics=metrics)

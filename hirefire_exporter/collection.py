@@ -1,15 +1,21 @@
-"""The collection cycle: measure every proc concurrently, keep one immutable Snapshot, share it.
+"""The collection cycle: measure every proc concurrently, keep one immutable Snapshot, serve it, share it.
 
 This is the only place that decides caching and concurrency:
 
 - a cycle reads every proc in parallel, each read bounded by ``timeout``. Procs that read the same Redis server are
   read together in one pipelined round trip (one task), every other proc is a task of its own;
-- the resulting :class:`Snapshot` is served to every caller for ``max_age`` seconds; callers that arrive while a cycle
-  runs wait for it instead of starting their own (single flight);
-- a proc whose read fails keeps its last good reading, served while it is younger than ``stale_after`` and flagged by
-  its age; after that the proc has no usable reading. A failure is never turned into 0;
+- collecting is separate from serving. A request is answered from the latest :class:`Snapshot`. When that is older
+  than ``max_age``, a refresh starts on a background thread (at most one in flight) and the request waits for it at
+  most ``refresh_wait`` seconds before it is answered from what exists. Only a process that has never had a snapshot
+  waits for its first cycle (up to ``timeout``). So a stalled broker never holds a request thread of the host app;
+- with a shared store (``share``), processes that measure the same configuration elect one collector per
+  ``max_age`` through Redis and the others serve its snapshot (see :mod:`hirefire_exporter.sharing`); a store that
+  cannot be reached means collecting locally;
+- a proc whose read fails keeps its last good reading, served while it is younger than ``stale_after``, judged at the
+  moment it is served, and flagged by its age; after that the proc has no usable reading. A failure is never turned
+  into 0;
 - a read that is still hanging from an earlier cycle is not started again, so a stalled broker costs one thread, not
-  one per cycle.
+  one per cycle. Reads run on daemon threads: a hanging read never keeps the process from exiting.
 """
 
 from __future__ import annotations
@@ -19,16 +25,19 @@ import math
 import threading
 import time
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor, wait
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any, cast
 
 from .procs.base import Proc, ProcConfigError, Reading
 from .procs.redis_proc import RedisProc, read_redis_procs, server_key
 from .redaction import describe_error
+from .settings_check import collection_options
 
 if TYPE_CHECKING:
     from redis import Redis
+
+    from .sharing import SharedSnapshots
 
 log = logging.getLogger("hirefire_exporter")
 
@@ -53,15 +62,18 @@ class Snapshot:
     collected_at: float  # unix time
     procs: tuple[ProcStatus, ...]
     stale_after: float
+    shared: bool = False  # read from the shared store rather than collected by this process (never serialized)
 
     def reading_age(self, status: ProcStatus) -> float | None:
         """Seconds between the cycle and the reading served for ``status`` (0 when fresh, None when none)."""
         return None if status.read_at is None else max(0.0, self.collected_at - status.read_at)
 
-    def usable(self, status: ProcStatus) -> bool:
-        """Whether ``status`` has a reading fit to act on: fresh, or stale but younger than ``stale_after``."""
-        age = self.reading_age(status)
-        return age is not None and age <= self.stale_after and self.value(status) is not None
+    def usable(self, status: ProcStatus, now: float) -> bool:
+        """Whether ``status`` has a reading fit to act on at unix time ``now`` (when it is served): taken no more
+        than ``stale_after`` seconds before ``now``."""
+        return (
+            status.read_at is not None and now - status.read_at <= self.stale_after and self.value(status) is not None
+        )
 
     def value(self, status: ProcStatus) -> float | int | None:
         """What HireFire gets for the proc: its job count, or its oldest job's age for a latency proc."""
@@ -74,10 +86,13 @@ class Snapshot:
             return round(reading.latency, 3)
         return reading.quantity
 
-    @property
-    def failed(self) -> list[ProcStatus]:
-        """Procs with no usable reading: the ones ``/info`` must not report."""
-        return [status for status in self.procs if not self.usable(status)]
+    def failed(self, now: float) -> list[ProcStatus]:
+        """Procs with no usable reading at ``now``: the ones ``/info`` must not report."""
+        return [status for status in self.procs if not self.usable(status, now)]
+
+    def usable_mask(self, now: float) -> tuple[bool, ...]:
+        """Which procs are usable at ``now``, in order: what decides whether a rendering of this snapshot changed."""
+        return tuple(self.usable(status, now) for status in self.procs)
 
 
 class _Task:
@@ -87,7 +102,7 @@ class _Task:
     def __init__(self, procs: list[Proc], client: Redis | None = None) -> None:
         self.procs = procs
         self.client = client
-        self.inflight: Future[dict[str, tuple[Reading | Exception, float]]] | None = None
+        self.running = False  # a read of this task is on a thread (possibly still hanging from an earlier cycle)
 
     def run(self, cache: dict[str, Any], now: float) -> dict[str, tuple[Reading | Exception, float]]:
         start = time.perf_counter()
@@ -153,8 +168,45 @@ def _plan(procs: Sequence[Proc]) -> list[_Task]:
     return tasks
 
 
+class _Pool:
+    """Daemon threads that run the reads, started as needed and reused from cycle to cycle.
+
+    Not a ThreadPoolExecutor: its threads are joined when the interpreter exits, so one read blocked on a stalled
+    broker's socket would keep a process from stopping after SIGTERM. A daemon thread ends with the process.
+    """
+
+    def __init__(self) -> None:
+        self._jobs: SimpleQueue[Callable[[], None]] = SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = 0  # threads waiting for a job that no submit() has claimed yet
+
+    def submit(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            if self._idle:
+                self._idle -= 1
+            else:
+                threading.Thread(target=self._work, name="hirefire-read", daemon=True).start()
+        self._jobs.put(job)
+
+    def _work(self) -> None:
+        while True:
+            self._jobs.get()()
+            with self._lock:
+                self._idle += 1
+
+
+#: While a cycle waits for slow brokers, the readings that already arrived are served at most this many seconds
+#: later: a stalled broker delays only its own procs' readings.
+_PUBLISH_EVERY = 0.1
+
+#: Seconds a process without any snapshot waits beyond ``timeout`` for its first cycle (thread start, a shared
+#: store's answer) before it answers with "no reading yet".
+_FIRST_CYCLE_SLACK = 2.0
+
+
 class Collection:
-    """Runs collection cycles over a fixed list of procs and caches the latest :class:`Snapshot`."""
+    """Runs collection cycles over a fixed list of procs, off the request threads, and serves the latest
+    :class:`Snapshot`."""
 
     def __init__(
         self,
@@ -163,6 +215,8 @@ class Collection:
         max_age: float = 5.0,
         stale_after: float = 60.0,
         timeout: float = 3.0,
+        refresh_wait: float = 0.25,
+        share: SharedSnapshots | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.procs = list(procs)
@@ -172,17 +226,22 @@ class Collection:
             if proc.name in names:  # a cycle's outcomes and the last good readings are keyed by name
                 raise ProcConfigError(f"two procs are named {proc.name!r}; each Procfile entry needs its own")
             names.add(proc.name)
+        collection_options(max_age=max_age, stale_after=stale_after, timeout=timeout, refresh_wait=refresh_wait)
         self.max_age = max_age
         self.stale_after = stale_after
         self.timeout = timeout
-        self._clock = clock
+        self.refresh_wait = refresh_wait
+        self.share = share
+        self.clock = clock
         self._tasks = _plan(self.procs)
-        self._executor: ThreadPoolExecutor | None = None
-        self._lock = threading.Lock()
-        #: The latest snapshot and when (``time.monotonic()``) its cycle started, in one attribute so that the
-        #: lock-free fast path of :meth:`snapshot` never pairs a snapshot with another one's time.
+        self._pool = _Pool()
+        self._cycle_lock = threading.Lock()  # one cycle at a time in this process
+        self._refresh_lock = threading.Lock()  # guards _refreshing
+        self._refreshing: tuple[threading.Event, float] | None = None  # the refresh in flight: end, start
+        #: The latest snapshot and when (``time.monotonic()``) it was taken, in one attribute so that the lock-free
+        #: fast path of :meth:`snapshot` never pairs a snapshot with another one's time.
         self._cached: tuple[Snapshot, float] | None = None
-        self.cycles = 0  # how many cycles ran: lets tests and benchmarks prove single flight
+        self.cycles = 0  # cycles this process ran: lets tests and benchmarks prove single flight and sharing
         self._missing_queues: set[tuple[str | None, str]] = set()  # (proc, queue) pairs warned about as not found
 
     @property
@@ -192,60 +251,123 @@ class Collection:
         return None if cached is None else cached[0]
 
     def snapshot(self) -> Snapshot:
-        """The cached snapshot, refreshed by one cycle when older than ``max_age`` (concurrent callers share it)."""
-        seen = self._cached
-        if seen is not None and time.monotonic() - seen[1] < self.max_age:
-            return seen[0]
-        with self._lock:
-            cached = self._cached
-            # A cycle that ended while this caller waited for the lock is the one it asked for, even when that cycle
-            # took longer than max_age: running another would queue one cycle per waiting caller.
-            if cached is not None and (cached is not seen or time.monotonic() - cached[1] < self.max_age):
-                return cached[0]
-            return self._refresh()
+        """The snapshot to serve now. When it is older than ``max_age`` a background refresh is started (one at a
+        time), and the request waits for it until ``refresh_wait`` seconds after that refresh started: a refresh
+        that is already slow holds nobody. Only with no snapshot at all is the first cycle waited for, up to
+        ``timeout`` (and a placeholder with no readings is served if even that runs out)."""
+        cached = self._cached
+        if cached is not None and time.monotonic() - cached[1] < self.max_age:
+            return cached[0]
+        done, started = self._start_refresh()
+        wait = self.refresh_wait if cached is not None else self.timeout + _FIRST_CYCLE_SLACK
+        done.wait(max(0.0, started + wait - time.monotonic()))
+        latest = self._cached
+        return latest[0] if latest is not None else self._no_reading_yet()
 
     def collect(self) -> Snapshot:
-        """Run one cycle now, whatever the cache holds."""
-        with self._lock:
-            return self._refresh()
+        """Run one cycle now, on the calling thread, whatever the cache and the shared store hold."""
+        with self._cycle_lock:
+            return self._store(self._cycle())
 
     def close(self) -> None:
-        """Stop the worker threads (reads still hanging on a stalled broker are abandoned). Waits for a cycle that
-        is running; a later cycle starts new threads."""
-        with self._lock:
-            if self._executor is not None:
-                self._executor.shutdown(wait=False, cancel_futures=True)
-                self._executor = None
+        """Release the shared store's connections. Reads still hanging on a stalled broker are abandoned (their
+        daemon threads end with the process)."""
+        if self.share is not None:
+            self.share.close()
 
-    def _refresh(self) -> Snapshot:
-        started = time.monotonic()
-        snapshot = self._cycle()
-        self._cached = (snapshot, started)
+    def _start_refresh(self) -> tuple[threading.Event, float]:
+        """The refresh in flight (started now if there is none): its end, and when (monotonic) it started."""
+        with self._refresh_lock:
+            if self._refreshing is None:
+                done = threading.Event()
+                self._refreshing = (done, time.monotonic())
+                threading.Thread(
+                    target=self._background_refresh, args=(done,), name="hirefire-refresh", daemon=True
+                ).start()
+            return self._refreshing
+
+    def _background_refresh(self, done: threading.Event) -> None:
+        try:
+            with self._cycle_lock:
+                self._refresh()
+        except Exception:  # a bug, never a broker failure (those are outcomes): keep serving what exists
+            log.exception("hirefire-exporter: refresh failed")
+        finally:
+            with self._refresh_lock:
+                self._refreshing = None
+            done.set()
+
+    def _refresh(self) -> None:
+        share = self.share
+        if share is None:
+            self._store(self._cycle())
+            return
+        shared = share.fetch()
+        if shared is not None and self.clock() - shared.collected_at < self.max_age:
+            self._adopt(shared)
+        elif share.acquire():  # this process collects for everyone (or the store is down: for itself)
+            try:
+                share.publish(self._store(self._cycle()))
+            finally:
+                share.release()
+        elif shared is not None:  # another process is collecting: serve what it last published meanwhile
+            self._adopt(shared)
+        elif self.latest is None:  # a fleet's first cycle, collected elsewhere: wait for it as a first request would
+            published = share.await_published(self.timeout + _FIRST_CYCLE_SLACK)
+            if published is not None:
+                self._adopt(published)
+
+    def _adopt(self, shared: Snapshot) -> None:
+        """Serve a snapshot another process collected, cached for what is left of its ``max_age``."""
+        latest = self.latest
+        if latest is not None and latest.collected_at >= shared.collected_at:
+            return
+        age = max(0.0, self.clock() - shared.collected_at)
+        self._cached = (replace(shared, shared=True), time.monotonic() - age)
+
+    def _store(self, snapshot: Snapshot) -> Snapshot:
+        self._cached = (snapshot, time.monotonic() - max(0.0, self.clock() - snapshot.collected_at))
         self.cycles += 1
         return snapshot
 
+    def _no_reading_yet(self) -> Snapshot:
+        error = f"the first collection did not finish within {self.timeout:g}s"
+        statuses = (ProcStatus(p.name, p.metric, None, None, False, error, self.timeout) for p in self.procs)
+        return Snapshot(self.clock(), tuple(statuses), self.stale_after)
+
     def _cycle(self) -> Snapshot:
-        now = self._clock()
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=max(1, len(self._tasks)), thread_name_prefix="hirefire")
+        """Read every task concurrently for at most ``timeout`` seconds. Readings that arrive while slower tasks are
+        still out are served at once (every ``_PUBLISH_EVERY`` seconds) rather than at the end of the cycle."""
+        now = self.clock()
+        started = time.monotonic()
+        previous = self.latest
         cache: dict[str, Any] = {}  # the old API's cross-proc cache, fresh every cycle
         outcomes: dict[str, tuple[Reading | Exception, float]] = {}
-        running: dict[Future[Any], _Task] = {}
+        arrived: SimpleQueue[tuple[_Task, dict[str, tuple[Reading | Exception, float]]]] = SimpleQueue()
+        pending: set[_Task] = set()
         for task in self._tasks:
-            if task.inflight is not None and not task.inflight.done():
+            if task.running:
                 hung = TimeoutError(f"an earlier read is still running after {self.timeout:g}s")
                 outcomes.update({p.name: (hung, self.timeout) for p in task.procs})
                 continue
-            task.inflight = self._executor.submit(task.run, cache, now)
-            running[task.inflight] = task
-        done, _ = wait(running, timeout=self.timeout)
-        for future, task in running.items():
-            if future in done:
-                outcomes.update(future.result())
-            else:
-                late = TimeoutError(f"no answer within {self.timeout:g}s")
-                outcomes.update({p.name: (late, self.timeout) for p in task.procs})
-        return self._snapshot(now, outcomes)
+            task.running = True
+            pending.add(task)
+            self._pool.submit(lambda task=task: self._run(task, cache, now, arrived))
+        published = started
+        while pending:
+            try:
+                task, outcome = arrived.get(timeout=max(0.0, started + self.timeout - time.monotonic()))
+            except Empty:
+                break
+            pending.discard(task)
+            outcomes.update(outcome)
+            if pending and time.monotonic() - published >= _PUBLISH_EVERY:
+                self._cached = (self._snapshot(now, outcomes, previous, final=False), started)
+                published = time.monotonic()
+        for task in pending:
+            late = TimeoutError(f"no answer within {self.timeout:g}s")
+            outcomes.update({p.name: (late, self.timeout) for p in task.procs})
+        return self._snapshot(now, outcomes, previous, final=True)
 
     def _warn_missing(self, proc: str | None, reading: Reading) -> None:
         """Once per queue and process: a queue the broker has no trace of reads as 0 jobs, like an empty one."""
@@ -259,22 +381,43 @@ class Collection:
                     queue.name,
                 )
 
-    def _snapshot(self, now: float, outcomes: dict[str, tuple[Reading | Exception, float]]) -> Snapshot:
-        latest = self.latest
-        previous = {s.name: s for s in latest.procs} if latest else {}
+    @staticmethod
+    def _run(task: _Task, cache: dict[str, Any], now: float, arrived: SimpleQueue[Any]) -> None:
+        try:
+            outcome = task.run(cache, now)
+        finally:
+            task.running = False
+        arrived.put((task, outcome))
+
+    def _snapshot(
+        self,
+        now: float,
+        outcomes: dict[str, tuple[Reading | Exception, float]],
+        previous: Snapshot | None,
+        *,
+        final: bool,
+    ) -> Snapshot:
+        """The snapshot of a cycle that started at ``now``: each proc's outcome, its last good reading kept when it
+        failed, and (while the cycle is not ``final``) its previous status when its read has not answered yet."""
+        before_by_name = {s.name: s for s in previous.procs} if previous else {}
         statuses = []
         for proc in self.procs:
+            before = before_by_name.get(proc.name)
+            if proc.name not in outcomes:  # still reading (only before the cycle is final)
+                statuses.append(before or ProcStatus(proc.name, proc.metric, None, None, False, "reading", 0.0))
+                continue
             result, duration = outcomes[proc.name]
-            before = previous.get(proc.name)
             if isinstance(result, Reading):
-                if before is not None and not before.up:
+                if final and before is not None and not before.up:
                     log.info("proc %r: reading again", proc.name)
-                self._warn_missing(proc.name, result)
+                if final:
+                    self._warn_missing(proc.name, result)
                 statuses.append(ProcStatus(proc.name, proc.metric, result, now, True, None, duration))
                 continue
             error = describe_error(result)
-            level = logging.WARNING if before is None or before.up else logging.DEBUG
-            log.log(level, "proc %r: read failed: %s", proc.name, error)
+            if final:
+                level = logging.WARNING if before is None or before.up else logging.DEBUG
+                log.log(level, "proc %r: read failed: %s", proc.name, error)
             statuses.append(
                 ProcStatus(
                     proc.name,

@@ -1,12 +1,13 @@
-"""Settings for the standalone exporter: command-line options over a TOML file over the environment.
+"""Settings for the standalone exporter: one table (:data:`OPTIONS`) from which the command-line flags and their
+``--help``, the TOML keys and the environment variables all come, so that they cannot drift apart.
 
-TOML file (every key optional but ``procs``)::
+Precedence, for every setting alike: command-line flag, then the ``--config`` TOML file, then the environment, then
+the default. Every value given anywhere is checked (type and range, :mod:`hirefire_exporter.settings_check`), even
+one a higher layer overrides; the environment is read only for the settings of the command being run (``$PORT`` is
+nothing to ``collect``). TOML file (every key optional but ``procs``)::
 
-    token = "..."            # else HIREFIRE_TOKEN
-    max_age = 5              # seconds a snapshot is served before a new cycle
-    stale_after = 60         # seconds a failed proc's last reading is still served
-    timeout = 3              # seconds one cycle waits for a broker
-    metrics = true           # false: no /metrics route
+    token = "..."
+    max_age = 5
     procs = ["myapp.procs.WorkerProc"]   # dotted paths, and/or tables:
 
     [[procs]]
@@ -20,99 +21,234 @@ from __future__ import annotations
 
 import os
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from .loading import proc_from_table, split_paths
 from .procs.base import Proc, ProcConfigError
+from .settings_check import (
+    LOG_LEVEL,
+    PORT,
+    SHARE_URL,
+    TIMING,
+    TOKEN,
+    Boolean,
+    Integer,
+    Kind,
+    Text,
+    collection_options,
+    fail,
+    refuse_unknown,
+)
 
-_NUMBERS = ("max_age", "stale_after", "timeout")
+SERVE = frozenset({"serve"})
+BOTH = frozenset({"serve", "collect"})
+
+
+class _Procs:
+    """``procs``: comma-separated dotted paths as text; in TOML a list of dotted paths and ``[[procs]]`` tables."""
+
+    metavar = "PATHS"
+
+    def check(self, value: Any, where: str) -> list[Proc | str]:
+        if isinstance(value, str):
+            return self.parse(value, where)
+        if not isinstance(value, list | tuple):
+            fail(f"{where}: procs must be a list of dotted paths or [[procs]] tables")
+        procs: list[Proc | str] = []
+        for index, entry in enumerate(value):
+            if isinstance(entry, str | Proc | type):
+                procs.append(entry)
+            elif isinstance(entry, Mapping):
+                try:
+                    procs.append(proc_from_table(entry, index))
+                except ProcConfigError as exc:
+                    raise ProcConfigError(f"{where}: {exc}") from None
+            else:
+                fail(f"{where}: procs[{index}] must be a dotted path or a table")
+        return procs
+
+    def parse(self, text: str, where: str) -> list[Proc | str]:
+        return list(split_paths(text))
+
+
+@dataclass(frozen=True)
+class Option:
+    """One setting: its name (the TOML key and the ``Settings`` attribute), what it holds, its default, its
+    environment variable, its help, and the commands it applies to. The flag is ``--<name with dashes>``."""
+
+    name: str
+    kind: Kind
+    default: Any
+    env: str | None
+    help: str
+    commands: frozenset[str] = SERVE
+    toml: bool = True
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+OPTIONS: tuple[Option, ...] = (
+    Option(
+        "procs", _Procs(), None, "HIREFIRE_PROCS", "comma-separated dotted paths to Proc classes or instances", BOTH
+    ),
+    Option(
+        "config",
+        Text("a file name", metavar="FILE"),
+        None,
+        "HIREFIRE_CONFIG",
+        "a TOML file of settings and [[procs]]",
+        BOTH,
+        False,
+    ),
+    Option("token", TOKEN, None, "HIREFIRE_TOKEN", "the HireFire token (none: 'development', for local checks only)"),
+    Option("max_age", TIMING["max_age"], 5.0, "HIREFIRE_MAX_AGE", "seconds a snapshot is served before a refresh"),
+    Option(
+        "stale_after",
+        TIMING["stale_after"],
+        60.0,
+        "HIREFIRE_STALE_AFTER",
+        "seconds a failed proc's last reading is still served (at least max_age)",
+    ),
+    Option("timeout", TIMING["timeout"], 3.0, "HIREFIRE_TIMEOUT", "seconds a cycle waits for a broker", BOTH),
+    Option(
+        "refresh_wait",
+        TIMING["refresh_wait"],
+        0.25,
+        "HIREFIRE_REFRESH_WAIT",
+        "the most seconds a request waits for a refresh already running",
+    ),
+    Option(
+        "share",
+        SHARE_URL,
+        None,
+        "HIREFIRE_SHARE_URL",
+        "a redis://, rediss:// or unix:// URL where processes share one collection (empty: off)",
+    ),
+    Option("metrics", Boolean(), True, "HIREFIRE_METRICS", "serve /metrics"),
+    Option(
+        "host",
+        Text("a host name or address", word=True, metavar="HOST"),
+        "0.0.0.0",
+        "HIREFIRE_HOST",
+        "the address to listen on",
+    ),
+    Option("port", PORT, 9180, "PORT", "the TCP port to listen on"),
+    Option("threads", Integer(1, 1024), 8, "HIREFIRE_THREADS", "server threads answering requests"),
+    Option(
+        "connection_limit",
+        Integer(1, 1_000_000),
+        2000,  # 1,000 idle or slow clients and room to spare (bench/connections.py); waitress slows past ~3,000
+        "HIREFIRE_CONNECTION_LIMIT",
+        "the most client connections open at once",
+    ),
+    Option("log_level", LOG_LEVEL, "INFO", "HIREFIRE_LOG_LEVEL", "DEBUG, INFO, WARNING, ERROR or CRITICAL", BOTH),
+)
+BY_NAME = {option.name: option for option in OPTIONS}
+TOML_KEYS = frozenset(option.name for option in OPTIONS if option.toml)
 
 
 @dataclass
 class Settings:
-    """The exporter's settings; ``procs_setting`` names where the procs came from, for error messages."""
+    """Every setting's value (see :data:`OPTIONS`); ``sources`` names where each came from, for error messages
+    (``--procs``, ``HIREFIRE_PROCS``, ``--config x.toml``...)."""
 
-    procs: list[Proc | str] = field(default_factory=list)
-    token: str | None = None
-    max_age: float = 5.0
-    stale_after: float = 60.0
-    timeout: float = 3.0
-    metrics: bool = True
-    procs_setting: str = "HIREFIRE_PROCS"
+    procs: list[Proc | str]
+    config: str | None
+    token: str | None
+    max_age: float
+    stale_after: float
+    timeout: float
+    refresh_wait: float
+    share: str | None
+    metrics: bool
+    host: str
+    port: int
+    threads: int
+    connection_limit: int
+    log_level: str
+    sources: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def procs_setting(self) -> str:
+        return self.sources.get("procs", "procs")
 
     def app_options(self) -> dict[str, Any]:
+        """The keyword arguments of :func:`hirefire_exporter.app.create_app`."""
         return {
             "token": self.token,
             "max_age": self.max_age,
             "stale_after": self.stale_after,
             "timeout": self.timeout,
+            "refresh_wait": self.refresh_wait,
+            "share": self.share or "",  # resolved here: create_app must not read HIREFIRE_SHARE_URL again
             "metrics": self.metrics,
             "setting": self.procs_setting,
         }
 
 
-def load_settings(config: str | None = None, procs: str | None = None, **overrides: Any) -> Settings:
-    """Settings from the environment (``HIREFIRE_PROCS``, ``HIREFIRE_TOKEN``), then ``config`` (a TOML file), then
-    ``procs`` (comma-separated dotted paths) and ``overrides`` (non-None keyword values)."""
-    settings = Settings(procs=list(split_paths(os.environ.get("HIREFIRE_PROCS", ""))))
-    if config:
-        _apply_toml(settings, config)
-    if procs:
-        settings.procs, settings.procs_setting = list(split_paths(procs)), "--procs"
-    for key, value in overrides.items():
+def load_settings(
+    command: str = "serve",
+    flags: Mapping[str, Any] | None = None,
+    environ: Mapping[str, str] | None = None,
+    **values: Any,
+) -> Settings:
+    """The settings of ``command`` (``serve`` or ``collect``), checked: from ``flags`` (option name -> the flag's
+    text, or a bool for on/off flags), over the TOML file of the ``config`` setting, over ``environ`` (default
+    ``os.environ``; only the command's own settings), over the defaults. ``values`` are Python values, taken as flags
+    are (``load_settings(config="x.toml", metrics=False)``). Raises :class:`ProcConfigError` naming the setting."""
+    environ = os.environ if environ is None else environ
+    flags = dict(flags or {})
+    chosen: dict[str, tuple[Any, str]] = {  # option name -> (value, where it came from)
+        option.name: (option.default, option.name)
+        for option in OPTIONS  # a default is named by its bare name
+    }
+
+    def take(option: Option, raw: Any, where: str, text: bool) -> None:
+        """``text``: from a flag or the environment, converted; else a Python or TOML value, only checked."""
+        chosen[option.name] = (option.kind.parse(raw, where) if text else option.kind.check(raw, where), where)
+
+    for option in OPTIONS:  # the environment, lowest of the given layers
+        raw = environ.get(option.env or "", "")
+        if command in option.commands and raw.strip():
+            take(option, raw, option.env or option.name, text=True)
+    refuse_unknown([*flags, *values], BY_NAME, "", "setting")
+    config = next((layer["config"] for layer in (values, flags) if layer.get("config") is not None), None)
+    if config is not None:
+        take(BY_NAME["config"], config, "--config", text=False)
+    path = chosen["config"][0]
+    if path is not None:
+        for key, value in _read_toml(path).items():
+            take(BY_NAME[key], value, f"--config {path}" + ("" if key == "procs" else f": {key}"), text=False)
+    for name, raw in flags.items():
+        if raw is not None:
+            take(BY_NAME[name], raw, BY_NAME[name].flag, text=isinstance(raw, str))
+    for name, value in values.items():
         if value is not None:
-            if key in _NUMBERS:
-                value = parse_seconds(value, f"--{key.replace('_', '-')}")
-            setattr(settings, key, value)
-    if not settings.procs:
-        raise ProcConfigError("no procs configured: use --procs, HIREFIRE_PROCS or [[procs]] in a --config file")
+            take(BY_NAME[name], value, name, text=False)
+
+    timing = (*TIMING, "share")
+    collection_options({name: chosen[name][1] for name in timing}, **{name: chosen[name][0] for name in timing})
+    if not chosen["procs"][0]:
+        fail("no procs configured: use --procs, HIREFIRE_PROCS or [[procs]] in a --config file")
+    settings = Settings(**{name: value for name, (value, _) in chosen.items()})
+    settings.sources = {name: where for name, (_, where) in chosen.items()}
     return settings
 
 
-#: Longer than anyone waits, short enough for every clock and wait primitive (a year).
-_MAX_SECONDS = 365 * 24 * 3600.0
-
-
-def parse_seconds(value: Any, where: str) -> float:
-    """A duration setting: a number from 0 to a year (NaN, infinity or 1e20 would unbound or break the timeout)."""
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 0 <= value <= _MAX_SECONDS:
-        raise ProcConfigError(f"{where} must be a number of seconds from 0 to {_MAX_SECONDS:.0f}, got {value!r}")
-    return float(value)
-
-
-def _apply_toml(settings: Settings, path: str) -> None:
+def _read_toml(path: str) -> dict[str, Any]:
+    """The file's settings, its keys checked against :data:`TOML_KEYS` (values are checked by the caller)."""
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
-        raise ProcConfigError(f"--config {path}: cannot read it: {exc.strerror}") from None
+        fail(f"--config {path}: cannot read it: {exc.strerror}")
     except UnicodeDecodeError as exc:
-        raise ProcConfigError(f"--config {path}: not UTF-8 text (byte {exc.start})") from None
+        fail(f"--config {path}: not UTF-8 text (byte {exc.start})")
     except tomllib.TOMLDecodeError as exc:
-        raise ProcConfigError(f"--config {path}: not valid TOML: {exc}") from None
-    unknown = set(data) - {"procs", "token", "metrics", *_NUMBERS}
-    if unknown:
-        raise ProcConfigError(f"--config {path}: unknown keys {sorted(unknown)}")
-    for key in _NUMBERS:
-        if key in data:
-            setattr(settings, key, parse_seconds(data[key], f"--config {path}: {key}"))
-    if "token" in data:
-        settings.token = str(data["token"])
-    if "metrics" in data:
-        if not isinstance(data["metrics"], bool):
-            raise ProcConfigError(f"--config {path}: metrics must be true or false, got {data['metrics']!r}")
-        settings.metrics = data["metrics"]
-    if "procs" in data:
-        entries = data["procs"]
-        if not isinstance(entries, list):
-            raise ProcConfigError(f"--config {path}: procs must be a list of dotted paths or [[procs]] tables")
-        procs: list[Proc | str] = []
-        for index, entry in enumerate(entries):
-            if isinstance(entry, str):
-                procs.append(entry)
-            elif isinstance(entry, dict):
-                procs.append(proc_from_table(entry, index))
-            else:
-                raise ProcConfigError(f"--config {path}: procs[{index}] must be a dotted path or a table")
-        settings.procs, settings.procs_setting = procs, f"--config {path}"
+        fail(f"--config {path}: not valid TOML: {exc}")
+    refuse_unknown(data, TOML_KEYS, f"--config {path}: ", "key")
+    return data

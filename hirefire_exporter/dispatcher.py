@@ -23,7 +23,7 @@ import urllib.request
 from collections.abc import Callable, Mapping
 
 from . import __version__
-from .redaction import describe_error
+from .redaction import describe_error, register, register_url
 
 log = logging.getLogger("hirefire_exporter")
 
@@ -70,6 +70,8 @@ class Dispatcher:
     ) -> None:
         if not token or not token.strip():
             raise ValueError("the request queue-time dispatcher needs the HireFire token (HIREFIRE_TOKEN)")
+        register(token)
+        register_url(url)
         self.url = normalize_url(url)
         self._token = token.strip()
         self.interval = interval

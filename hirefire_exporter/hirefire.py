@@ -9,6 +9,8 @@ from typing import Any
 
 from . import __version__
 from .collection import Snapshot
+from .redaction import register
+from .settings_check import TOKEN
 
 log = logging.getLogger("hirefire_exporter")
 
@@ -22,19 +24,24 @@ HEADERS = {
 
 
 class Token:
-    """The HireFire token: from settings, else ``HIREFIRE_TOKEN``, else ``development`` with a warning."""
+    """The HireFire token: from settings, else ``HIREFIRE_TOKEN``, else ``development`` with a warning. A token that
+    HireFire could not send both in the path and in the header is refused (:data:`settings_check.TOKEN`)."""
 
     def __init__(self, configured: str | None = None) -> None:
-        token = configured or os.environ.get("HIREFIRE_TOKEN") or ""
-        self.development = not token.strip()
-        if self.development:
+        if configured:
+            token = TOKEN.check(configured, "token")
+        else:
+            token = TOKEN.check(os.environ.get("HIREFIRE_TOKEN"), "HIREFIRE_TOKEN")
+        register(token or "")
+        self.development = token is None
+        if token is None:
             log.warning(
                 "no HireFire token configured (setting or HIREFIRE_TOKEN): accepting the token %r, "
                 "which is only fit for local checks",
                 DEVELOPMENT_TOKEN,
             )
             token = DEVELOPMENT_TOKEN
-        self._expected = token.strip().encode("utf-8")
+        self._expected = token.encode("ascii")
 
     def matches(self, candidate: str | None) -> bool:
         """Constant-time comparison: the time taken does not tell how much of a guess was right."""
@@ -43,10 +50,11 @@ class Token:
         return hmac.compare_digest(self._expected, candidate.encode("utf-8", "surrogateescape"))
 
 
-def info(snapshot: Snapshot) -> tuple[int, Any]:
-    """The status and JSON body of ``/info``: 200 with one entry per proc in configured order, or 503 naming the
-    procs that have no usable reading (HireFire then leaves the dynos alone instead of scaling on a guess)."""
-    failed = snapshot.failed
+def info(snapshot: Snapshot, now: float) -> tuple[int, Any]:
+    """The status and JSON body of ``/info`` served at unix time ``now``: 200 with one entry per proc in configured
+    order, or 503 naming the procs that have no usable reading at ``now`` (HireFire then leaves the dynos alone
+    instead of scaling on a guess)."""
+    failed = snapshot.failed(now)
     if failed:
         names = [status.name for status in failed]
         return 503, {"error": "no current reading for some procs; their broker could not be read", "procs": names}

@@ -12,6 +12,8 @@ from importlib import import_module
 from typing import Any
 
 from .procs.base import Proc, ProcConfigError
+from .redaction import describe_error
+from .settings_check import did_you_mean, refuse_unknown
 
 #: ``backend = "..."`` in TOML -> the Proc class that reads it.
 BACKENDS = {
@@ -21,6 +23,8 @@ BACKENDS = {
     "hotqueue": "hirefire_exporter.procs.hotqueue.HotQueueProc",
     "queues": "hirefire_exporter.procs.queues.QueuesProc",
 }
+#: Broker names people write for ``backend`` (which names the job library).
+BROKERS = ("redis", "rabbitmq", "amqp", "sqlite", "beanstalkd")
 
 
 def import_dotted(path: str, setting: str) -> Any:
@@ -30,8 +34,10 @@ def import_dotted(path: str, setting: str) -> Any:
         raise ProcConfigError(f"{setting}: {path!r} is not a dotted path like 'myapp.procs.WorkerProc'")
     try:
         module = import_module(module_name)
-    except Exception as exc:
-        raise ProcConfigError(f"{setting}: cannot import {module_name!r} for {path!r}: {exc}") from exc
+    except Exception as exc:  # the user's module, failing however it may (with a secret of the environment in its
+        # message, or a whole URL): described scrubbed, with where it failed, and not chained (the cause is raw)
+        where = f"{setting}: cannot import {module_name!r} for {path!r}"
+        raise ProcConfigError(f"{where}: {describe_error(exc, locate=True)}") from None
     try:
         return getattr(module, attribute)
     except AttributeError:
@@ -47,7 +53,9 @@ def load_proc(spec: Proc | type | str, setting: str = "procs") -> Proc:
         except ProcConfigError as exc:
             raise ProcConfigError(f"{setting}: {exc}") from None
         except Exception as exc:
-            raise ProcConfigError(f"{setting}: cannot instantiate {obj.__name__}: {exc}") from exc
+            raise ProcConfigError(
+                f"{setting}: cannot instantiate {obj.__name__}: {describe_error(exc, locate=True)}"
+            ) from None
     if not isinstance(obj, Proc):
         raise ProcConfigError(f"{setting}: {spec!r} is not a Proc subclass or instance")
     try:
@@ -81,10 +89,15 @@ def proc_from_table(table: Mapping[str, Any], index: int) -> Proc:
     """A proc declared in TOML (``[[procs]]`` with ``name``, ``backend`` and the backend's options)."""
     where = f"[[procs]] #{index + 1}"
     options = dict(table)
+    if "backend" not in options:
+        refuse_unknown([key for key in options if did_you_mean(key, ["backend"])], {"backend"}, f"{where}: ")
     backend = options.pop("backend", None)
     if backend not in BACKENDS:
+        hint = did_you_mean(backend, BACKENDS)
+        if not hint and did_you_mean(backend, BROKERS):
+            hint = "; backend names the job library, not the broker: the broker goes in `url`"
         raise ProcConfigError(
-            f"{where} ({options.get('name')!r}): backend must be one of {sorted(BACKENDS)}, got {backend!r}"
+            f"{where} ({options.get('name')!r}): backend must be one of {sorted(BACKENDS)}, got {backend!r}{hint}"
         )
     cls = import_dotted(BACKENDS[backend], f"{where} backend {backend!r}")
     try:

@@ -9,19 +9,31 @@ error for the request). A negative queue time (router and dyno clocks differ) co
 A :class:`QueueTimer` records each queue time in the ``hirefire_request_queue_seconds`` histogram (served on the
 exporter's ``/metrics``) and reports it to HireFire: as the log line ``[hirefire:router] queue={ms}ms`` and/or through
 a :class:`~hirefire_exporter.dispatcher.Dispatcher`.
+
+Under a pre-forking server (gunicorn, uWSGI) each worker process observes its own requests, so a scrape answered by
+one worker would see a fraction of the counts. With prometheus_client's multiprocess mode on
+(``PROMETHEUS_MULTIPROC_DIR`` set before prometheus_client is imported: it picks its value storage once, at import)
+every worker writes to its own file in that directory and :data:`COLLECTOR` serves the sum over all of them, dead
+workers included (a histogram counts requests, which stay counted when the worker that served them exits). Without
+the variable nothing changes: the histogram lives in the process's memory. On Heroku (``$DYNO`` set, e.g. ``web.1``)
+every sample carries a ``dyno`` label, since scrapes through the router land on any dyno: without the label, series
+from different dynos would be one series whose counter jumps between dynos' values.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import math
+import os
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
-from prometheus_client import Histogram
+from prometheus_client import Histogram, values
 from prometheus_client.metrics_core import Metric
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
@@ -38,8 +50,28 @@ _MAX_LENGTH = 64
 #: Seconds; Heroku's router gives up on a request after 30 s.
 BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
+NAME = "hirefire_request_queue_seconds"
+#: The label naming the Heroku dyno (``$DYNO``) on every sample, only when ``DYNO`` is set.
+DYNO_LABEL = "dyno"
+
+
+def multiprocess_dir() -> str | None:
+    """prometheus_client's multiprocess directory when its multiprocess mode is on in this process, else ``None``.
+
+    The mode is what prometheus_client chose when it was imported; the variable set later does not turn it on.
+    """
+    if not getattr(values.ValueClass, "_multiprocess", False):
+        return None
+    return os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir") or None
+
+
+_MULTIPROC_DIR = multiprocess_dir()
+if _MULTIPROC_DIR is not None:
+    # A dyno's file system starts empty: create the directory rather than fail the host app's import over it.
+    os.makedirs(_MULTIPROC_DIR, exist_ok=True)
+
 HISTOGRAM = Histogram(
-    "hirefire_request_queue_seconds",
+    NAME,
     "Time requests waited between the front router (X-Request-Start) and this process.",
     buckets=BUCKETS,
     registry=None,
@@ -81,9 +113,22 @@ def queue_seconds(value: str | bytes | None, now: float | None = None) -> float 
     return max(0.0, (time.time() if now is None else now) - started)
 
 
+def _process_group_families(directory: str) -> list[Metric]:
+    """The histogram summed over every process's file in the multiprocess directory."""
+    files = glob.glob(os.path.join(directory, "histogram_*.db"))
+    return [metric for metric in MultiProcessCollector.merge(files, accumulate=True) if metric.name == NAME]
+
+
+def _with_dyno(families: Iterable[Metric], dyno: str) -> Iterator[Metric]:
+    for family in families:
+        labelled = Metric(family.name, family.documentation, family.type, family.unit)
+        labelled.samples = [s._replace(labels={DYNO_LABEL: dyno, **s.labels}) for s in family.samples]
+        yield labelled
+
+
 class _QueueTimeCollector(Collector):
     """Serves the histogram once a :class:`QueueTimer` exists in the process (nothing before: no empty histogram
-    on exporters that never see web requests)."""
+    on exporters that never see web requests): the process's own, or the process group's in multiprocess mode."""
 
     enabled = False
 
@@ -92,7 +137,11 @@ class _QueueTimeCollector(Collector):
         return iter(HISTOGRAM.describe())
 
     def collect(self) -> Iterator[Metric]:
-        return iter(HISTOGRAM.collect() if self.enabled else ())
+        if not self.enabled:
+            return iter(())
+        families = HISTOGRAM.collect() if _MULTIPROC_DIR is None else _process_group_families(_MULTIPROC_DIR)
+        dyno = os.environ.get("DYNO", "").strip()
+        return _with_dyno(families, dyno) if dyno else iter(families)
 
 
 #: Register this on any ``CollectorRegistry`` to publish the queue-time histogram there too.

@@ -132,3 +132,29 @@ def workers() -> Iterator[list]:
     yield started
     for worker in started:
         worker.stop()
+
+
+@pytest.fixture(autouse=True)
+def _forget_secrets() -> Iterator[None]:
+    """Forget the secrets a test registered (a password ``x`` of one test would mask ``'x'`` in the next one's
+    messages), as the end of its process would."""
+    yield
+    from hirefire_exporter.redaction import SECRETS
+
+    SECRETS.clear()
+
+
+@pytest.fixture
+def killable_redis() -> Iterator:
+    """A started redis-server of the test's own (``faultproxy.RedisProcess``): the test may pause it (SIGSTOP), kill
+    it and start it again; it is stopped at teardown."""
+    from faultproxy import RedisProcess
+
+    try:
+        server = RedisProcess().start()
+    except FileNotFoundError:
+        unavailable("redis-server", "this test stops, kills or pauses a redis-server of its own")
+    try:
+        yield server
+    finally:
+        server.stop()

@@ -291,7 +291,8 @@ def _registered(selector: selectors.BaseSelector, sock: socket.socket) -> bool:
 
 
 class RedisProcess:
-    """A ``redis-server`` of the test's own on a fixed port: :meth:`kill` (SIGKILL) and :meth:`start` again."""
+    """A ``redis-server`` of the test's own on a fixed port: :meth:`kill` (SIGKILL) and :meth:`start` again, or
+    :meth:`pause` it (SIGSTOP: connections stay open and nothing answers, as in a failover) and :meth:`resume`."""
 
     def __init__(self, port: int | None = None) -> None:
         binary = shutil.which("redis-server")
@@ -322,8 +323,17 @@ class RedisProcess:
             self.process = None
         wait_port(self.port, up=False)
 
+    def pause(self) -> None:
+        if self.process is not None:
+            os.kill(self.process.pid, signal.SIGSTOP)
+
+    def resume(self) -> None:
+        if self.process is not None:
+            os.kill(self.process.pid, signal.SIGCONT)
+
     def stop(self) -> None:
         if self.process is not None:
+            self.resume()  # a stopped process would hold SIGTERM until it runs again
             self.process.terminate()
             try:
                 self.process.wait(10)

@@ -131,7 +131,7 @@ def test_metrics_bodies_are_encoded_once_per_snapshot_and_stay_exact(redis_conn)
     queue = rq.Queue("default", connection=redis_conn)
     queue.enqueue("rq_jobs.noop")
     live = Counter("web_requests", "A live metric, changing between snapshots.", registry=CollectorRegistry())
-    collection = Collection([RQProc("worker", connection=redis_conn)], max_age=60)
+    collection = Collection([RQProc("worker", connection=redis_conn)], max_age=60, stale_after=120)
     client = Client(ExporterApp(collection, "t", collectors=[live]))
     open_metrics = {"Accept": "application/openmetrics-text; version=1.0.0"}
 

@@ -270,7 +270,7 @@ def test_an_unreachable_broker_fails_instead_of_reading_zero(redis_server):
     proc.validate()
     snapshot = Collection([proc]).collect()
     assert snapshot.procs[0].up is False and snapshot.procs[0].reading is None
-    assert snapshot.failed == [snapshot.procs[0]]
+    assert snapshot.failed(snapshot.collected_at) == [snapshot.procs[0]]
 
 
 def test_all_queues_of_a_proc_cost_one_round_trip(redis_conn, redis_url, monkeypatch):

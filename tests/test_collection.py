@@ -75,7 +75,7 @@ def test_concurrent_requests_during_a_cycle_share_that_one_cycle(private_redis):
 
 
 def test_snapshot_is_cached_for_max_age(private_redis):
-    collection = Collection([RQProc("worker", connection=private_redis)], max_age=60)
+    collection = Collection([RQProc("worker", connection=private_redis)], max_age=60, stale_after=120)
     first = collection.snapshot()
     assert collection.snapshot() is first and collection.cycles == 1
     collection.max_age = 0

@@ -210,6 +210,7 @@ def test_every_panel_reads_at_a_glance():
         "Snapshot age": "s",
         "Reading age": "s",
         "Collection duration": "s",
+        "Processes serving the shared snapshot": "short",
         "Request queue time": "s",
         "Requests measured": "reqps",
     }

@@ -90,10 +90,13 @@ def apps(redis_server, records):
     connection.flushdb()
     for _ in range(3):
         rq.Queue("default", connection=connection).enqueue("rq_jobs.noop")
-    healthy = ExporterApp(Collection([RQProc("worker", url=url), Fixed("mailer")], max_age=3600), TOKEN)
+    healthy = ExporterApp(
+        Collection([RQProc("worker", url=url), Fixed("mailer")], max_age=3600, stale_after=7200), TOKEN
+    )
     down_url = f"redis://app:{BROKER_PASSWORD}@127.0.0.1:{free_port()}/0"
     failing = ExporterApp(
-        Collection([Fixed("mailer"), RQProc("worker", url=down_url, socket_timeout=1)], max_age=3600), TOKEN
+        Collection([Fixed("mailer"), RQProc("worker", url=down_url, socket_timeout=1)], max_age=3600, stale_after=7200),
+        TOKEN,
     )
     yield {"healthy": healthy, "failing": failing}
     for app in (healthy, failing):

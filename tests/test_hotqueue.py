@@ -77,7 +77,7 @@ def test_a_key_of_the_wrong_type_fails_only_its_own_proc(params, redis_conn, red
         HotQueueProc("broken", queues=["garbage"], url=redis_url),
         HotQueueProc("worker", queues=["emails"], url=redis_url),
     ]
-    client = Client(create_app(procs, "tok", stale_after=0))
+    client = Client(create_app(procs, "tok"))
 
     info = client.get("/hirefire/tok/info")
     metrics = client.get("/metrics").get_data(as_text=True)

@@ -165,7 +165,7 @@ def test_a_key_of_the_wrong_type_fails_only_that_proc(redis_conn, redis_url):
         QueuesProc("worker", queues=["default"], url=redis_url),
         HotQueueProc("mailer", queues=["emails"], url=redis_url),
     ]
-    client = Client(create_app(procs, "t", stale_after=0))
+    client = Client(create_app(procs, "t"))
 
     info = client.get("/hirefire/t/info")
     metrics = client.get("/metrics").get_data(as_text=True)
@@ -234,7 +234,7 @@ def test_beanstalkd_one_connection_per_cycle_closed_afterwards(beanstalkd):
         assert int(after["total-connections"]) - int(before["total-connections"]) == 20
         assert int(after["cmd-stats-tube"]) - int(before["cmd-stats-tube"]) == 40  # 2 tubes x 20 cycles
         wait_until(lambda: observer.server_stats()["current-connections"] == "1", what="connections to close")
-        assert open_fds() == fds
+        assert open_fds() <= fds  # never more (sockets other tests left to time out may close meanwhile)
         collection.close()
     finally:
         observer.close()
@@ -296,7 +296,7 @@ def test_a_server_that_never_answers_times_out_without_leaking_the_socket():
         assert not status.up and status.reading is None
         assert status.error == f"TimeoutError: beanstalkd at 127.0.0.1:{port}: no complete reply within 0.3s"
         assert 0.3 <= status.duration < 5  # ended by the socket timeout, not by the cycle's
-        assert open_fds() == fds
+        assert open_fds() <= fds  # never more (sockets other tests left to time out may close meanwhile)
         collection.close()
 
 

@@ -18,13 +18,12 @@ from typing import Any, Generic, TypeVar
 
 from werkzeug.wrappers import Response
 
-from ..app import ExporterApp
+from ..app import ExporterApp, build_collection
 from ..collection import Collection
-from ..config import parse_seconds
 from ..dispatcher import Dispatcher, normalize_url
-from ..loading import load_procs
 from ..procs.base import Proc, ProcConfigError
 from ..queue_time import COLLECTOR, QueueTimer
+from ..settings_check import collection_options
 
 __all__ = ["ProcConfigError", "exporter_app", "queue_timer", "reset", "serve", "timer_from_option", "wsgi_path"]
 
@@ -56,17 +55,21 @@ def exporter_app(
     max_age: float = 5.0,
     stale_after: float = 60.0,
     timeout: float = 3.0,
+    refresh_wait: float = 0.25,
+    share: str | None = None,
 ) -> ExporterApp:
     """The process's exporter for these procs (dotted paths, classes or instances) and options, built on first use.
+    ``share``: a Redis URL to share one collection per ``max_age`` with every process of the same configuration
+    (default ``HIREFIRE_SHARE_URL``; ``""`` turns it off); ``refresh_wait``: the most a request waits for a refresh.
 
     ``/healthz`` is left out (the host app may have its own) and ``/metrics`` is off unless ``metrics=True``.
     Raises :class:`ProcConfigError` naming ``setting`` when a proc cannot be loaded, or the option that is not a
     number of seconds.
     """
-    max_age = parse_seconds(max_age, "max_age")
-    stale_after = parse_seconds(stale_after, "stale_after")
-    timeout = parse_seconds(timeout, "timeout")
-    collection_key = (_procs_key(procs), max_age, stale_after, timeout)
+    options = collection_options(max_age=max_age, stale_after=stale_after, timeout=timeout, refresh_wait=refresh_wait)
+    max_age, stale_after, timeout = options["max_age"], options["stale_after"], options["timeout"]
+    refresh_wait = options["refresh_wait"]
+    collection_key = (_procs_key(procs), max_age, stale_after, timeout, refresh_wait, share)
     app_key = (collection_key, token, bool(metrics))
     with _lock:
         app = _apps.get(app_key)
@@ -74,8 +77,15 @@ def exporter_app(
             return app
         entry = _collections.get(collection_key)
         if entry is None:
-            loaded = load_procs(procs, setting=setting)
-            collection = Collection(loaded, max_age=max_age, stale_after=stale_after, timeout=timeout)
+            collection = build_collection(
+                procs,
+                max_age=max_age,
+                stale_after=stale_after,
+                timeout=timeout,
+                refresh_wait=refresh_wait,
+                share=share,
+                setting=setting,
+            )
             # keep the configured objects alive so that their id()s in the key stay theirs
             entry = _collections[collection_key] = (collection, list(procs) if not isinstance(procs, str) else [])
         app = ExporterApp(entry[0], token, metrics=metrics, healthz=False, collectors=[COLLECTOR])
@@ -126,8 +136,8 @@ class ExporterMiddleware(Generic[App]):
     ``token``: the HireFire token (default ``HIREFIRE_TOKEN``), also what queue times are dispatched with.
     ``metrics``: also serve ``/metrics``.
     ``queue_time``: measure request queue time (True, or a :func:`queue_timer`).
-    ``options``: ``max_age``, ``stale_after``, ``timeout``, ``setting`` (the name used in error messages; the
-    default is the subclass's :attr:`setting`).
+    ``options``: ``max_age``, ``stale_after``, ``timeout``, ``refresh_wait``, ``share``, ``setting`` (the name used
+    in error messages; the default is the subclass's :attr:`setting`).
     """
 
     setting = "procs"

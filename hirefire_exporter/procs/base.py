@@ -13,8 +13,11 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..redaction import scrub
+from ..settings_check import Choice, refuse_unknown
+
 #: Heroku process type names: letters, digits, dashes and underscores.
-PROC_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
+PROC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # use fullmatch: '$' would let "worker\n" through
 
 METRICS = ("size", "latency")
 
@@ -25,7 +28,11 @@ def _is_method(cls: type, key: str) -> bool:
 
 
 class ProcConfigError(ValueError):
-    """A proc is misconfigured. Raised at start-up, with the proc's name or dotted path in the message."""
+    """A proc is misconfigured. Raised at start-up, with the proc's name or dotted path in the message, which is
+    scrubbed of every known secret (see :mod:`hirefire_exporter.redaction`)."""
+
+    def __init__(self, message: object = "") -> None:
+        super().__init__(scrub(str(message)))
 
 
 @dataclass(frozen=True)
@@ -88,6 +95,9 @@ class Proc:
     metric: str = "size"
     #: Whether the backend can measure the oldest waiting job's age (required for ``metric = "latency"``).
     supports_latency: ClassVar[bool] = False
+    #: Option name -> its kind (:mod:`hirefire_exporter.settings_check`), checked by :meth:`validate`. Each class
+    #: declares its own options' kinds; subclasses add to their bases'.
+    option_checks: ClassVar[Mapping[str, Any]] = {"metric": Choice(METRICS)}
 
     def __init__(self, name: str | None = None, queues: Iterable[str] | str | None = None, **options: Any) -> None:
         cls = type(self)
@@ -100,10 +110,16 @@ class Proc:
             raise ProcConfigError(
                 f"{cls.__name__}(name={self.name!r}): queues must be a list of queue names, got {queues!r}"
             ) from None
+        known = cls.option_names()
+        refuse_unknown(options, known, f"{cls.__name__}(name={self.name!r}): ")
         for key, value in options.items():
-            if key.startswith("_") or not hasattr(cls, key) or _is_method(cls, key):
-                raise ProcConfigError(f"{cls.__name__}(name={self.name!r}): unknown option {key!r}")
             setattr(self, key, value)
+
+    @classmethod
+    def option_names(cls) -> frozenset[str]:
+        """The keyword options an instance takes: its public class attributes that are not behaviour."""
+        names = {"name", "queues"} | {key for key in dir(cls) if not key.startswith("_") and not _is_method(cls, key)}
+        return frozenset(names - {"option_checks", "supports_latency"})
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, queues={self.queues!r})"
@@ -111,14 +127,17 @@ class Proc:
     def validate(self) -> None:
         """Check the configuration without any I/O. Raises :class:`ProcConfigError` naming the proc."""
         label = f"{type(self).__name__}(name={self.name!r})"
-        if not isinstance(self.name, str) or not PROC_NAME.match(self.name):
+        if not isinstance(self.name, str) or not PROC_NAME.fullmatch(self.name):
             raise ProcConfigError(
                 f"{label}: the name must be a Procfile process type (letters, digits, '-' and '_'), got {self.name!r}"
             )
         if not self.queues or not all(isinstance(q, str) and q for q in self.queues):
             raise ProcConfigError(f"proc {self.name!r}: needs at least one queue name, got {self.queues!r}")
-        if self.metric not in METRICS:
-            raise ProcConfigError(f"proc {self.name!r}: metric must be one of {METRICS}, got {self.metric!r}")
+        checks: dict[str, Any] = {}
+        for klass in reversed(type(self).__mro__):
+            checks.update(vars(klass).get("option_checks", {}))
+        for key, kind in checks.items():
+            kind.check(getattr(self, key), f"proc {self.name!r}: {key}")
         if self.metric == "latency" and not self.supports_latency:
             raise ProcConfigError(f"proc {self.name!r}: {type(self).__name__} cannot measure job latency")
         cls = type(self)

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterable
 
 #: A tube name: ASCII letters, digits and ``-+/;.$_()``, not starting with ``-``, at most 200 bytes.
-TUBE_NAME = re.compile(r"^[A-Za-z0-9+/;.$_()][A-Za-z0-9+/;.$_()-]{0,199}$")
+TUBE_NAME = re.compile(r"[A-Za-z0-9+/;.$_()][A-Za-z0-9+/;.$_()-]{0,199}")  # fullmatch: '$' allows a "\n" after
 #: The counters of ``stats-tube`` this module reads, by job state.
 STATES = {
     "ready": "current-jobs-ready",
@@ -82,7 +82,7 @@ class Connection:
         not have (``NOT_FOUND``: it has no jobs, and no client uses or watches it)."""
         tubes = list(dict.fromkeys(tubes))
         for tube in tubes:
-            if not TUBE_NAME.match(tube):
+            if not TUBE_NAME.fullmatch(tube):
                 raise ValueError(f"{tube!r} is not a beanstalkd tube name")
         replies = self.pipeline((f"stats-tube {tube}", None) for tube in tubes)
         out = {}

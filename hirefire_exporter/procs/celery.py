@@ -26,7 +26,6 @@ it is read from the oldest message of each list (``LINDEX <list> -1``) on Redis 
 from __future__ import annotations
 
 import logging
-import math
 import re
 import shlex
 import time
@@ -37,7 +36,8 @@ from functools import cached_property
 from importlib import import_module
 from typing import Any
 
-from ..redaction import redact, scrub_credentials
+from ..redaction import describe_error, register_url, url_problem
+from ..settings_check import Boolean, Integer, OrNone, Seconds, did_you_mean
 from .base import ProcConfigError, QueueReading, Reading
 from .celery_inspect import METHODS, HeldTask, InspectIncomplete, Sightings, active_queues, inspect_tasks
 from .celery_rabbitmq import QueueCounts, declare_counts, management_counts, management_url_problem
@@ -96,6 +96,13 @@ class CeleryProc(RedisProc):
     #: Override the app's ``broker_transport_options`` (``global_keyprefix``, ``sep``, ``priority_steps``, ...).
     transport_options: dict[str, Any] | None = None
 
+    option_checks = {
+        "inspect_timeout": Seconds(positive=True),
+        "inspect_forget_after": Seconds(positive=True),
+        "workers": OrNone(Integer(1, 100_000, "a number of worker processes")),
+        "simple_queues": Boolean(),
+    }
+
     _app: Any = None
     #: Whether the last reading skipped malformed entries (so a lasting problem is logged at WARNING once).
     _skipping_malformed: bool = False
@@ -109,19 +116,30 @@ class CeleryProc(RedisProc):
     def validate(self) -> None:
         super().validate()
         statuses = self.inspect_statuses
-        if isinstance(statuses, str) or not all(s in METHODS for s in statuses):
-            raise ProcConfigError(f"proc {self.name!r}: inspect_statuses must be a list of {METHODS}, got {statuses!r}")
-        if self.workers is not None and (not isinstance(self.workers, int) or self.workers < 1):
-            raise ProcConfigError(f"proc {self.name!r}: workers must be a positive integer, got {self.workers!r}")
-        forget = self.inspect_forget_after
-        if isinstance(forget, bool) or not isinstance(forget, int | float) or not 0 < forget < math.inf:
-            raise ProcConfigError(
-                f"proc {self.name!r}: inspect_forget_after must be a positive number of seconds, got {forget!r}"
+        if (
+            isinstance(statuses, str)
+            or not isinstance(statuses, list | tuple)
+            or not all(s in METHODS for s in statuses)
+        ):
+            wrong = (
+                next((s for s in statuses if s not in METHODS), None) if isinstance(statuses, list | tuple) else None
             )
+            raise ProcConfigError(
+                f"proc {self.name!r}: inspect_statuses must be a list of {METHODS}, got {statuses!r}"
+                + did_you_mean(wrong, METHODS)
+            )
+        if self.transport_options is not None and not isinstance(self.transport_options, dict):
+            raise ProcConfigError(f"proc {self.name!r}: transport_options must be a table of kombu transport options")
+        register_url(self.management_url)
         if self.management_url and (problem := management_url_problem(self.management_url)):
             raise ProcConfigError(f"proc {self.name!r}: management_url {problem}")
         if self._redis() is None or self._broadcasts():  # the proc talks through a kombu transport
             self._broker_connection().release()  # never connected: this parses the URL and loads the transport
+        if self._redis() is not None:
+            try:
+                _ = self._keys  # the transport options' key layout, checked now rather than on every read
+            except ValueError as exc:
+                raise ProcConfigError(f"proc {self.name!r}: {exc}") from None
 
     def celery_app(self) -> Any:
         """The Celery app: given, imported from a dotted path, built from ``url``, or Celery's current app."""
@@ -131,8 +149,10 @@ class CeleryProc(RedisProc):
                 module, _, attr = app.rpartition(".")
                 try:
                     app = getattr(import_module(module), attr)
-                except (ImportError, AttributeError, ValueError) as exc:
-                    raise ProcConfigError(f"proc {self.name!r}: cannot import Celery app {self.app!r}: {exc}") from exc
+                except Exception as exc:  # a broken module, however it fails; not chained: the cause is not scrubbed
+                    raise ProcConfigError(
+                        f"proc {self.name!r}: cannot import Celery app {self.app!r}: {describe_error(exc, locate=True)}"
+                    ) from None
             elif app is None:
                 from celery import Celery, current_app
 
@@ -151,6 +171,7 @@ class CeleryProc(RedisProc):
             url = url[0]
         if not isinstance(url, str):
             raise ProcConfigError(f"proc {self.name!r}: the broker URL must be a string, got {type(url).__name__}")
+        register_url(url)
         return url.split(";")[0].strip()
 
     def options(self) -> dict[str, Any]:
@@ -167,19 +188,23 @@ class CeleryProc(RedisProc):
         transport needs, without I/O: :meth:`validate` builds one so that a broken URL or a missing package fails at
         start-up."""
         url = self.broker_url()
-        try:
-            connection = self.celery_app().connection_for_read(
-                url, connect_timeout=self.socket_timeout, transport_options=self.transport_options
-            )
-            connection.transport  # noqa: B018 (instantiates the transport: its client library is checked there)
-            return connection
-        except ImportError as exc:  # e.g. redis:// without packaging (kombu[redis]), sqs:// without boto3
-            raise ProcConfigError(f"proc {self.name!r}: {_missing_transport_package(self._scheme(), exc)}") from None
-        except KeyError as exc:  # kombu: "No such transport: sqs2.  Did you mean sqs?"
-            problem = str(exc.args[0] if exc.args else exc)
-        except ValueError as exc:  # e.g. "Port could not be cast to integer value as 'port'"
-            problem = str(exc)
-        raise ProcConfigError(f"proc {self.name!r}: bad Celery broker URL: {scrub_credentials(redact(problem), url)}")
+        problem = url_problem(url)  # before kombu, whose messages quote what it read as the port
+        if problem is None:
+            try:
+                connection = self.celery_app().connection_for_read(
+                    url, connect_timeout=self.socket_timeout, transport_options=self.transport_options
+                )
+                connection.transport  # noqa: B018 (instantiates the transport: its client library is checked there)
+                return connection
+            except ImportError as exc:  # e.g. redis:// without packaging (kombu[redis]), sqs:// without botocore
+                raise ProcConfigError(
+                    f"proc {self.name!r}: {_missing_transport_package(self._scheme(), exc)}"
+                ) from None
+            except KeyError as exc:  # kombu: "No such transport: sqs2.  Did you mean sqs?"
+                problem = str(exc.args[0] if exc.args else exc)
+            except ValueError as exc:
+                problem = describe_error(exc)
+        raise ProcConfigError(f"proc {self.name!r}: bad Celery broker URL: {problem}")
 
     # Redis
 

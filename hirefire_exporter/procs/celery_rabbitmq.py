@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from urllib.request import Request, urlopen
 
-from ..redaction import redact
+from ..redaction import scrub
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,7 @@ def management_counts(management_url: str, vhost: str, timeout: float) -> dict[s
         with urlopen(request, timeout=timeout) as response:
             rows = json.load(response)
     except Exception as exc:  # HTTPError, URLError, timeouts, bad JSON: name the API, never the password
-        raise ConnectionError(redact(f"RabbitMQ management API {base}: {exc}")) from None
+        raise ConnectionError(scrub(f"RabbitMQ management API {base}: {exc}")) from None
     out: dict[str, QueueCounts | None] = {}
     for row in rows:
         ready, unacked = row.get("messages_ready"), row.get("messages_unacknowledged")

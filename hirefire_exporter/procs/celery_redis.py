@@ -14,7 +14,12 @@ from functools import lru_cache
 from typing import Any
 
 from ..celery_latency import enqueued_at
+from ..settings_check import Integer, OrNone, Text, fail, shown
 from .redis_proc import age_since, as_text, parse_utc
+
+_STEP = Integer(0, 255, "a priority")
+_TEXT = Text(exact=True)
+_OPTIONAL_TEXT = OrNone(Text("a string", exact=True))
 
 #: kombu's Redis transport defaults.
 DEFAULT_SEP = "\x06\x16"
@@ -33,12 +38,20 @@ class RedisKeys:
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> RedisKeys:
-        prefix = options.get("global_keyprefix") or ""
+        """The layout under kombu ``options``; a value kombu could not use raises :class:`ProcConfigError`."""
+        prefix = (
+            _OPTIONAL_TEXT.check(options.get("global_keyprefix") or None, "transport option global_keyprefix") or ""
+        )
+        steps = options.get("priority_steps", DEFAULT_PRIORITY_STEPS)
+        if not isinstance(steps, list | tuple) or not steps:
+            fail(f"transport option priority_steps must be a list of priorities from 0 to 255, got {shown(steps)}")
+        for index, step in enumerate(steps):
+            _STEP.check(step, f"transport option priority_steps[{index}]")
         return cls(
             prefix=prefix,
-            sep=options.get("sep", DEFAULT_SEP),
-            steps=tuple(options.get("priority_steps", DEFAULT_PRIORITY_STEPS)),
-            unacked=prefix + options.get("unacked_key", "unacked"),
+            sep=_TEXT.check(options.get("sep", DEFAULT_SEP), "transport option sep"),
+            steps=tuple(steps),
+            unacked=prefix + _TEXT.check(options.get("unacked_key", "unacked"), "transport option unacked_key"),
         )
 
     def key(self, name: str) -> str:

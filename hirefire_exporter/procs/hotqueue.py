@@ -10,8 +10,17 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from ..settings_check import PORT, Integer, OrNone, Seconds
 from .base import ClientProc, ProcConfigError, QueueReading, Reading
 from .redis_proc import Command, RedisProc, server_key
+
+#: ``connection_params`` that redis-py accepts unchecked and only fails on when reading.
+_PARAM_CHECKS = {
+    "port": PORT,
+    "db": Integer(0, 1_000_000, "a Redis database number"),
+    "socket_timeout": OrNone(Seconds(positive=True)),
+    "socket_connect_timeout": OrNone(Seconds(positive=True)),
+}
 
 
 def key_for(queue: str) -> str:
@@ -78,6 +87,9 @@ class HotQueueProc(RedisProc, ClientProc):
                 f"proc {self.name!r}: connection_params must be a mapping of redis.Redis keyword arguments"
             )
         kwargs = {key: value for key, value in params.items() if key != "serializer"}  # HotQueue's own argument
+        for key, kind in _PARAM_CHECKS.items():  # redis-py would take them and fail every read instead
+            if key in kwargs:
+                kind.check(kwargs[key], f"proc {self.name!r}: connection_params {key}")
         return self.new_client(**kwargs)
 
     def client(self, queue: Any) -> Any:

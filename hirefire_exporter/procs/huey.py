@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 from importlib import import_module
 from typing import Any
 
+from ..redaction import describe_error
+from ..settings_check import Choice, OrNone, Text, did_you_mean
 from .base import ProcConfigError, QueueReading, Reading
 from .redis_proc import Command, RedisProc, age_since
 
@@ -35,6 +37,7 @@ class HueyProc(RedisProc):
     huey: Any = None
     storage: str | None = None
     filename: str | None = None
+    option_checks = {"storage": OrNone(Choice(tuple(STORAGES))), "filename": OrNone(Text("a file name"))}
 
     _instance: Any = None
 
@@ -58,13 +61,16 @@ class HueyProc(RedisProc):
             module, _, attr = self.huey.rpartition(".")
             try:
                 return getattr(import_module(module), attr)
-            except (ImportError, AttributeError, ValueError) as exc:
-                raise ProcConfigError(f"proc {self.name!r}: cannot import Huey instance {self.huey!r}: {exc}") from exc
+            except Exception as exc:  # a broken module, however it fails; not chained: the cause is not scrubbed
+                raise ProcConfigError(
+                    f"proc {self.name!r}: cannot import Huey instance {self.huey!r}: {describe_error(exc, locate=True)}"
+                ) from None
         if self.huey is not None:
             return self.huey
         if self.storage not in STORAGES:
             raise ProcConfigError(
                 f"proc {self.name!r}: needs `huey` (an instance or dotted path) or `storage` one of {sorted(STORAGES)}"
+                + did_you_mean(self.storage, STORAGES)
             )
         import huey
 

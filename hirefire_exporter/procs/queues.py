@@ -19,6 +19,7 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from ..settings_check import PORT, Integer, OrNone, Seconds, Text, did_you_mean
 from . import beanstalk
 from .base import ProcConfigError, QueueReading, Reading
 from .redis_proc import Command, RedisProc
@@ -35,6 +36,7 @@ UNSUPPORTED = {
 BEANSTALK_STATES = {"ready": "queued", "reserved": "started", "delayed": "scheduled", "buried": "buried"}
 BEANSTALK_COUNTED = frozenset({"queued", "started"})
 BEANSTALK_PORT = 11300
+_DATABASE = Integer(0, 1_000_000, "a Redis database number")
 
 
 def library_setting(name: str) -> str | None:
@@ -74,6 +76,11 @@ class QueuesProc(RedisProc):
     #: beanstalkd server; default: the ``QUEUE_BEANSTALKD_CONNECTION`` setting (``host:port``).
     host: str | None = None
     port: int | None = None
+    option_checks = {
+        "queue_backend": OrNone(Text("a queues backend name")),
+        "host": OrNone(Text("a host name or address", word=True)),
+        "port": OrNone(PORT),
+    }
 
     _storage: str | None = None
 
@@ -102,7 +109,8 @@ class QueuesProc(RedisProc):
                 f"proc {self.name!r}: the queues backend {name!r} is not supported: {UNSUPPORTED[key]}"
             )
         if key not in BACKENDS:
-            raise ProcConfigError(f"proc {self.name!r}: unknown queues backend {name!r}; use redis or beanstalkd")
+            hint = did_you_mean(key, [*BACKENDS, *UNSUPPORTED]) or "; use redis or beanstalkd"
+            raise ProcConfigError(f"proc {self.name!r}: unknown queues backend {name!r}{hint}")
         storage = BACKENDS[key]
         wrong = ("host", "port") if storage == "redis" else ("url", "connection")
         misplaced = [option for option in wrong if getattr(self, option) is not None]
@@ -113,7 +121,7 @@ class QueuesProc(RedisProc):
     def validate(self) -> None:
         super().validate()
         if self.storage() == "beanstalkd":
-            bad = [q for q in self.queues if not beanstalk.TUBE_NAME.match(q)]
+            bad = [q for q in self.queues if not beanstalk.TUBE_NAME.fullmatch(q)]
             if bad:
                 raise ProcConfigError(f"proc {self.name!r}: not beanstalkd tube names: {bad!r}")
             self.beanstalk_address()
@@ -130,9 +138,12 @@ class QueuesProc(RedisProc):
         if connection is None:
             raise ProcConfigError(f"proc {self.name!r}: needs a Redis `url` or the QUEUE_REDIS_CONNECTION setting")
         host, port = _host_port(connection, "QUEUE_REDIS_CONNECTION", self.name)
-        db = _number(library_setting("QUEUE_REDIS_DB") or "0", int, "QUEUE_REDIS_DB", self.name)
-        timeout = _number(library_setting("QUEUE_REDIS_TIMEOUT"), float, "QUEUE_REDIS_TIMEOUT", self.name)
-        timeout = timeout or self.socket_timeout
+        where = f"proc {self.name!r}: "
+        db = _DATABASE.parse(library_setting("QUEUE_REDIS_DB") or "0", where + "QUEUE_REDIS_DB")
+        timeout_text = library_setting("QUEUE_REDIS_TIMEOUT")
+        timeout = self.socket_timeout
+        if timeout_text is not None:
+            timeout = Seconds(positive=True).parse(timeout_text, where + "QUEUE_REDIS_TIMEOUT")
         return self.new_client(host=host, port=port, db=db, socket_timeout=timeout, socket_connect_timeout=timeout)
 
     def depth_commands(self, now: float) -> list[Command]:
@@ -146,10 +157,7 @@ class QueuesProc(RedisProc):
     def beanstalk_address(self) -> tuple[str, int]:
         """``(host, port)`` of the beanstalkd server. Does no I/O."""
         if self.host:
-            port = BEANSTALK_PORT if self.port is None else self.port
-            if isinstance(port, bool) or not isinstance(port, int) or not 0 < port < 65536:
-                raise ProcConfigError(f"proc {self.name!r}: port must be a TCP port number, got {port!r}")
-            return self.host, port
+            return self.host, BEANSTALK_PORT if self.port is None else self.port
         if self.port is not None:
             raise ProcConfigError(f"proc {self.name!r}: `port` needs `host`")
         connection = library_setting("QUEUE_BEANSTALKD_CONNECTION")
@@ -185,12 +193,3 @@ def _host_port(value: str, setting: str, proc: str | None) -> tuple[str, int]:
     if not sep or not host or not 0 < number < 65536:
         raise ProcConfigError(f"proc {proc!r}: {setting} must be host:port (such as localhost:6379), got {value!r}")
     return host, number
-
-
-def _number(value: str | None, kind: type, setting: str, proc: str | None) -> Any:
-    if value is None:
-        return None
-    try:
-        return kind(value)
-    except ValueError:
-        raise ProcConfigError(f"proc {proc!r}: {setting} must be a number, got {value!r}") from None

@@ -16,7 +16,8 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from ..redaction import describe_error, scrub_credentials
+from ..redaction import describe_error, register, register_url, url_problem
+from ..settings_check import Seconds
 from .base import Proc, ProcConfigError, Reading
 
 if TYPE_CHECKING:
@@ -33,6 +34,7 @@ class RedisProc(Proc):
     url: str | None = None
     #: Socket timeouts for a client this proc builds from ``url`` (a user's own ``connection`` keeps its own).
     socket_timeout: float = 5.0
+    option_checks = {"socket_timeout": Seconds(positive=True)}
 
     _client: Redis | None = None
 
@@ -57,47 +59,15 @@ class RedisProc(Proc):
         return self.new_client(self.url)
 
     def new_client(self, url: str | None = None, **options: Any) -> Redis:
-        """A client for this proc's own use, from ``url`` or ``redis.Redis`` keyword ``options``. Does no I/O.
-
-        Socket timeouts bound every read; one immediate retry replaces redis-py's default backoff (which takes about
-        3 s to give up on a refused connection, longer than a cycle's timeout), while still surviving a pooled
-        connection the server closed while idle.
-        """
-        try:
-            from redis import Redis
-            from redis.backoff import NoBackoff
-            from redis.retry import Retry
-        except ImportError:
-            raise ProcConfigError(
-                f"proc {self.name!r}: {type(self).__name__} needs the module 'redis', which is not installed:"
-                " pip install redis (or the backend's extra, such as 'hirefire-exporter[rq]')"
-            ) from None
-
-        defaults = {
-            "socket_timeout": self.socket_timeout,
-            "socket_connect_timeout": self.socket_timeout,
-            # no health_check_interval: after 30 s idle (HireFire polls once a minute) it costs every cycle an extra
-            # PING round trip; the pool already reconnects a connection the server closed, and the retry covers a
-            # connection that dies mid-pipeline.
-            "retry": Retry(NoBackoff(), 1),
-        }
-        options = {**defaults, **options}
-        if url is not None:
-            _check_url(self.name, url)
-        try:
-            return Redis.from_url(url, **options) if url else Redis(**options)
-        except (TypeError, ValueError) as exc:
-            message = scrub_credentials(describe_error(exc), url) if isinstance(url, str) else describe_error(exc)
-            raise ProcConfigError(f"proc {self.name!r}: bad Redis connection settings: {message}") from None
+        """A client for this proc's own use, from ``url`` or ``redis.Redis`` keyword ``options``. Does no I/O."""
+        options.setdefault("socket_timeout", self.socket_timeout)
+        return build_client(f"proc {self.name!r}", url, **options)
 
     def validate(self) -> None:
         super().validate()
-        timeout = self.socket_timeout
-        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0 < timeout < math.inf:
-            raise ProcConfigError(
-                f"proc {self.name!r}: socket_timeout must be a positive number of seconds, got {timeout!r}"
-            )
-        self.redis_client()
+        client = self.redis_client()
+        if client is not None:  # a client given ready-made (or a Huey instance's) has a password of its own
+            register(getattr(getattr(client, "connection_pool", None), "connection_kwargs", {}).get("password"))
 
     def depth_commands(self, now: float) -> list[Command]:
         """The read-only commands that count this proc's jobs (one per key)."""
@@ -120,18 +90,58 @@ class RedisProc(Proc):
         return result
 
 
-def _check_url(name: str | None, url: Any) -> None:
+def build_client(label: str, url: str | None = None, *, socket_timeout: float, **options: Any) -> Redis:
+    """A Redis client from ``url`` or ``redis.Redis`` keyword ``options``; ``label`` names the setting in errors
+    (``proc 'worker'``). Does no I/O. Raises :class:`ProcConfigError` (one line, no password) for bad settings.
+
+    Socket timeouts bound every read; one immediate retry replaces redis-py's default backoff (which takes about
+    3 s to give up on a refused connection, longer than a cycle's timeout), while still surviving a pooled
+    connection the server closed while idle.
+    """
+    try:
+        from redis import Redis
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+    except ImportError:
+        raise ProcConfigError(
+            f"{label}: needs the module 'redis', which is not installed: pip install redis (or the backend's extra,"
+            " such as 'hirefire-exporter[rq]')"
+        ) from None
+
+    defaults = {
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": socket_timeout,
+        # no health_check_interval: after 30 s idle (HireFire polls once a minute) it costs every cycle an extra
+        # PING round trip; the pool already reconnects a connection the server closed, and the retry covers a
+        # connection that dies mid-pipeline.
+        "retry": Retry(NoBackoff(), 1),
+    }
+    options = {**defaults, **options}
+    register_url(url)
+    register(options.get("password"))
+    if url is not None:
+        _check_url(label, url)
+    try:
+        return Redis.from_url(url, **options) if url else Redis(**options)
+    except (TypeError, ValueError) as exc:
+        raise ProcConfigError(f"{label}: bad Redis connection settings: {describe_error(exc)}") from None
+
+
+def _check_url(label: str, url: Any) -> None:
     """What redis-py lets through silently: a URL that is not a string, or a database that is not a number (read
     as database 0, someone else's queues)."""
     if not isinstance(url, str):
-        raise ProcConfigError(f"proc {name!r}: `url` must be a Redis URL string, got {type(url).__name__}")
-    try:
-        parts = urlsplit(url)
-    except ValueError as exc:  # e.g. an unclosed IPv6 bracket
-        raise ProcConfigError(f"proc {name!r}: bad Redis URL: {scrub_credentials(str(exc), url)}") from None
+        raise ProcConfigError(f"{label}: `url` must be a Redis URL string, got {type(url).__name__}")
+    problem = url_problem(url)
+    if problem:
+        raise ProcConfigError(f"{label}: bad Redis URL: {problem}")
+    parts = urlsplit(url)
     db = parts.path.strip("/") if parts.scheme in ("redis", "rediss") else ""
-    if db and not db.isdigit():
-        raise ProcConfigError(f"proc {name!r}: the database in the Redis URL must be a number, got {db!r}")
+    if db and not db.isdigit():  # not quoted: with an unencoded '/' in the password, the path is the password's tail
+        raise ProcConfigError(
+            f"{label}: the database in the Redis URL must be a number (the path after the host)"
+            + (" (a password holding / must be percent-encoded: %2F)" if "@" in db else "")
+        )
 
 
 def server_key(client: Redis) -> tuple[Any, ...]:

@@ -33,6 +33,7 @@ import os
 from typing import Any
 
 from ..redaction import describe_error
+from ..settings_check import OrNone, Text
 from .base import ClientProc, QueueReading, Reading
 from .redis_proc import Command, RedisProc, age_since, parse_utc
 
@@ -88,6 +89,7 @@ class RQProc(RedisProc, ClientProc):
     supports_latency = True
     #: RQ's key prefix; ``None`` reads ``RQ_KEY_PREFIX`` from the environment (RQ 3), else ``rq``.
     key_prefix: str | None = None
+    option_checks = {"key_prefix": OrNone(Text("a Redis key prefix", word=True))}
 
     @property
     def prefix(self) -> str:

@@ -7,7 +7,8 @@ Settings: ``HIREFIRE_PROCS`` (required: dotted paths to Proc classes or instance
 ``HIREFIRE_TOKEN`` environment variable), ``HIREFIRE_METRICS`` (serve ``/metrics``, default False),
 ``HIREFIRE_QUEUE_TIME`` (measure request queue time, default False), ``HIREFIRE_QUEUE_TIME_LOG`` (print the
 ``[hirefire:router]`` line, default True), ``HIREFIRE_DISPATCH_URL`` (else the environment variable),
-``HIREFIRE_MAX_AGE``, ``HIREFIRE_STALE_AFTER``, ``HIREFIRE_TIMEOUT`` (seconds).
+``HIREFIRE_MAX_AGE``, ``HIREFIRE_STALE_AFTER``, ``HIREFIRE_TIMEOUT``, ``HIREFIRE_REFRESH_WAIT`` (seconds),
+``HIREFIRE_SHARE_URL`` (a Redis URL to share one collection with every process; else the environment variable).
 
 The exporter is built when Django loads its middleware (at start-up), without broker I/O; a bad setting raises
 ``ImproperlyConfigured`` naming it. Requests for other paths go straight to the next middleware.
@@ -25,11 +26,16 @@ from django.conf import settings
 from django.core.exceptions import ImproperlyConfigured
 from django.http import HttpRequest, HttpResponse
 
-from ...config import parse_seconds
+from ...config import BY_NAME
 from ...procs.base import ProcConfigError
+from ...settings_check import collection_options
 from .. import exporter_app, queue_timer, serve, wsgi_path
 
-_DEFAULTS = {"HIREFIRE_MAX_AGE": 5.0, "HIREFIRE_STALE_AFTER": 60.0, "HIREFIRE_TIMEOUT": 3.0}
+#: Collection options -> (the Django setting, named as the environment variable, and its default).
+_OPTIONS = {
+    name: (BY_NAME[name].env, BY_NAME[name].default)
+    for name in ("max_age", "stale_after", "timeout", "refresh_wait", "share")
+}
 
 
 def _environ(request: HttpRequest) -> dict[str, Any]:
@@ -74,15 +80,14 @@ class HireFireMiddleware:
                 "HIREFIRE_PROCS: set it to a list of dotted paths to your procs, e.g. ['mysite.procs.WorkerProc']"
             )
         try:
-            options = {key: parse_seconds(getattr(settings, key, default), key) for key, default in _DEFAULTS.items()}
+            given = {name: getattr(settings, setting, default) for name, (setting, default) in _OPTIONS.items()}
+            options = collection_options({name: setting for name, (setting, _) in _OPTIONS.items()}, **given)
             self.exporter = exporter_app(
                 procs,
                 getattr(settings, "HIREFIRE_TOKEN", None),
                 metrics=bool(getattr(settings, "HIREFIRE_METRICS", False)),
                 setting="HIREFIRE_PROCS",
-                max_age=options["HIREFIRE_MAX_AGE"],
-                stale_after=options["HIREFIRE_STALE_AFTER"],
-                timeout=options["HIREFIRE_TIMEOUT"],
+                **options,
             )
             self.queue_timer = (
                 queue_timer(

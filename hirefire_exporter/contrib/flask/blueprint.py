@@ -29,7 +29,7 @@ def build_hirefire_blueprint(
 ) -> Blueprint:
     """A blueprint serving ``/hirefire/<token>/info``, ``/hirefire``, ``/hirefire/test`` and, with ``metrics``,
     ``/metrics``. ``queue_time`` measures every request of the app (see the README; dispatched with ``token``).
-    ``options``: ``max_age``, ``stale_after``, ``timeout``, ``setting``."""
+    ``options``: ``max_age``, ``stale_after``, ``timeout``, ``refresh_wait``, ``share``, ``setting``."""
     options.setdefault("setting", "build_hirefire_blueprint procs")
     exporter = exporter_app(procs, token, metrics=metrics, **options)
     timer = timer_from_option(queue_time, token)

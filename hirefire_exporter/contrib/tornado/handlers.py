@@ -44,7 +44,8 @@ def hirefire_handlers(
     **options: Any,
 ) -> list[tuple[str, type, dict[str, Any]]]:
     """URL specs for ``tornado.web.Application``: ``/hirefire/<token>/info``, ``/hirefire``, ``/hirefire/test`` and,
-    with ``metrics``, ``/metrics``. ``options``: ``max_age``, ``stale_after``, ``timeout``, ``setting``."""
+    with ``metrics``, ``/metrics``. ``options``: ``max_age``, ``stale_after``, ``timeout``, ``refresh_wait``,
+    ``share``, ``setting``."""
     options.setdefault("setting", "hirefire_handlers procs")
     exporter = exporter_app(procs, token, metrics=metrics, **options)
     container = WSGIContainer(exporter, executor=executor or _shared_executor())
