@@ -174,6 +174,7 @@ QUEUE_READING = record(
         "jobs": mapping_of(NUMBER),
         "counted": frozenset_of(STRING),
         "latency": optional(NUMBER),
+        "found": optional(BOOLEAN),
     },
 )
 READING = record(
