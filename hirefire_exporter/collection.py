@@ -369,6 +369,14 @@ class Collection:
             outcomes.update({p.name: (late, self.timeout) for p in task.procs})
         return self._snapshot(now, outcomes, previous, final=True)
 
+    @staticmethod
+    def _run(task: _Task, cache: dict[str, Any], now: float, arrived: SimpleQueue[Any]) -> None:
+        try:
+            outcome = task.run(cache, now)
+        finally:
+            task.running = False
+        arrived.put((task, outcome))
+
     def _warn_missing(self, proc: str | None, reading: Reading) -> None:
         """Once per queue and process: a queue the broker has no trace of reads as 0 jobs, like an empty one."""
         for queue in reading.queues:
@@ -380,14 +388,6 @@ class Collection:
                     proc,
                     queue.name,
                 )
-
-    @staticmethod
-    def _run(task: _Task, cache: dict[str, Any], now: float, arrived: SimpleQueue[Any]) -> None:
-        try:
-            outcome = task.run(cache, now)
-        finally:
-            task.running = False
-        arrived.put((task, outcome))
 
     def _snapshot(
         self,
@@ -410,8 +410,7 @@ class Collection:
             if isinstance(result, Reading):
                 if final and before is not None and not before.up:
                     log.info("proc %r: reading again", proc.name)
-                if final:
-                    self._warn_missing(proc.name, result)
+                self._warn_missing(proc.name, result)
                 statuses.append(ProcStatus(proc.name, proc.metric, result, now, True, None, duration))
                 continue
             error = describe_error(result)

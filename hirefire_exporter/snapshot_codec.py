@@ -23,7 +23,7 @@ from .collection import ProcStatus, Snapshot
 from .procs.base import QueueReading, Reading
 
 #: The format's version: a release reads only its own.
-SCHEMA = 1
+SCHEMA = 2
 
 
 class _Invalid(ValueError):

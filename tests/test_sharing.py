@@ -95,17 +95,27 @@ def test_a_real_cycle_round_trips(redis_conn, redis_url):
         (b"", "not a snapshot"),
         (b"\xff\xfe", "not a snapshot"),
         (b"[1, 2]", "schema None"),
-        (b'{"schema": 2, "snapshot": {}}', "schema 2"),  # the next release's format
+        (b'{"schema": %d, "snapshot": {}}' % (SCHEMA + 1), f"schema {SCHEMA + 1}"),  # the next release's format
+        (b'{"schema": %d, "snapshot": {}}' % (SCHEMA - 1), f"schema {SCHEMA - 1}"),  # the previous release's
         (b'{"schema": true, "snapshot": {}}', "schema True"),
-        (b'{"schema": 1.0, "snapshot": {}}', "schema 1.0"),
+        (b'{"schema": %d.0, "snapshot": {}}' % SCHEMA, f"schema {SCHEMA}.0"),
         (b'{"snapshot": {}, "schema": "1"}', "schema '1'"),
-        (b'{"schema": 1, "snapshot": {"collected_at": 1, "procs": [], "stale_after": 60}, "x": 1}', "fields differ"),
-        (b'{"schema": 1, "snapshot": {"collected_at": 1, "procs": []}}', "missing ['stale_after']"),
-        (b'{"schema": 1, "snapshot": {"collected_at": "1", "procs": [], "stale_after": 60}}', "collected_at"),
-        (b'{"schema": 1, "snapshot": {"collected_at": NaN, "procs": [], "stale_after": 60}}', "NaN"),
-        (b'{"schema": 1, "snapshot": {"collected_at": 1e999, "procs": [], "stale_after": 60}}', "finite"),
-        (b'{"schema": 1, "snapshot": {"collected_at": true, "procs": [], "stale_after": 60}}', "a finite number"),
-        (b'{"schema": 1, "snapshot": {"collected_at": 1, "procs": {}, "stale_after": 60}}', "procs: expected a list"),
+        (
+            b'{"schema": %d, "snapshot": {"collected_at": 1, "procs": [], "stale_after": 60}, "x": 1}' % SCHEMA,
+            "fields differ",
+        ),
+        (b'{"schema": %d, "snapshot": {"collected_at": 1, "procs": []}}' % SCHEMA, "missing ['stale_after']"),
+        (b'{"schema": %d, "snapshot": {"collected_at": "1", "procs": [], "stale_after": 60}}' % SCHEMA, "collected_at"),
+        (b'{"schema": %d, "snapshot": {"collected_at": NaN, "procs": [], "stale_after": 60}}' % SCHEMA, "NaN"),
+        (b'{"schema": %d, "snapshot": {"collected_at": 1e999, "procs": [], "stale_after": 60}}' % SCHEMA, "finite"),
+        (
+            b'{"schema": %d, "snapshot": {"collected_at": true, "procs": [], "stale_after": 60}}' % SCHEMA,
+            "a finite number",
+        ),
+        (
+            b'{"schema": %d, "snapshot": {"collected_at": 1, "procs": {}, "stale_after": 60}}' % SCHEMA,
+            "procs: expected a list",
+        ),
         (b"[" * 100_000, "not a snapshot"),
     ],
 )

@@ -104,7 +104,7 @@ def build_client(label: str, url: str | None = None, *, socket_timeout: float, *
         from redis.retry import Retry
     except ImportError:
         raise ProcConfigError(
-            f"{label}: needs the module 'redis', which is not installed: pip install redis (or the backend's extra,"
+            f"{label} needs the module 'redis', which is not installed: pip install redis (or the backend's extra,"
             " such as 'hirefire-exporter[rq]')"
         ) from None
 
