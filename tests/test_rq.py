@@ -192,3 +192,25 @@ def test_past_the_scan_limit_the_latency_is_unknown_and_every_id_counts(redis_co
     queue = status.reading.queues[0]
     assert status.up is True
     assert (queue.jobs["queued"], queue.jobs["expired"], queue.latency) == (3, 5, None)
+
+
+def test_a_read_only_acl_user_with_the_script_reads_everything(private_redis):
+    """The least-privilege user the operations guide gives: read commands, plus EVALSHA and SCRIPT LOAD."""
+    private_redis.execute_command(
+        "ACL", "SETUSER", "hirefire", "on", ">pw", "~*", "-@all", "+@read", "+@connection", "+evalsha", "+script|load"
+    )
+    queue = rq.Queue("default", connection=private_redis)
+    expire(private_redis, queue.enqueue("rq_jobs.noop"))
+    queue.enqueue("rq_jobs.noop")
+    server = private_redis.connection_pool.connection_kwargs
+    url = f"redis://hirefire:pw@{server['host']}:{server['port']}/0"
+
+    try:
+        status = Collection([RQProc("worker", url=url, metric="latency")]).collect().procs[0]
+    finally:
+        private_redis.execute_command("ACL", "DELUSER", "hirefire")  # the server outlives the test
+
+    assert status.up, status.error
+    queue_reading = status.reading.queues[0]
+    assert (queue_reading.jobs["queued"], queue_reading.jobs["expired"], queue_reading.found) == (1, 1, True)
+    assert queue_reading.latency is not None and queue_reading.latency < 60

@@ -35,9 +35,9 @@ def every_kind_of_snapshot() -> Snapshot:
     """Every field, every kind of value: int and float counts, None and float latencies, a failed proc that keeps
     its last reading, one that never had any, a custom proc's reading without queues."""
     queues = (
-        QueueReading("high", {"queued": 3, "started": 2, "failed": 7}, frozenset({"queued", "started"}), 12.5),
-        QueueReading("low", {"queued": 0}, frozenset({"queued"}), 0.0),
-        QueueReading("odd", {"queued": 2.0, "reserved": 1}, frozenset(), None),
+        QueueReading("high", {"queued": 3, "started": 2, "failed": 7}, frozenset({"queued", "started"}), 12.5, True),
+        QueueReading("low", {"queued": 0}, frozenset({"queued"}), 0.0, False),
+        QueueReading("odd", {"queued": 2.0, "reserved": 1}, frozenset(), None, None),
     )
     return Snapshot(
         collected_at=1_796_000_000.25,
@@ -77,6 +77,7 @@ def test_a_snapshot_survives_the_round_trip_exactly_except_where_it_came_from():
     assert type(back.procs[1].reading.quantity) is float and type(back.procs[0].reading.quantity) is int
     assert back.procs[0].reading.queues[0].counted == frozenset({"queued", "started"})
     assert back.procs[1].reading.queues[0].latency is None and back.procs[3].reading is None
+    assert [q.found for q in back.procs[0].reading.queues + back.procs[1].reading.queues] == [True, False, None]
     assert snapshot_to_json(back) == data  # deterministic: sets are written sorted
 
 

@@ -135,7 +135,7 @@ class CeleryProc(RedisProc):
             raise ProcConfigError(f"proc {self.name!r}: management_url {problem}")
         if self._redis() is None or self._broadcasts():  # the proc talks through a kombu transport
             self._broker_connection().release()  # never connected: this parses the URL and loads the transport
-        else:
+        if self._redis() is not None:
             try:
                 _ = self._keys  # the transport options' key layout, checked now rather than on every read
             except ValueError as exc:
@@ -196,7 +196,7 @@ class CeleryProc(RedisProc):
                 )
                 connection.transport  # noqa: B018 (instantiates the transport: its client library is checked there)
                 return connection
-            except ImportError as exc:  # e.g. redis:// without packaging (kombu[redis]), sqs:// without boto3
+            except ImportError as exc:  # e.g. redis:// without packaging (kombu[redis]), sqs:// without botocore
                 raise ProcConfigError(
                     f"proc {self.name!r}: {_missing_transport_package(self._scheme(), exc)}"
                 ) from None
