@@ -93,3 +93,16 @@ def samples(text: str, name: str) -> dict[tuple, float]:
             if sample.name == name:
                 out[tuple(sample.labels.values())] = sample.value
     return out
+
+
+def http_get(port: int, path: str, timeout: float = 30) -> tuple[int, bytes]:
+    """One GET on a fresh connection to ``127.0.0.1:port``: the status and the body."""
+    import http.client
+
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
+    try:
+        connection.request("GET", path)
+        response = connection.getresponse()
+        return response.status, response.read()
+    finally:
+        connection.close()

@@ -10,7 +10,6 @@
 
 from __future__ import annotations
 
-import http.client
 import json
 import os
 import signal
@@ -24,7 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from conftest import free_port
 from faultproxy import FaultProxy, RedisProcess, wait_port
-from support import command_counts, samples, wait_until
+from support import command_counts, http_get, samples, wait_until
 
 from hirefire_exporter.sharing import lease_seconds
 
@@ -62,13 +61,7 @@ class Fleet:
         self._poller: threading.Thread | None = None
 
     def get(self, index: int, path: str = INFO) -> tuple[int, bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.ports[index], timeout=10)
-        try:
-            connection.request("GET", path)
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
+        return http_get(self.ports[index], path, timeout=10)
 
     def value(self, index: int) -> tuple[int, float | None]:
         status, body = self.get(index)

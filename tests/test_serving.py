@@ -21,7 +21,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from faultproxy import RedisProcess, wait_port
-from support import samples, wait_until
+from support import http_get, samples, wait_until
 from werkzeug.test import Client
 
 from hirefire_exporter import prometheus
@@ -64,13 +64,7 @@ class Served:
         self.thread.start()
 
     def get(self, path: str, timeout: float = 30) -> tuple[int, bytes]:
-        connection = http.client.HTTPConnection("127.0.0.1", self.port, timeout=timeout)
-        try:
-            connection.request("GET", path)
-            response = connection.getresponse()
-            return response.status, response.read()
-        finally:
-            connection.close()
+        return http_get(self.port, path, timeout)
 
     def close(self) -> None:
         self.server.close()
