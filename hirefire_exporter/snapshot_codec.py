@@ -20,10 +20,10 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from .collection import ProcStatus, Snapshot
-from .procs.base import QueueReading, Reading
+from .procs.base import QueueReading, Reading, Workers
 
 #: The format's version: a release reads only its own.
-SCHEMA = 2
+SCHEMA = 3
 
 
 class _Invalid(ValueError):
@@ -177,12 +177,22 @@ QUEUE_READING = record(
         "found": optional(BOOLEAN),
     },
 )
+WORKERS = record(
+    Workers,
+    {
+        "online": NUMBER,
+        "slots": NUMBER,
+        "busy_slots": NUMBER,
+        "busy": NUMBER,
+    },
+)
 READING = record(
     Reading,
     {
         "quantity": NUMBER,
         "queues": tuple_of(QUEUE_READING),
         "latency": optional(NUMBER),
+        "workers": optional(WORKERS),
     },
 )
 PROC_STATUS = record(

@@ -58,12 +58,30 @@ class QueueReading:
 
 
 @dataclass(frozen=True)
+class Workers:
+    """The workers serving one proc's queues, where the backend can know them (RQ's worker registry, the worker-side
+    tracker for Celery and Huey).
+
+    ``online``: worker processes alive now; ``slots``: their concurrency in total (tasks they can run at once);
+    ``busy_slots``: slots running or holding a task; ``busy``: workers with at least one busy slot (the floor under
+    which scaling down stops a worker in the middle of a job).
+    """
+
+    online: int
+    slots: int
+    busy_slots: int
+    busy: int
+
+
+@dataclass(frozen=True)
 class Reading:
-    """What one proc measured in one cycle: its total (what HireFire gets) and, where known, a per-queue breakdown."""
+    """What one proc measured in one cycle: its total (what HireFire gets), where known a per-queue breakdown, and
+    where the backend can know them its workers."""
 
     quantity: int
     queues: tuple[QueueReading, ...] = ()
     latency: float | None = None
+    workers: Workers | None = None
 
     @classmethod
     def from_queues(cls, queues: Iterable[QueueReading]) -> Reading:
