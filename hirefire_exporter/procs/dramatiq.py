@@ -308,22 +308,30 @@ class DramatiqProc(RedisProc):
         return Reading.from_queues(queues)
 
     def _amqp_connection(self) -> Any:
-        """A kombu connection (not connected) from ``url`` or the ``RabbitmqBroker``'s first pika parameters."""
+        """A kombu connection (not connected) to what dramatiq connects to: the ``RabbitmqBroker``'s first pika
+        parameters, or ``url`` parsed by pika as dramatiq parses it (``amqp://host:5672/%2F`` and ``amqp://host`` are
+        the vhost ``/``; ``amqp://host//`` is the vhost ``''``, unlike Celery's reading of it)."""
         try:
+            import pika
             from kombu import Connection
-        except ImportError:
+        except ImportError as exc:
             raise ProcConfigError(
-                f"proc {self.name!r}: reading dramatiq's RabbitMQ queues needs the module 'kombu', which is not"
+                f"proc {self.name!r}: reading dramatiq's RabbitMQ queues needs the module {exc.name!r}, which is not"
                 " installed: pip install 'hirefire-exporter[dramatiq]'"
             ) from None
         broker = self.dramatiq_broker()
         if broker is None:
-            problem = url_problem(self.url or "")
+            url = (self.url or "").split(";")[0]
+            register_url(url)
+            problem = url_problem(url)
             if problem:
                 raise ProcConfigError(f"proc {self.name!r}: bad RabbitMQ URL: {problem}")
-            register_url(self.url)
-            return Connection(self.url.split(";")[0], connect_timeout=self.socket_timeout)
-        params = broker.parameters[0] if isinstance(broker.parameters, list) else broker.parameters
+            try:
+                params = pika.URLParameters(url)
+            except Exception as exc:  # pika's messages may quote the URL: described scrubbed
+                raise ProcConfigError(f"proc {self.name!r}: bad RabbitMQ URL: {describe_error(exc)}") from None
+        else:
+            params = broker.parameters[0] if isinstance(broker.parameters, list) else broker.parameters
         credentials = getattr(params, "credentials", None)
         password = getattr(credentials, "password", None)
         register(password)
