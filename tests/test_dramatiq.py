@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import pytest
@@ -162,3 +163,17 @@ def test_missing_queue_and_garbage_fail_only_what_they_touch(redis_conn, redis_u
     assert reading.latency is None
     assert snapshot.procs[1].reading is None and "WRONGTYPE" in snapshot.procs[1].error
     assert "not JSON" in caplog.text
+
+
+def test_the_sharing_digest_tells_brokers_apart_and_holds_no_password(redis_url):
+    from hirefire_exporter import fingerprint
+
+    def describe(**options) -> str:
+        return json.dumps(fingerprint.describe([DramatiqProc("worker", queues=["drq-a"], **options)]))
+
+    plain = describe(broker=RedisBroker(url=redis_url))
+    assert describe(broker=RedisBroker(url=redis_url, namespace="other")) != plain
+    assert describe(broker=RedisBroker(url=redis_url, heartbeat_timeout=5000)) != plain
+    amqp = "amqp://app:s3cret-pw@127.0.0.1:5672/%2F"
+    assert describe(url=amqp) != describe(url=amqp.replace("%2F", "other"))
+    assert "s3cret-pw" not in describe(url=amqp)

@@ -308,30 +308,15 @@ class DramatiqProc(RedisProc):
         return Reading.from_queues(queues)
 
     def _amqp_connection(self) -> Any:
-        """A kombu connection (not connected) to what dramatiq connects to: the ``RabbitmqBroker``'s first pika
-        parameters, or ``url`` parsed by pika as dramatiq parses it (``amqp://host:5672/%2F`` and ``amqp://host`` are
-        the vhost ``/``; ``amqp://host//`` is the vhost ``''``, unlike Celery's reading of it)."""
+        """A kombu connection (not connected) to the server and vhost of :meth:`_amqp_parameters`."""
         try:
-            import pika
             from kombu import Connection
-        except ImportError as exc:
+        except ImportError:
             raise ProcConfigError(
-                f"proc {self.name!r}: reading dramatiq's RabbitMQ queues needs the module {exc.name!r}, which is not"
+                f"proc {self.name!r}: reading dramatiq's RabbitMQ queues needs the module 'kombu', which is not"
                 " installed: pip install 'hirefire-exporter[dramatiq]'"
             ) from None
-        broker = self.dramatiq_broker()
-        if broker is None:
-            url = (self.url or "").split(";")[0]
-            register_url(url)
-            problem = url_problem(url)
-            if problem:
-                raise ProcConfigError(f"proc {self.name!r}: bad RabbitMQ URL: {problem}")
-            try:
-                params = pika.URLParameters(url)
-            except Exception as exc:  # pika's messages may quote the URL: described scrubbed
-                raise ProcConfigError(f"proc {self.name!r}: bad RabbitMQ URL: {describe_error(exc)}") from None
-        else:
-            params = broker.parameters[0] if isinstance(broker.parameters, list) else broker.parameters
+        params = self._amqp_parameters()
         credentials = getattr(params, "credentials", None)
         password = getattr(credentials, "password", None)
         register(password)
@@ -344,6 +329,39 @@ class DramatiqProc(RedisProc):
             ssl=bool(params.ssl_options),
             connect_timeout=self.socket_timeout,
         )
+
+    def _amqp_parameters(self) -> Any:
+        """The pika parameters dramatiq connects with: the ``RabbitmqBroker``'s (the first of a list), or ``url``
+        parsed by pika as dramatiq parses it (``amqp://host:5672/%2F`` and ``amqp://host`` are the vhost ``/``;
+        ``amqp://host//`` is the vhost ``''``, unlike Celery's reading of it)."""
+        broker = self.dramatiq_broker()
+        if broker is not None:
+            return broker.parameters[0] if isinstance(broker.parameters, list) else broker.parameters
+        try:
+            import pika
+        except ImportError:
+            raise ProcConfigError(
+                f"proc {self.name!r}: reading dramatiq's RabbitMQ queues needs the module 'pika', which is not"
+                " installed: pip install 'hirefire-exporter[dramatiq]'"
+            ) from None
+        url = (self.url or "").split(";")[0]
+        register_url(url)
+        problem = url_problem(url)
+        if problem:
+            raise ProcConfigError(f"proc {self.name!r}: bad RabbitMQ URL: {problem}")
+        try:
+            return pika.URLParameters(url)
+        except Exception as exc:  # pika's messages may quote the URL: described scrubbed
+            raise ProcConfigError(f"proc {self.name!r}: bad RabbitMQ URL: {describe_error(exc)}") from None
+
+    def resolved(self) -> dict[str, Any]:
+        """What the options resolve to, for the configuration's digest (no I/O, no password): the namespace and
+        heartbeat timeout read on Redis, the server, vhost and user on RabbitMQ."""
+        if self._broker_kind() == "redis":
+            return {"namespace": self.ns, "heartbeat_timeout_ms": self.timeout_ms}
+        params = self._amqp_parameters()
+        user = getattr(getattr(params, "credentials", None), "username", None)
+        return {"host": params.host, "port": params.port, "vhost": params.virtual_host, "user": user}
 
     @cached_property
     def _vhost(self) -> str:
