@@ -177,3 +177,23 @@ def test_the_sharing_digest_tells_brokers_apart_and_holds_no_password(redis_url)
     amqp = "amqp://app:s3cret-pw@127.0.0.1:5672/%2F"
     assert describe(url=amqp) != describe(url=amqp.replace("%2F", "other"))
     assert "s3cret-pw" not in describe(url=amqp)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({}, "proc 'worker': needs `broker`, a Redis `connection` or `url`"),
+        ({"url": "sqs://q"}, "proc 'worker': `url` must be a redis://, rediss://, amqp:// or amqps:// URL"),
+        ({"broker": "tests_nowhere.broker"}, "proc 'worker': cannot import dramatiq broker 'tests_nowhere.broker'"),
+        ({"broker": object()}, "proc 'worker': `broker` must be a dramatiq RedisBroker or RabbitmqBroker, got object"),
+        ({"url": "amqp://:pw@h:x/%2F"}, "proc 'worker': bad RabbitMQ URL: its port is not a number"),
+        ({"url": "amqp://h/%2F", "metric": "latency"}, "proc 'worker': DramatiqProc cannot measure job latency"),
+    ],
+)
+def test_bad_settings_stop_start_up_with_one_line(options, message):
+    from hirefire_exporter.loading import load_proc
+    from hirefire_exporter.procs.base import ProcConfigError
+
+    with pytest.raises(ProcConfigError) as caught:
+        load_proc(DramatiqProc("worker", queues=["drq-a"], **options))
+    assert message in str(caught.value), caught.value
