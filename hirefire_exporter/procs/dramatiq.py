@@ -15,13 +15,14 @@
 States: ``queued`` (the list), ``started`` (in the ack sets of live workers), ``orphaned`` (held by workers whose
 heartbeat lapsed: waiting for dramatiq to requeue them), ``due`` (delayed, eta passed: only a worker moves them to
 the queue), ``delayed`` (eta in the future), ``dead``; all but the last two count (:data:`COUNTED`). A body the
-delay scan cannot read (not JSON: a custom encoder, or garbage) is ``unreadable``, not counted.
+delay queue's body that is not JSON with an ``eta`` (a custom encoder, or garbage) is ``unreadable``, not counted.
 
 Cost: one pipelined round trip for the counts (the live workers' ids among them) and one for the follow-ups: per
 queue with held messages one SCARD per live worker, per waiting queue one read-only script (LINDEX + HGET: the
-oldest message's ``message_timestamp``), per non-empty delay queue one read-only script decoding its bodies
-(:data:`DELAY_SCAN_LIMIT` at most) to split due from later. Read-only: LLEN, HLEN, ZCARD, ZRANGEBYSCORE, SCARD,
-EVALSHA (LINDEX, HGET, HLEN, HVALS).
+oldest message's ``message_timestamp``), per non-empty delay queue one HVALS of its bodies (at most
+:data:`DELAY_SCAN_LIMIT`), whose etas are compared here. The bodies are decoded by the exporter, not by a script:
+decoding them in Lua costs Redis about 16 times the CPU of HVALS (bench/dramatiq_cost.py). Read-only: LLEN, HLEN,
+ZCARD, ZRANGEBYSCORE, SCARD, HVALS, EVALSHA (LINDEX, HGET).
 
 **RabbitMQ** (``RabbitmqBroker``): queues ``q``, ``q.DQ`` and ``q.XQ``. With ``management_url``, one request gives
 ready (``queued``) and unacknowledged (``started``) messages of ``q``, every message of ``q.DQ`` (``delayed``: due and
@@ -32,6 +33,7 @@ Dramatiq sets no AMQP timestamp, so latency is unknown on RabbitMQ.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -56,8 +58,8 @@ DEFAULT_NAMESPACE = "dramatiq"
 DEFAULT_HEARTBEAT_TIMEOUT = 60.0
 #: depth_commands per queue, after the one ZRANGEBYSCORE of live workers.
 _PER_QUEUE = 4
-#: How many delayed messages of one queue the delay scan decodes, at most; past it the queue's delayed messages are
-#: all reported as ``delayed`` (none counted as due) and a warning is logged.
+#: How many delayed messages of one queue are read to split due from later, at most (10,000 bodies: about 2 ms of
+#: Redis time and 2.5 MB sent per cycle); past it they all read as ``delayed`` (none due) and a warning is logged.
 DELAY_SCAN_LIMIT = 10_000
 
 #: KEYS[1]: a queue's id list, KEYS[2]: its message hash. The body of the message at the head, or nil.
@@ -66,27 +68,7 @@ local id = redis.call('LINDEX', KEYS[1], 0)
 if not id then return false end
 return redis.call('HGET', KEYS[2], id)
 """
-#: KEYS[1]: a delay queue's message hash; ARGV[1]: now (ms); ARGV[2]: the scan limit. ``{due, later, unreadable}``,
-#: or nil past the limit. Reads only.
-DELAY_SPLIT = """
-if redis.call('HLEN', KEYS[1]) > tonumber(ARGV[2]) then return false end
-local now, due, later, bad = tonumber(ARGV[1]), 0, 0, 0
-for _, body in ipairs(redis.call('HVALS', KEYS[1])) do
-  local ok, message = pcall(cjson.decode, body)
-  local eta = ok and type(message) == 'table' and type(message.options) == 'table' and tonumber(message.options.eta)
-  if not eta then bad = bad + 1 elseif eta <= now then due = due + 1 else later = later + 1 end
-end
-return {due, later, bad}
-"""
-
-
-def _sha(script: str) -> str:
-    import hashlib
-
-    return hashlib.sha1(script.encode()).hexdigest()
-
-
-_HEAD_SHA, _DELAY_SHA = _sha(HEAD_BODY), _sha(DELAY_SPLIT)
+_HEAD_SHA = hashlib.sha1(HEAD_BODY.encode()).hexdigest()
 
 
 class DramatiqProc(RedisProc):
@@ -200,41 +182,39 @@ class DramatiqProc(RedisProc):
         return commands
 
     def latency_commands(self, depth: list[Any]) -> list[Command]:
-        """Per queue: the live workers' ack sets (when messages are held), the head message's body (when messages
-        wait) and the delay scan (when messages are delayed); the scripts loaded first in the same pipeline."""
-        ns, now_ms, workers = self.ns, int(time.time() * 1000), _worker_ids(depth[0])
-        acks: list[Command] = []
-        scripts: list[Command] = []
+        """Per queue: the live workers' ack sets (when messages are held), the delay queue's bodies (when messages are
+        delayed, up to the limit) and the head message's body (when messages wait: the script, loaded first in the
+        same pipeline)."""
+        ns, workers = self.ns, _worker_ids(depth[0])
+        reads: list[Command] = []
+        heads: list[Command] = []
         for q, (waiting, unacked, delayed, _dead) in zip(self.queues, _per_queue(depth)):
             if int(unacked) > int(waiting):
-                acks += [("SCARD", f"{ns}:__acks__.{w}.{q}") for w in workers]
+                reads += [("SCARD", f"{ns}:__acks__.{w}.{q}") for w in workers]
+            if 0 < int(delayed) <= DELAY_SCAN_LIMIT:
+                reads.append(("HVALS", f"{ns}:{q}.DQ.msgs"))
             if int(waiting):
-                scripts.append(("EVALSHA", _HEAD_SHA, 2, f"{ns}:{q}", f"{ns}:{q}.msgs"))
-            if int(delayed):
-                scripts.append(("EVALSHA", _DELAY_SHA, 1, f"{ns}:{q}.DQ.msgs", now_ms, DELAY_SCAN_LIMIT))
-        loads = [("SCRIPT", "LOAD", HEAD_BODY), ("SCRIPT", "LOAD", DELAY_SPLIT)] if scripts else []
-        return acks + loads + scripts
+                heads.append(("EVALSHA", _HEAD_SHA, 2, f"{ns}:{q}", f"{ns}:{q}.msgs"))
+        return reads + ([("SCRIPT", "LOAD", HEAD_BODY), *heads] if heads else [])
 
     def build_reading(self, depth: list[Any], latency: list[Any], now: float) -> Reading:
         workers = _worker_ids(depth[0])
-        replies = iter(latency)
-        per_queue = _per_queue(depth)
-        held = [
-            sum(_count(next(replies)) for _ in workers) if int(unacked) > int(waiting) else 0
-            for waiting, unacked, _delayed, _dead in per_queue
-        ]
-        if any(int(r[0]) or int(r[2]) for r in per_queue):
-            for _ in range(2):  # SCRIPT LOAD replies: a refused script shows in its EVALSHA replies
-                next(replies)
+        replies = iter(latency)  # in the order latency_commands asked: per queue SCARDs and HVALS, then the heads
+        per_queue = [[int(n) for n in r] for r in _per_queue(depth)]
+        held, delays = [], []
+        for waiting, unacked, delayed, _dead in per_queue:
+            held.append(sum(_count(next(replies)) for _ in workers) if unacked > waiting else 0)
+            delays.append(next(replies) if 0 < delayed <= DELAY_SCAN_LIMIT else None)
+        if any(r[0] for r in per_queue):
+            next(replies)  # SCRIPT LOAD: a refused script shows in its EVALSHA replies
         queues = []
-        for q, (waiting, unacked, delayed, dead), live in zip(self.queues, per_queue, held):
-            waiting, unacked, delayed = int(waiting), int(unacked), int(delayed)
+        for q, (waiting, unacked, delayed, dead), live, bodies in zip(self.queues, per_queue, held, delays):
             age = self._head_age(q, next(replies), now) if waiting else 0.0
             fetched = max(0, unacked - waiting)
             started = min(live, fetched)
             jobs = {"queued": waiting, "started": started, "orphaned": fetched - started}
-            jobs.update(self._delayed(q, next(replies), delayed) if delayed else {"due": 0, "delayed": 0})
-            jobs["dead"] = int(dead)
+            jobs.update(self._delayed(q, bodies, delayed, now) if delayed else {"due": 0, "delayed": 0})
+            jobs["dead"] = dead
             found = True if any(jobs.values()) else None  # dramatiq deletes a queue's keys once it is empty
             queues.append(QueueReading(q, jobs, COUNTED, age, found))
         return Reading.from_queues(queues)
@@ -251,19 +231,22 @@ class DramatiqProc(RedisProc):
             return None
         return age_since(stamp, now) if isinstance(stamp, float) else None
 
-    def _delayed(self, queue: str, reply: Any, total: int) -> dict[str, int]:
-        if isinstance(reply, Exception):
-            self._warn_once(queue, "delay", f"cannot scan its delay queue: {describe_error(reply)}")
-            return {"due": 0, "delayed": total}
-        if reply is None:
+    def _delayed(self, queue: str, bodies: Any, total: int, now: float) -> dict[str, int]:
+        """Due and later delayed messages, by the ``eta`` (ms) in each body; all later when they cannot be read."""
+        if bodies is None:
             self._warn_once(queue, "delay", f"over {DELAY_SCAN_LIMIT} delayed messages: none is counted as due")
             return {"due": 0, "delayed": total}
-        due, later, unreadable = (int(n) for n in reply)
-        if unreadable:
-            self._warn_once(queue, "delay", f"{unreadable} delayed messages are not JSON with an eta: not counted")
-        return (
-            {"due": due, "delayed": later, "unreadable": unreadable} if unreadable else {"due": due, "delayed": later}
-        )
+        if isinstance(bodies, Exception):  # the key is not a hash: garbage fails the proc, as in the depth replies
+            raise bodies
+        counts = {"due": 0, "delayed": 0, "unreadable": 0}
+        now_ms = now * 1000
+        for body in bodies:
+            eta = _eta(body)
+            counts["unreadable" if eta is None else "due" if eta <= now_ms else "delayed"] += 1
+        if counts["unreadable"]:
+            self._warn_once(queue, "delay", f"{counts['unreadable']} delayed messages are not JSON with an eta")
+            return counts
+        return {"due": counts["due"], "delayed": counts["delayed"]}
 
     def _warn_once(self, queue: str, what: str, message: str) -> None:
         """A lasting problem (another encoder, an ACL without EVALSHA) is logged once per proc and kind."""
@@ -376,6 +359,15 @@ def _per_queue(depth: list[Any]) -> list[list[Any]]:
 
 def _worker_ids(reply: Any) -> list[str]:
     return [text for text in map(as_text, reply or ()) if text]
+
+
+def _eta(body: Any) -> float | None:
+    """A delayed message's ``eta`` (unix ms), None when the body is not dramatiq's JSON with one."""
+    try:
+        eta = json.loads(body)["options"]["eta"]
+    except (TypeError, ValueError, KeyError, IndexError):
+        return None
+    return float(eta) if isinstance(eta, int | float) and not isinstance(eta, bool) else None
 
 
 def _count(reply: Any) -> int:
