@@ -197,3 +197,21 @@ def test_bad_settings_stop_start_up_with_one_line(options, message):
     with pytest.raises(ProcConfigError) as caught:
         load_proc(DramatiqProc("worker", queues=["drq-a"], **options))
     assert message in str(caught.value), caught.value
+
+
+def test_the_brokers_heartbeat_timeout_and_the_latency_metric(redis_conn, redis_url):
+    q = unique_queue()
+    broker = RedisBroker(url=redis_url, heartbeat_timeout=1000)  # ms, as dramatiq has it
+    for name in ("first", "second"):
+        send(broker, q, "hold", name)
+    time.sleep(0.05)
+    consumer = RedisBroker(url=redis_url)
+    consumer.do_fetch(q, 1)  # a worker's fetch: `first` is in its ack set, and it beats once
+    proc = DramatiqProc("worker", queues=[q], broker=broker, metric="latency")
+
+    snapshot = Collection([proc]).collect()
+    assert jobs(snapshot)[q] == {"queued": 1, "started": 1, "orphaned": 0, "due": 0, "delayed": 0, "dead": 0}
+    assert 0.05 <= snapshot.value(snapshot.procs[0]) < 30  # HireFire's job-latency manager gets the age of `second`
+
+    time.sleep(1.1)  # past the broker's heartbeat timeout without a beat from the consumer
+    assert jobs(Collection([proc]).collect())[q]["orphaned"] == 1
