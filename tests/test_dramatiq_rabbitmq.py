@@ -5,7 +5,6 @@ from __future__ import annotations
 import pytest
 from dramatiq_support import DramatiqWorker, unique_queue, wait_started
 from support import wait_until
-from test_celery_rabbitmq import management  # noqa: F401 (the fixture: a private node with the management plugin)
 
 from hirefire_exporter.collection import Collection
 from hirefire_exporter.procs.dramatiq import DramatiqProc
@@ -72,7 +71,7 @@ def test_without_the_management_api_ready_messages_only(amqp_url, busy_queue):
     assert jobs(DramatiqProc("worker", queues=[q], broker=producer))[q] == expected[q]  # the broker's own settings
 
 
-def test_the_management_api_shows_held_and_delayed_messages(management, busy_queue):  # noqa: F811
+def test_the_management_api_shows_held_and_delayed_messages(management, busy_queue):
     amqp, api = management
     amqp = pika_url(amqp)
     q, _producer = busy_queue(amqp)
@@ -85,7 +84,7 @@ def test_the_management_api_shows_held_and_delayed_messages(management, busy_que
     assert [r.found for r in snapshot.procs[0].reading.queues] == [True, False]
 
 
-def test_management_api_errors_fail_the_proc_without_the_password(management):  # noqa: F811
+def test_management_api_errors_fail_the_proc_without_the_password(management):
     amqp, api = management
     amqp = pika_url(amqp)
     wrong = api.replace("guest:guest", "guest:hunter2-secret")
