@@ -38,12 +38,14 @@ from typing import Any
 
 from ..redaction import describe_error, register_url, url_problem
 from ..settings_check import Boolean, Integer, OrNone, Seconds, did_you_mean
+from ..tracking.keys import Tracked
 from .base import ProcConfigError, QueueReading, Reading
 from .celery_inspect import METHODS, HeldTask, InspectIncomplete, Sightings, active_queues, inspect_tasks
 from .celery_rabbitmq import QueueCounts, declare_counts, management_counts, management_url_problem
 from .celery_redis import BindingTable, RedisKeys, Unacked, binding_table, head_age, parse_unacked
 from .celery_routing import Binding, declared_bindings, route
-from .redis_proc import Command, RedisProc, age_since, read_redis_procs
+from .redis_proc import Command, age_since, pipelined, read_redis_procs
+from .tracked import TrackedProc
 
 log = logging.getLogger("hirefire_exporter")
 
@@ -54,7 +56,7 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 _SSL_REQS = {"cert_none": "none", "cert_optional": "optional", "cert_required": "required"}
 
 
-class CeleryProc(RedisProc):
+class CeleryProc(TrackedProc):
     """A proc for Celery queues.
 
     Declarative (the old ``hirefire`` API)::
@@ -133,6 +135,10 @@ class CeleryProc(RedisProc):
         register_url(self.management_url)
         if self.management_url and (problem := management_url_problem(self.management_url)):
             raise ProcConfigError(f"proc {self.name!r}: management_url {problem}")
+        if self.tracked() and self.inspect_statuses:
+            raise ProcConfigError(
+                f"proc {self.name!r}: the tracker counts what workers hold: leave out inspect_statuses (broadcasts)"
+            )
         if self._redis() is None or self._broadcasts():  # the proc talks through a kombu transport
             self._broker_connection().release()  # never connected: this parses the URL and loads the transport
         if self._redis() is not None:
@@ -211,7 +217,7 @@ class CeleryProc(RedisProc):
     def _redis(self) -> Any:
         """The client for a Redis broker (given, or built once; no I/O), or None for other brokers, whether or not
         this proc inspects (which :meth:`redis_client` also considers)."""
-        return RedisProc.redis_client(self)
+        return self.broker_redis()
 
     def default_client(self) -> Any:
         scheme = self._scheme()
@@ -238,8 +244,9 @@ class CeleryProc(RedisProc):
         return [m for m in METHODS if m in self.inspect_statuses]
 
     def redis_client(self) -> Any:
-        """The Redis client the collection batches this proc's commands on; None (read on its own) when inspecting."""
-        return None if self._broadcasts() else self._redis()
+        """The Redis client the collection batches this proc's commands on; None (read on its own) when inspecting
+        or when the tracker's store is another server."""
+        return None if self._broadcasts() or (self.tracked() and not self.tracker_inline()) else self._redis()
 
     @cached_property
     def _keys(self) -> RedisKeys:
@@ -278,14 +285,22 @@ class CeleryProc(RedisProc):
             for key in self._lists(queue):
                 commands += [("LLEN", key), ("LINDEX", key, -1)]
             commands += [("SMEMBERS", key) for key in self._binding_keys(queue)]
+        if self.tracked():  # the tracker knows what workers hold: kombu's unacked hash is not read
+            return commands + self.tracker_commands(now)
         commands.append(("HVALS", self._keys.unacked))
         return commands
 
     def latency_commands(self, depth: list[Any]) -> list[Command]:
         """The binding tables of the exchanges that unacked messages were published to (to find their queues)."""
+        if self.tracked():
+            return []
         return [("SMEMBERS", self._keys.binding(ex)) for ex in parse_unacked(depth[-1]).exchanges]
 
     def build_reading(self, depth: list[Any], latency: list[Any], now: float) -> Reading:
+        if self.tracked():
+            depth, tracked = self.split_tracked(depth)
+            assert tracked is not None  # read on its own (read()) when the store is another server
+            return self._lists_reading(depth, now, tracked)
         unacked = parse_unacked(depth[-1])
         tables = {ex: binding_table(reply, self._keys.sep) for ex, reply in zip(unacked.exchanges, latency)}
         self._log_malformed(unacked.malformed, sum(table.malformed for table in tables.values()))
@@ -294,6 +309,12 @@ class CeleryProc(RedisProc):
             state = "scheduled" if entry.eta is not None and entry.eta > now else "reserved"
             for queue in _held_queues(entry, tables, self._declared):
                 held[queue, state] += 1
+        return self._lists_reading(depth, now, held)
+
+    def _lists_reading(self, depth: list[Any], now: float, held: Counter[tuple[str, str]] | Tracked) -> Reading:
+        """The queues' lists (``depth``, the broker's replies) and what workers hold: from the ``unacked`` hash
+        (counts per queue and state), or from the tracker, which also knows the workers."""
+        tracked = held if isinstance(held, Tracked) else None
         replies = iter(depth)
         queues = []
         for queue in self.queues:
@@ -302,10 +323,14 @@ class CeleryProc(RedisProc):
             queued = sum(length for length, _ in lists)
             ages = [head_age(head, now) for length, head in lists if length]
             age = 0.0 if not ages else (None if None in ages else max(ages))  # type: ignore[type-var]
-            jobs = {"queued": queued, "reserved": held[queue, "reserved"], "scheduled": held[queue, "scheduled"]}
+            if tracked is not None:
+                jobs = {"queued": queued, **tracked.jobs[queue]}
+            else:
+                assert isinstance(held, Counter)
+                jobs = {"queued": queued, "reserved": held[queue, "reserved"], "scheduled": held[queue, "scheduled"]}
             found = any(jobs.values()) or any(row.queue == queue for table in bound for row in table.rows)
             queues.append(QueueReading(queue, jobs, COUNTED, age, found))
-        return Reading.from_queues(queues)
+        return _with_workers(Reading.from_queues(queues), tracked)
 
     def _log_malformed(self, entries: int, bindings: int) -> None:
         """Make skipped garbage visible without flooding the log (HireFire polls every minute): WARNING when it
@@ -329,6 +354,10 @@ class CeleryProc(RedisProc):
         client = self._redis()
         if client is None:
             return self._read_broker(cache)
+        if self.tracked() and not self.tracker_inline():  # the broker's lists, then the tracker's own store
+            now = time.time()
+            depth = pipelined(client, self.depth_commands(now))
+            return self._lists_reading(depth, now, self.read_tracker(now))
         result = read_redis_procs(client, [self], time.time())[0]
         if isinstance(result, BaseException):
             raise result
@@ -394,16 +423,23 @@ class CeleryProc(RedisProc):
     def _read_broker(self, cache: dict[str, Any]) -> Reading:
         now = time.time()
         counts, expected = self._management_counts() if self.management_url else self._declare_counts()
+        # read after the broker: a task delivered in between counts twice for a moment, rather than not at all
+        tracked = self.read_tracker(now) if self.tracked() else None
         queues = []
         for queue in self.queues:
             c = counts[queue]
-            jobs = {"queued": c.ready} if c.unacked is None else {"queued": c.ready, "reserved": c.unacked}
+            if tracked is not None:  # what workers hold, unacknowledged or not, from the tracker
+                jobs = {"queued": c.ready, **tracked.jobs[queue]}
+            elif c.unacked is None:
+                jobs = {"queued": c.ready}
+            else:
+                jobs = {"queued": c.ready, "reserved": c.unacked}
             latency = None
             if self.management_url:
                 stamp = c.head_timestamp
                 latency = 0.0 if c.ready == 0 else (None if stamp is None else age_since(stamp, now))
             queues.append(QueueReading(queue, jobs, COUNTED, latency, c.found))
-        reading = Reading.from_queues(queues)
+        reading = _with_workers(Reading.from_queues(queues), tracked)
         methods = self._broadcasts()
         if not methods:
             return reading
@@ -580,6 +616,10 @@ def _printf_char(char: str) -> str:
     if not (char.isprintable() and char.isascii()):
         return "".join(f"\\{byte:03o}" for byte in char.encode())
     return {"\\": "\\\\", "%": "%%"}.get(char, char)
+
+
+def _with_workers(reading: Reading, tracked: Tracked | None) -> Reading:
+    return reading if tracked is None else replace(reading, workers=tracked.workers)
 
 
 def _held_queues(entry: Unacked, tables: dict[str, BindingTable], declared: list[Binding]) -> set[str]:
