@@ -71,5 +71,5 @@ def block(key: str, timeout: float = 60.0) -> None:
     """Say it started (``RPUSH <key>:started <pid>``), then wait until the test pushes to ``key`` (or ``timeout``)."""
     _signal.rpush(f"{key}:started", os.getpid())
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not _signal.blpop([key], timeout=1):  # short waits: under socket timeouts
-        pass
+    while (left := deadline - time.monotonic()) > 0 and not _signal.blpop([key], timeout=min(1.0, max(0.01, left))):
+        pass  # short waits: under socket timeouts

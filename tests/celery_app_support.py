@@ -98,9 +98,11 @@ class Blocker:
         self.redis = signal_client
         self.key = unique("release")
 
-    def send(self, n: int = 1, **options: Any) -> None:
+    def send(self, n: int = 1, timeout: float | None = None, **options: Any) -> None:
+        """``n`` tasks, each waiting at most ``timeout`` seconds (default: the task's) to be released."""
+        args = [self.key] if timeout is None else [self.key, timeout]
         for _ in range(n):
-            self.app.send_task(TASK, args=[self.key], **options)
+            self.app.send_task(TASK, args=args, **options)
 
     def started(self) -> int:
         return self.redis.llen(f"{self.key}:started")
