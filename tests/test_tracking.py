@@ -3,6 +3,7 @@ held and running task without a broadcast; a killed worker drops out within its 
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -84,6 +85,28 @@ def test_celery_on_redis_counts_prefetched_and_running_tasks_with_early_ack(
     assert tracker_keys(redis_conn) == []
     reading = tracked.read({})
     assert reading.quantity == 0 and reading.workers == NOBODY
+
+
+def test_late_ack_tasks_in_kombus_unacked_hash_are_not_counted_twice(redis_conn, redis_url, private_redis, workers):
+    """Late ack on Redis: the running and the prefetched tasks are in kombu's unacked hash and in the tracker; the
+    tracker wins. Its store here is another Redis server than the broker: read in a pipeline of its own."""
+    server = private_redis.connection_pool.connection_kwargs
+    store = f"redis://{server['host']}:{server['port']}/0"
+    q = trk("late")
+    spec = [[q, "", "direct", q, 0]]
+    app = app_for(redis_url, spec)
+    blocker = Blocker(app, redis_conn)
+    blocker.send(6, queue=q)
+    workers.append(Worker(redis_url, spec, redis_url, prefetch=3, acks_late=True, tracker=store))
+    proc = CeleryProc("worker", queues=[q], app=app, tracker_url=store)
+    proc.validate()
+    assert proc.redis_client() is None  # not batched with the broker's other procs: it reads two servers
+    wait_for(lambda: blocker.started() == 1 and redis_conn.hlen("unacked") == 3, "1 running + 2 prefetched")
+
+    reading = wait_for(lambda: (r := proc.read({})).workers == ONE_BUSY and r, "the worker in the store")
+    assert jobs(reading, q) == {"queued": 3, "reserved": 2, "scheduled": 0, "started": 1}
+    assert reading.quantity == 6
+    assert CeleryProc("worker", queues=[q], app=app).read({}).quantity == 6  # the broker's own account agrees
 
 
 def test_celery_on_rabbitmq_without_management_counts_held_running_and_eta_tasks(
@@ -193,9 +216,9 @@ def test_tracker_options_are_checked_at_start_up(amqp_url, redis_url):
 
 
 class Consumer:
-    """A ``huey_consumer`` process of ``tests/huey_app.py`` with one worker thread, stopped for sure by stop()."""
+    """A ``huey_consumer`` process of ``tests/huey_app.py`` (``workers`` of ``kind``), stopped for sure by stop()."""
 
-    def __init__(self, name: str, url: str, lease: float) -> None:
+    def __init__(self, name: str, url: str, lease: float, workers: int = 1, kind: str = "thread") -> None:
         self.log = tempfile.NamedTemporaryFile(prefix="huey-consumer-", suffix=".log", delete=False)
         tests = str(Path(__file__).parent)
         env = dict(
@@ -207,16 +230,17 @@ class Consumer:
         )
         consumer = str(Path(sys.executable).with_name("huey_consumer"))
         self.process = subprocess.Popen(
-            [consumer, "huey_app.huey", "-w", "1", "-k", "thread"],
+            [consumer, "huey_app.huey", "-w", str(workers), "-k", kind],
             cwd=ROOT,
             env=env,
             stdout=self.log,
             stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.kill()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)  # process workers too
         self.process.wait(10)
         self.log.close()
         os.unlink(self.log.name)
@@ -249,3 +273,22 @@ def test_huey_consumer_running_a_long_task_is_counted(redis_conn, redis_url, wor
     consumer.process.send_signal(signal.SIGINT)  # graceful: the consumer's workers remove their entries
     consumer.process.wait(20)
     assert tracker_keys(redis_conn) == []
+
+
+def test_huey_process_workers_each_register_and_count_their_task(redis_conn, redis_url, workers):
+    import huey_app
+
+    name = trk("hueyproc").replace("-", "_")
+    instance, block = huey_app.make(name, redis_url)
+    key = trk("release")
+    for _ in range(3):
+        block(key, 40)
+    workers.append(Consumer(name, redis_url, lease=15, workers=2, kind="process"))
+    wait_for(lambda: redis_conn.llen(f"{key}:started") == 2, "two tasks to start")
+    assert len(set(map(int, redis_conn.lrange(f"{key}:started", 0, -1)))) == 2  # in two processes
+
+    proc = HueyProc("worker", huey=instance, tracker=True)
+    proc.validate()
+    reading = wait_for(lambda: (r := proc.read({})).quantity == 3 and r, "3 of 3")
+    assert jobs(reading, name) == {"queued": 1, "due": 0, "scheduled": 0, "started": 2}
+    assert reading.workers == Workers(online=2, slots=2, busy_slots=2, busy=2)
