@@ -18,6 +18,11 @@ States per queue (all of them count towards HireFire's total, see :data:`COUNTED
   early acknowledgement a running task is in no broker count at all: use ``task_acks_late = True`` (running tasks then
   stay ``reserved``) or ``inspect_statuses = ["active"]``. Without either, a queue reports no ``started`` state.
 
+With the worker-side tracker (``tracker`` / ``tracker_url``, :mod:`hirefire_exporter.tracking`), ``reserved``,
+``scheduled`` and ``started`` come from the workers' own records on every broker, and only ``queued`` from the broker
+(neither the ``unacked`` hash nor ``messages_unacknowledged`` is read: no task is counted twice); the reading then
+also carries the workers (:class:`~hirefire_exporter.procs.base.Workers`).
+
 Latency (the age of the oldest waiting task) needs :func:`hirefire_exporter.celery_latency.enable` in every producer;
 it is read from the oldest message of each list (``LINDEX <list> -1``) on Redis and from the management API's
 ``head_message_timestamp`` on RabbitMQ.
