@@ -14,7 +14,7 @@ from functools import cached_property
 from typing import Any, ClassVar
 
 from ..redaction import register_url
-from ..settings_check import Boolean
+from ..settings_check import Boolean, ShareURL
 from ..tracking.keys import STATES, Tracked, parse, read_commands
 from .base import ProcConfigError
 from .redis_proc import Command, RedisProc, build_client, pipelined, server_key
@@ -27,7 +27,7 @@ class TrackedProc(RedisProc):
     tracker: bool = False
     #: The workers run the tracker and write to this Redis (``track(..., store=...)``).
     tracker_url: str | None = None
-    option_checks = {"tracker": Boolean()}
+    option_checks = {"tracker": Boolean(), "tracker_url": ShareURL()}
     #: The states the library's tracker records.
     tracked_states: ClassVar[tuple[str, ...]] = STATES
 

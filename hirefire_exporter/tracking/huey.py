@@ -41,10 +41,12 @@ def _storage_store(huey: Any) -> Any:
         )
     from redis import ConnectionPool, Redis
 
+    from ..redaction import register
     from .store import STORE_TIMEOUT
 
     pool = storage.conn.connection_pool
     kwargs = {**pool.connection_kwargs, "socket_timeout": STORE_TIMEOUT, "socket_connect_timeout": STORE_TIMEOUT}
+    register(kwargs.get("password"))  # kept out of the tracker's log lines
     return Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class, **kwargs))
 
 
