@@ -19,9 +19,10 @@ States per queue (all of them count towards HireFire's total, see :data:`COUNTED
   stay ``reserved``) or ``inspect_statuses = ["active"]``. Without either, a queue reports no ``started`` state.
 
 With the worker-side tracker (``tracker`` / ``tracker_url``, :mod:`hirefire_exporter.tracking`), ``reserved``,
-``scheduled`` and ``started`` come from the workers' own records on every broker, and only ``queued`` from the broker
-(neither the ``unacked`` hash nor ``messages_unacknowledged`` is read: no task is counted twice); the reading then
-also carries the workers (:class:`~hirefire_exporter.procs.base.Workers`).
+``scheduled`` and ``started`` come from the workers' own records on every broker, and the reading also carries the
+workers (:class:`~hirefire_exporter.procs.base.Workers`). No task is counted twice: on Redis, ``unacked`` entries
+are matched to the tracker's tasks by id and only the others (not flushed yet, held by an untracked or killed
+worker) count from the hash; on RabbitMQ ``messages_unacknowledged`` is not read.
 
 Latency (the age of the oldest waiting task) needs :func:`hirefire_exporter.celery_latency.enable` in every producer;
 it is read from the oldest message of each list (``LINDEX <list> -1``) on Redis and from the management API's
@@ -290,36 +291,38 @@ class CeleryProc(TrackedProc):
             for key in self._lists(queue):
                 commands += [("LLEN", key), ("LINDEX", key, -1)]
             commands += [("SMEMBERS", key) for key in self._binding_keys(queue)]
-        if self.tracked():  # the tracker knows what workers hold: kombu's unacked hash is not read
-            return commands + self.tracker_commands(now)
         commands.append(("HVALS", self._keys.unacked))
-        return commands
+        return commands + self.tracker_commands(now)
 
     def latency_commands(self, depth: list[Any]) -> list[Command]:
         """The binding tables of the exchanges that unacked messages were published to (to find their queues)."""
-        if self.tracked():
-            return []
+        depth, _ = self.split_tracked(depth)
         return [("SMEMBERS", self._keys.binding(ex)) for ex in parse_unacked(depth[-1]).exchanges]
 
     def build_reading(self, depth: list[Any], latency: list[Any], now: float) -> Reading:
-        if self.tracked():
-            depth, tracked = self.split_tracked(depth)
-            assert tracked is not None  # read on its own (read()) when the store is another server
-            return self._lists_reading(depth, now, tracked)
+        depth, tracked = self.split_tracked(depth)
+        if self.tracked() and tracked is None:
+            raise AssertionError("a proc whose tracker has a store of its own is read by read()")
+        return self._held_reading(depth, latency, now, tracked)
+
+    def _held_reading(self, depth: list[Any], latency: list[Any], now: float, tracked: Tracked | None) -> Reading:
+        """The broker's replies (``depth``, ``latency``) and, with a tracker, what it read.
+
+        kombu's ``unacked`` hash holds every message a worker received and has not acknowledged. With a tracker, the
+        tasks it reports (matched by task id) are counted from the tracker only; the other entries still count, as
+        reserved or scheduled: messages delivered since the worker's last flush, and those a killed worker left,
+        which kombu puts back in the queue after its visibility timeout. An entry without a task id (an old message
+        protocol) is left to the tracker."""
         unacked = parse_unacked(depth[-1])
         tables = {ex: binding_table(reply, self._keys.sep) for ex, reply in zip(unacked.exchanges, latency)}
         self._log_malformed(unacked.malformed, sum(table.malformed for table in tables.values()))
         held: Counter[tuple[str, str]] = Counter()
         for entry in unacked.entries:
+            if tracked is not None and (entry.task_id is None or entry.task_id in tracked.tasks):
+                continue
             state = "scheduled" if entry.eta is not None and entry.eta > now else "reserved"
             for queue in _held_queues(entry, tables, self._declared):
                 held[queue, state] += 1
-        return self._lists_reading(depth, now, held)
-
-    def _lists_reading(self, depth: list[Any], now: float, held: Counter[tuple[str, str]] | Tracked) -> Reading:
-        """The queues' lists (``depth``, the broker's replies) and what workers hold: from the ``unacked`` hash
-        (counts per queue and state), or from the tracker, which also knows the workers."""
-        tracked = held if isinstance(held, Tracked) else None
         replies = iter(depth)
         queues = []
         for queue in self.queues:
@@ -328,11 +331,9 @@ class CeleryProc(TrackedProc):
             queued = sum(length for length, _ in lists)
             ages = [head_age(head, now) for length, head in lists if length]
             age = 0.0 if not ages else (None if None in ages else max(ages))  # type: ignore[type-var]
-            if tracked is not None:
-                jobs = {"queued": queued, **tracked.jobs[queue]}
-            else:
-                assert isinstance(held, Counter)
-                jobs = {"queued": queued, "reserved": held[queue, "reserved"], "scheduled": held[queue, "scheduled"]}
+            jobs = {"queued": queued, "reserved": held[queue, "reserved"], "scheduled": held[queue, "scheduled"]}
+            for state, n in (tracked.jobs[queue] if tracked is not None else {}).items():
+                jobs[state] = jobs.get(state, 0) + n
             found = any(jobs.values()) or any(row.queue == queue for table in bound for row in table.rows)
             queues.append(QueueReading(queue, jobs, COUNTED, age, found))
         return _with_workers(Reading.from_queues(queues), tracked)
@@ -359,10 +360,12 @@ class CeleryProc(TrackedProc):
         client = self._redis()
         if client is None:
             return self._read_broker(cache)
-        if self.tracked() and not self.tracker_inline():  # the broker's lists, then the tracker's own store
+        if self.tracked() and not self.tracker_inline():  # the broker, then the tracker's own store
             now = time.time()
             depth = pipelined(client, self.depth_commands(now))
-            return self._lists_reading(depth, now, self.read_tracker(now))
+            follow_ups = self.latency_commands(depth)
+            latency = pipelined(client, follow_ups) if follow_ups else []
+            return self._held_reading(depth, latency, now, self.read_tracker(now))
         result = read_redis_procs(client, [self], time.time())[0]
         if isinstance(result, BaseException):
             raise result

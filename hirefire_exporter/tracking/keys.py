@@ -52,20 +52,20 @@ def _split(value: Any) -> tuple[str, str] | None:
 
 @dataclass(frozen=True)
 class Tracked:
-    """What the tracker holds for some queues: job counts per queue and state, and the workers consuming them."""
+    """What the tracker holds for some queues: job counts per queue and state, the ids of those tasks, and the workers
+    consuming the queues."""
 
     jobs: dict[str, dict[str, int]]
     workers: Workers
+    tasks: frozenset[str] = frozenset()
 
 
 def read_commands(queues: Sequence[str], states: Sequence[str], now: float) -> list[tuple[Any, ...]]:
-    """The read-only commands that read ``queues``: per queue one ``ZCOUNT`` per state, except ``started``, whose
-    members (one per running task) are listed to find the busy workers, and the list of live workers."""
+    """The read-only commands that read ``queues``: per queue the live members of each state's set (one per task: their
+    ids tell a task the broker also shows, their workers the busy ones) and of the workers' set."""
     commands: list[tuple[Any, ...]] = []
     for queue in queues:
-        for state in states:
-            verb = "ZRANGEBYSCORE" if state == "started" else "ZCOUNT"
-            commands.append((verb, task_key(queue, state), now, "+inf"))
+        commands += [("ZRANGEBYSCORE", task_key(queue, state), now, "+inf") for state in states]
         commands.append(("ZRANGEBYSCORE", workers_key(queue), now, "+inf"))
     return commands
 
@@ -77,15 +77,15 @@ def parse(queues: Sequence[str], states: Sequence[str], replies: Iterable[Any]) 
     jobs: dict[str, dict[str, int]] = {}
     slots: dict[str, int] = {}
     running: Counter[str] = Counter()
+    tasks: set[str] = set()
     for queue in queues:
         counts = {}
         for state in states:
-            reply = next(replies)
+            members = [split for split in map(_split, next(replies)) if split]
+            counts[state] = len(members)
+            tasks.update(task for _, task in members)
             if state == "started":
-                counts[state] = len(reply)
-                running.update(split[0] for split in map(_split, reply) if split)
-            else:
-                counts[state] = int(reply)
+                running.update(worker for worker, _ in members)
         jobs[queue] = counts
         for split in filter(None, map(_split, next(replies))):
             worker, concurrency = split
@@ -99,4 +99,5 @@ def parse(queues: Sequence[str], states: Sequence[str], replies: Iterable[Any]) 
             busy_slots=sum(busy.values()),
             busy=sum(1 for n in busy.values() if n),
         ),
+        frozenset(tasks),
     )
