@@ -13,7 +13,6 @@ from collections.abc import Sequence
 from functools import cached_property
 from typing import Any, ClassVar
 
-from ..redaction import register_url
 from ..settings_check import Boolean, ShareURL
 from ..tracking.keys import STATES, Tracked, parse, read_commands
 from .base import ProcConfigError
@@ -43,8 +42,7 @@ class TrackedProc(RedisProc):
         return self.queues
 
     def validate(self) -> None:
-        super().validate()
-        register_url(self.tracker_url)
+        super().validate()  # tracker_url checked (and its password registered) by its kind
         if self.tracker and not self.tracker_url and self.broker_redis() is None:
             raise ProcConfigError(
                 f"proc {self.name!r}: tracker = true reads the tracker from the broker, which is not Redis here: give"
