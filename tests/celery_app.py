@@ -7,7 +7,9 @@ Configured from the environment so that each test can start a worker on its own 
   (``task_queues``; exchange ``""`` means the default exchange);
 - ``HIREFIRE_CELERY_TRANSPORT_OPTIONS``: JSON ``broker_transport_options``;
 - ``HIREFIRE_CELERY_ACKS_LATE``: ``1`` for ``task_acks_late``;
-- ``HIREFIRE_CELERY_SIGNAL_REDIS``: the Redis URL the ``block`` task reports to and waits on.
+- ``HIREFIRE_CELERY_SIGNAL_REDIS``: the Redis URL the ``block`` task reports to and waits on;
+- ``HIREFIRE_CELERY_TRACKER``: run the worker-side tracker, writing to this Redis URL (``broker``: the broker), with
+  the lease ``HIREFIRE_CELERY_TRACKER_LEASE`` (seconds).
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ import time
 import redis
 from celery import Celery
 from kombu import Exchange, Queue
+
+from hirefire_exporter.tracking.celery import track
 
 
 def queues_from_spec(spec: list[list]) -> list[Queue]:
@@ -53,13 +57,19 @@ app = make_app(
     json.loads(os.environ.get("HIREFIRE_CELERY_TRANSPORT_OPTIONS", "null")),
     task_acks_late=os.environ.get("HIREFIRE_CELERY_ACKS_LATE") == "1",
 )
+if tracker := os.environ.get("HIREFIRE_CELERY_TRACKER"):
+    track(
+        app,
+        store=None if tracker == "broker" else tracker,
+        lease=float(os.environ.get("HIREFIRE_CELERY_TRACKER_LEASE", "15")),
+    )
 _signal = redis.Redis.from_url(os.environ.get("HIREFIRE_CELERY_SIGNAL_REDIS", "redis://127.0.0.1:6379/2"))
 
 
 @app.task(name="hirefire_test.block")
 def block(key: str, timeout: float = 60.0) -> None:
-    """Say it started (``RPUSH <key>:started``), then wait until the test pushes to ``key`` (or ``timeout``)."""
-    _signal.rpush(f"{key}:started", "1")
+    """Say it started (``RPUSH <key>:started <pid>``), then wait until the test pushes to ``key`` (or ``timeout``)."""
+    _signal.rpush(f"{key}:started", os.getpid())
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and not _signal.blpop([key], timeout=1):  # short waits: under socket timeouts
-        pass
+    while (left := deadline - time.monotonic()) > 0 and not _signal.blpop([key], timeout=min(1.0, max(0.01, left))):
+        pass  # short waits: under socket timeouts

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import tempfile
@@ -51,6 +53,8 @@ class Worker:
         acks_late: bool = False,
         transport_options: dict | None = None,
         name: str | None = None,
+        tracker: str | None = None,
+        lease: float = 15.0,
     ) -> None:
         self.hostname = name or f"{unique('w')}@test"
         self.log = tempfile.NamedTemporaryFile(prefix="celery-worker-", suffix=".log", delete=False)
@@ -61,19 +65,23 @@ class Worker:
             HIREFIRE_CELERY_TRANSPORT_OPTIONS=json.dumps(transport_options or {}),
             HIREFIRE_CELERY_ACKS_LATE="1" if acks_late else "0",
             HIREFIRE_CELERY_SIGNAL_REDIS=signal_redis,
+            HIREFIRE_CELERY_TRACKER=tracker or "",
+            HIREFIRE_CELERY_TRACKER_LEASE=str(lease),
         )
         command = [
             CELERY, "-A", "tests.celery_app", "worker", f"--pool={pool}", "--concurrency=1",
             f"--prefetch-multiplier={prefetch}", "-Q", ",".join(q[0] for q in queues), "-n", self.hostname,
             "--without-mingle", "--without-gossip", "--without-heartbeat", "--loglevel=WARNING",
         ]  # fmt: skip
-        self.process = subprocess.Popen(command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+        self.process = subprocess.Popen(
+            command, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True
+        )
 
     def stop(self) -> None:
-        # solo and threads pools run tasks in the worker process itself: killing it leaves nothing behind, and the
-        # broker gets the held messages back (the tests throw them away anyway).
-        if self.process.poll() is None:
-            self.process.kill()
+        # the whole process group: a prefork pool's children too. The broker gets the held messages back (the tests
+        # throw them away anyway).
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.pid, signal.SIGKILL)
         self.process.wait(10)
         self.log.close()
         os.unlink(self.log.name)
@@ -90,12 +98,18 @@ class Blocker:
         self.redis = signal_client
         self.key = unique("release")
 
-    def send(self, n: int = 1, **options: Any) -> None:
+    def send(self, n: int = 1, timeout: float | None = None, **options: Any) -> None:
+        """``n`` tasks, each waiting at most ``timeout`` seconds (default: the task's) to be released."""
+        args = [self.key] if timeout is None else [self.key, timeout]
         for _ in range(n):
-            self.app.send_task(TASK, args=[self.key], **options)
+            self.app.send_task(TASK, args=args, **options)
 
     def started(self) -> int:
         return self.redis.llen(f"{self.key}:started")
+
+    def pids(self) -> list[int]:
+        """The processes the started tasks run in (the worker, or a prefork pool's child)."""
+        return [int(pid) for pid in self.redis.lrange(f"{self.key}:started", 0, -1)]
 
     def release(self, n: int = 1000) -> None:
         self.redis.rpush(self.key, *["go"] * n)

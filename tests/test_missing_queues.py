@@ -74,7 +74,7 @@ def test_celery_redis_queue_found_from_kombus_binding_tables(redis_conn, redis_u
 
     workers.append(Worker(redis_url, spec, redis_url))  # a worker declares the queues it consumes
     app.send_task("hirefire_test.block", args=["k"], queue=sent_to)  # a producer sending to one declares it too
-    wait_for(lambda: proc.read({}).queues[0].found, "the worker to declare its queues")
+    wait_for(lambda: all(q.found for q in proc.read({}).queues[:2]), "the worker to declare its queues")
     workers.pop().stop()
     redis_conn.delete(sent_to)  # its message gone: the queue is empty, and exists
 

@@ -18,6 +18,12 @@ States per queue (all of them count towards HireFire's total, see :data:`COUNTED
   early acknowledgement a running task is in no broker count at all: use ``task_acks_late = True`` (running tasks then
   stay ``reserved``) or ``inspect_statuses = ["active"]``. Without either, a queue reports no ``started`` state.
 
+With the worker-side tracker (``tracker`` / ``tracker_url``, :mod:`hirefire_exporter.tracking`), ``reserved``,
+``scheduled`` and ``started`` come from the workers' own records on every broker, and the reading also carries the
+workers (:class:`~hirefire_exporter.procs.base.Workers`). No task is counted twice: on Redis, ``unacked`` entries
+are matched to the tracker's tasks by id and only the others (not flushed yet, held by an untracked or killed
+worker) count from the hash; on RabbitMQ ``messages_unacknowledged`` is not read.
+
 Latency (the age of the oldest waiting task) needs :func:`hirefire_exporter.celery_latency.enable` in every producer;
 it is read from the oldest message of each list (``LINDEX <list> -1``) on Redis and from the management API's
 ``head_message_timestamp`` on RabbitMQ.
@@ -38,12 +44,14 @@ from typing import Any
 
 from ..redaction import describe_error, register_url, url_problem
 from ..settings_check import Boolean, Integer, OrNone, Seconds, did_you_mean
+from ..tracking.keys import Tracked
 from .base import ProcConfigError, QueueReading, Reading
 from .celery_inspect import METHODS, HeldTask, InspectIncomplete, Sightings, active_queues, inspect_tasks
 from .celery_rabbitmq import QueueCounts, declare_counts, management_counts, management_url_problem
 from .celery_redis import BindingTable, RedisKeys, Unacked, binding_table, head_age, parse_unacked
 from .celery_routing import Binding, declared_bindings, route
-from .redis_proc import Command, RedisProc, age_since, read_redis_procs
+from .redis_proc import Command, age_since, pipelined, read_redis_procs
+from .tracked import TrackedProc
 
 log = logging.getLogger("hirefire_exporter")
 
@@ -54,7 +62,7 @@ DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 _SSL_REQS = {"cert_none": "none", "cert_optional": "optional", "cert_required": "required"}
 
 
-class CeleryProc(RedisProc):
+class CeleryProc(TrackedProc):
     """A proc for Celery queues.
 
     Declarative (the old ``hirefire`` API)::
@@ -133,6 +141,10 @@ class CeleryProc(RedisProc):
         register_url(self.management_url)
         if self.management_url and (problem := management_url_problem(self.management_url)):
             raise ProcConfigError(f"proc {self.name!r}: management_url {problem}")
+        if self.tracked() and self.inspect_statuses:
+            raise ProcConfigError(
+                f"proc {self.name!r}: the tracker counts what workers hold: leave out inspect_statuses (broadcasts)"
+            )
         if self._redis() is None or self._broadcasts():  # the proc talks through a kombu transport
             self._broker_connection().release()  # never connected: this parses the URL and loads the transport
         if self._redis() is not None:
@@ -211,7 +223,7 @@ class CeleryProc(RedisProc):
     def _redis(self) -> Any:
         """The client for a Redis broker (given, or built once; no I/O), or None for other brokers, whether or not
         this proc inspects (which :meth:`redis_client` also considers)."""
-        return RedisProc.redis_client(self)
+        return self.broker_redis()
 
     def default_client(self) -> Any:
         scheme = self._scheme()
@@ -238,8 +250,9 @@ class CeleryProc(RedisProc):
         return [m for m in METHODS if m in self.inspect_statuses]
 
     def redis_client(self) -> Any:
-        """The Redis client the collection batches this proc's commands on; None (read on its own) when inspecting."""
-        return None if self._broadcasts() else self._redis()
+        """The Redis client the collection batches this proc's commands on; None (read on its own) when inspecting
+        or when the tracker's store is another server."""
+        return None if self._broadcasts() or (self.tracked() and not self.tracker_inline()) else self._redis()
 
     @cached_property
     def _keys(self) -> RedisKeys:
@@ -279,18 +292,34 @@ class CeleryProc(RedisProc):
                 commands += [("LLEN", key), ("LINDEX", key, -1)]
             commands += [("SMEMBERS", key) for key in self._binding_keys(queue)]
         commands.append(("HVALS", self._keys.unacked))
-        return commands
+        return commands + self.tracker_commands(now)
 
     def latency_commands(self, depth: list[Any]) -> list[Command]:
         """The binding tables of the exchanges that unacked messages were published to (to find their queues)."""
+        depth, _ = self.split_tracked(depth)
         return [("SMEMBERS", self._keys.binding(ex)) for ex in parse_unacked(depth[-1]).exchanges]
 
     def build_reading(self, depth: list[Any], latency: list[Any], now: float) -> Reading:
+        depth, tracked = self.split_tracked(depth)
+        if self.tracked() and tracked is None:
+            raise AssertionError("a proc whose tracker has a store of its own is read by read()")
+        return self._held_reading(depth, latency, now, tracked)
+
+    def _held_reading(self, depth: list[Any], latency: list[Any], now: float, tracked: Tracked | None) -> Reading:
+        """The broker's replies (``depth``, ``latency``) and, with a tracker, what it read.
+
+        kombu's ``unacked`` hash holds every message a worker received and has not acknowledged. With a tracker, the
+        tasks it reports (matched by task id) are counted from the tracker only; the other entries still count, as
+        reserved or scheduled: messages delivered since the worker's last flush, and those a killed worker left,
+        which kombu puts back in the queue after its visibility timeout. An entry without a task id (an old message
+        protocol) is left to the tracker."""
         unacked = parse_unacked(depth[-1])
         tables = {ex: binding_table(reply, self._keys.sep) for ex, reply in zip(unacked.exchanges, latency)}
         self._log_malformed(unacked.malformed, sum(table.malformed for table in tables.values()))
         held: Counter[tuple[str, str]] = Counter()
         for entry in unacked.entries:
+            if tracked is not None and (entry.task_id is None or entry.task_id in tracked.tasks):
+                continue
             state = "scheduled" if entry.eta is not None and entry.eta > now else "reserved"
             for queue in _held_queues(entry, tables, self._declared):
                 held[queue, state] += 1
@@ -303,9 +332,11 @@ class CeleryProc(RedisProc):
             ages = [head_age(head, now) for length, head in lists if length]
             age = 0.0 if not ages else (None if None in ages else max(ages))  # type: ignore[type-var]
             jobs = {"queued": queued, "reserved": held[queue, "reserved"], "scheduled": held[queue, "scheduled"]}
+            for state, n in (tracked.jobs[queue] if tracked is not None else {}).items():
+                jobs[state] = jobs.get(state, 0) + n
             found = any(jobs.values()) or any(row.queue == queue for table in bound for row in table.rows)
             queues.append(QueueReading(queue, jobs, COUNTED, age, found))
-        return Reading.from_queues(queues)
+        return _with_workers(Reading.from_queues(queues), tracked)
 
     def _log_malformed(self, entries: int, bindings: int) -> None:
         """Make skipped garbage visible without flooding the log (HireFire polls every minute): WARNING when it
@@ -329,6 +360,12 @@ class CeleryProc(RedisProc):
         client = self._redis()
         if client is None:
             return self._read_broker(cache)
+        if self.tracked() and not self.tracker_inline():  # the broker, then the tracker's own store
+            now = time.time()
+            depth = pipelined(client, self.depth_commands(now))
+            follow_ups = self.latency_commands(depth)
+            latency = pipelined(client, follow_ups) if follow_ups else []
+            return self._held_reading(depth, latency, now, self.read_tracker(now))
         result = read_redis_procs(client, [self], time.time())[0]
         if isinstance(result, BaseException):
             raise result
@@ -394,16 +431,23 @@ class CeleryProc(RedisProc):
     def _read_broker(self, cache: dict[str, Any]) -> Reading:
         now = time.time()
         counts, expected = self._management_counts() if self.management_url else self._declare_counts()
+        # read after the broker: a task delivered in between counts twice for a moment, rather than not at all
+        tracked = self.read_tracker(now) if self.tracked() else None
         queues = []
         for queue in self.queues:
             c = counts[queue]
-            jobs = {"queued": c.ready} if c.unacked is None else {"queued": c.ready, "reserved": c.unacked}
+            if tracked is not None:  # what workers hold, unacknowledged or not, from the tracker
+                jobs = {"queued": c.ready, **tracked.jobs[queue]}
+            elif c.unacked is None:
+                jobs = {"queued": c.ready}
+            else:
+                jobs = {"queued": c.ready, "reserved": c.unacked}
             latency = None
             if self.management_url:
                 stamp = c.head_timestamp
                 latency = 0.0 if c.ready == 0 else (None if stamp is None else age_since(stamp, now))
             queues.append(QueueReading(queue, jobs, COUNTED, latency, c.found))
-        reading = Reading.from_queues(queues)
+        reading = _with_workers(Reading.from_queues(queues), tracked)
         methods = self._broadcasts()
         if not methods:
             return reading
@@ -580,6 +624,10 @@ def _printf_char(char: str) -> str:
     if not (char.isprintable() and char.isascii()):
         return "".join(f"\\{byte:03o}" for byte in char.encode())
     return {"\\": "\\\\", "%": "%%"}.get(char, char)
+
+
+def _with_workers(reading: Reading, tracked: Tracked | None) -> Reading:
+    return reading if tracked is None else replace(reading, workers=tracked.workers)
 
 
 def _held_queues(entry: Unacked, tables: dict[str, BindingTable], declared: list[Binding]) -> set[str]:

@@ -76,6 +76,8 @@ class Unacked:
     exchange: str
     routing_key: str
     eta: float | None
+    #: The task's id (message protocol 2 carries it in the headers), None when the message does not say.
+    task_id: str | None = None
 
 
 @dataclass(frozen=True)
@@ -124,8 +126,9 @@ def _unacked_entry(value: Any) -> Unacked | None:
     headers = message.get("headers") or {}
     if not isinstance(headers, dict):
         return None
-    eta = headers.get("eta")
-    return Unacked(exchange or "", routing_key or "", parse_utc(eta) if eta else None)
+    eta, task_id = headers.get("eta"), headers.get("id")
+    task_id = task_id if isinstance(task_id, str) else None
+    return Unacked(exchange or "", routing_key or "", parse_utc(eta) if eta else None, task_id)
 
 
 @dataclass(frozen=True)

@@ -24,8 +24,13 @@ class Binding:
 
 def declared_bindings(conf: Any) -> list[Binding]:
     """The bindings of the queues a Celery app declares in ``task_queues``."""
+    return queue_bindings(conf.task_queues or ())
+
+
+def queue_bindings(queues: Iterable[Any]) -> list[Binding]:
+    """The bindings of kombu ``Queue`` objects."""
     out = []
-    for queue in conf.task_queues or ():
+    for queue in queues:
         exchange = queue.exchange
         name, kind = (exchange.name or "", exchange.type or "direct") if exchange is not None else ("", "direct")
         out.append(Binding(name, kind, queue.routing_key or queue.name, queue.name))

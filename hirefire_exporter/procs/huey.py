@@ -7,26 +7,32 @@
 - any other storage through Huey's own ``pending_count()`` / ``scheduled_count()``.
 
 Huey records no running tasks (a consumer holds them in memory), so a Huey proc counts ``queued`` plus ``due``
-(scheduled tasks whose time has come: only a running consumer moves them to the queue).
+(scheduled tasks whose time has come: only a running consumer moves them to the queue), plus ``started`` (running)
+when the consumers run the worker-side tracker (``hirefire_exporter.tracking.huey.track``) and the proc has
+``tracker = true`` (the store is the instance's Redis) or ``tracker_url``.
 """
 
 from __future__ import annotations
 
 import struct
+import time
+from dataclasses import replace
 from datetime import UTC, datetime
 from importlib import import_module
 from typing import Any
 
 from ..redaction import describe_error
 from ..settings_check import Choice, OrNone, Text, did_you_mean
+from ..tracking.keys import Tracked
 from .base import ProcConfigError, QueueReading, Reading
-from .redis_proc import Command, RedisProc, age_since
+from .redis_proc import Command, age_since, pipelined
+from .tracked import TrackedProc
 
-COUNTED = frozenset({"queued", "due"})
+COUNTED = frozenset({"queued", "due", "started"})
 STORAGES = {"redis": "RedisHuey", "priority_redis": "PriorityRedisHuey", "sqlite": "SqliteHuey"}
 
 
-class HueyProc(RedisProc):
+class HueyProc(TrackedProc):
     """A proc for Huey.
 
     ``huey`` is a Huey instance or a dotted path to one (``"myapp.tasks.huey"``). ``queues`` defaults to that
@@ -38,6 +44,8 @@ class HueyProc(RedisProc):
     storage: str | None = None
     filename: str | None = None
     option_checks = {"storage": OrNone(Choice(tuple(STORAGES))), "filename": OrNone(Text("a file name"))}
+    #: A Huey consumer holds nothing but the tasks it runs.
+    tracked_states = ("started",)
 
     _instance: Any = None
 
@@ -99,8 +107,15 @@ class HueyProc(RedisProc):
 
         return self._is_redis() and isinstance(self._storage(), RedisPriorityQueue)
 
-    def redis_client(self) -> Any:
+    def broker_redis(self) -> Any:
         return self._storage().conn if self._is_redis() else None
+
+    def redis_client(self) -> Any:
+        return self.broker_redis() if not self.tracked() or self.tracker_inline() else None
+
+    def tracker_queues(self) -> list[str]:
+        clean = getattr(self._storage(), "clean_name", None)
+        return [clean(q) for q in self.queues] if clean and self._is_redis() else list(self.queues)
 
     def _due_threshold(self) -> float:
         """Now, on the clock Huey scores its schedule with (naive UTC or local time, read as local time)."""
@@ -118,9 +133,13 @@ class HueyProc(RedisProc):
             queue_key, schedule_key = f"huey.redis.{name}", f"huey.schedule.{name}"
             commands += [("ZCARD", queue_key), ("ZRANGE", queue_key, 0, 0)] if priority else [("LLEN", queue_key)]
             commands += [("ZCOUNT", schedule_key, "-inf", due), ("ZCOUNT", schedule_key, f"({due}", "+inf")]
-        return commands
+        return commands + self.tracker_commands(now)
 
     def build_reading(self, depth: list[Any], latency: list[Any], now: float) -> Reading:
+        depth, tracked = self.split_tracked(depth)
+        return _with_tracked(self._redis_reading(depth, now), tracked, self.tracker_queues())
+
+    def _redis_reading(self, depth: list[Any], now: float) -> Reading:
         replies, priority = iter(depth), self._is_priority_redis()
         queues = []
         for q in self.queues:
@@ -136,8 +155,19 @@ class HueyProc(RedisProc):
     # Other storages
 
     def read(self, cache: dict[str, Any]) -> Reading:
-        if self._is_redis():
+        if self.redis_client() is not None:
             return super().read(cache)
+        reading = self._storage_reading()
+        if not self.tracked():
+            return reading
+        # read after the storage: a task taken in between counts twice for a moment, rather than not at all
+        return _with_tracked(reading, self.read_tracker(time.time()), self.tracker_queues())
+
+    def _storage_reading(self) -> Reading:
+        if self._is_redis():  # the tracker's store is another server: the storage's commands on their own
+            now = time.time()
+            depth = pipelined(self.broker_redis(), self.depth_commands(now))
+            return self._redis_reading(depth, now)
         from huey.storage import SqliteStorage
 
         storage = self._storage()
@@ -146,6 +176,14 @@ class HueyProc(RedisProc):
             return Reading.from_queues(_queue(q, *_sqlite_counts(storage, q, due), None) for q in self.queues)
         huey = self.instance()
         return Reading.from_queues([_queue(huey.name, huey.pending_count(), 0, huey.scheduled_count(), None)])
+
+
+def _with_tracked(reading: Reading, tracked: Tracked | None, names: list[str]) -> Reading:
+    """Add the tracker's running tasks to each queue (``names``: the queues as the tracker names them)."""
+    if tracked is None:
+        return reading
+    queues = [replace(q, jobs={**q.jobs, **tracked.jobs[name]}) for q, name in zip(reading.queues, names)]
+    return replace(Reading.from_queues(queues), workers=tracked.workers)
 
 
 def _queue(name: str, queued: int, due: int, scheduled: int, latency: float | None) -> QueueReading:

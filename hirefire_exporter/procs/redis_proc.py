@@ -199,6 +199,16 @@ def read_redis_procs(client: Redis, procs: Sequence[RedisProc], now: float) -> l
     return results
 
 
+def pipelined(client: Redis, commands: list[Command]) -> list[Any]:
+    """Send ``commands`` in one pipeline and return the replies. Raises on a connection failure, and with the first
+    refused command's error (a key of the wrong type): for a proc that reads two servers, either failure is its own."""
+    replies = _pipelined(client, [commands])[0]
+    failed = next((r for r in replies if isinstance(r, Exception)), None)
+    if failed is not None:
+        raise failed
+    return replies
+
+
 def _pipelined(client: Redis, plans: list[list[Command]]) -> list[list[Any]]:
     """Send every plan's commands in one pipeline and split the replies per plan. A command asked for by several
     procs (Celery's shared ``unacked`` hash, two procs on one queue) is sent once: all commands are read-only."""

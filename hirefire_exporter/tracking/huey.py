@@ -1,0 +1,114 @@
+"""Huey consumers record the tasks they run: one line next to the Huey instance, ``track(huey)``.
+
+Huey keeps no record of a running task anywhere a measuring tool can read; its consumer's workers (threads,
+processes or greenlets) know. ``track`` registers Huey's own hooks: a pre-execute hook notes a task as running, the
+post-execute hook (and the canceled / interrupted signals, which end a task without it) forgets it, all in memory on
+the worker's thread. Each consumer process runs one tracker thread that writes what changed
+(:mod:`hirefire_exporter.tracking.store`); the process registers with as many slots as it runs Huey workers.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from .store import DEFAULT_FLUSH_EVERY, DEFAULT_LEASE, Held, Tracker, check_timing, store_client, worker_id
+
+HOOK = "hirefire_tracker"
+
+
+def track(
+    huey: Any, store: Any = None, *, lease: float = DEFAULT_LEASE, flush_every: float = DEFAULT_FLUSH_EVERY
+) -> None:
+    """Make every consumer of ``huey`` record its running tasks in ``store`` (a Redis URL or ``redis.Redis``; by
+    default the Huey instance's own Redis). Call it once, where the instance is made: it does no I/O and starts
+    nothing until a consumer's worker starts."""
+    check_timing(lease, flush_every)
+    client = store_client(store if store is not None else _storage_store(huey))
+    _Consumer(huey, client, lease, flush_every).hook()
+
+
+def _storage_store(huey: Any) -> Any:
+    """A client on the Huey instance's Redis, with the tracker's own short socket timeouts."""
+    from huey.storage import RedisStorage
+
+    storage = huey.storage
+    if not isinstance(storage, RedisStorage):
+        raise ValueError(
+            f"hirefire tracker: {type(storage).__name__} is not Redis: give track(huey, store='redis://...'), a Redis"
+            " the exporter reads as the proc's tracker_url"
+        )
+    from redis import ConnectionPool, Redis
+
+    from ..redaction import register
+    from .store import STORE_TIMEOUT
+
+    pool = storage.conn.connection_pool
+    kwargs = {**pool.connection_kwargs, "socket_timeout": STORE_TIMEOUT, "socket_connect_timeout": STORE_TIMEOUT}
+    register(kwargs.get("password"))  # kept out of the tracker's log lines
+    return Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class, **kwargs))
+
+
+class _Consumer:
+    """One consumer process's running tasks and its tracker (made again in a forked worker process)."""
+
+    def __init__(self, huey: Any, client: Any, lease: float, flush_every: float) -> None:
+        self.huey = huey
+        self.client = client
+        self.lease = lease
+        self.flush_every = flush_every
+        self.queue = getattr(huey.storage, "name", huey.name)
+        self._lock = threading.Lock()
+        self._pid = -1
+        self._workers = 0
+        self._running: dict[str, None] = {}
+        self._tracker: Tracker | None = None
+
+    def hook(self) -> None:
+        from huey import signals
+
+        self.huey.on_startup(HOOK)(self.worker_started)
+        self.huey.on_shutdown(HOOK)(self.worker_stopped)
+        self.huey.pre_execute(HOOK)(self.running)
+        self.huey.post_execute(HOOK)(lambda task, value, exc: self.done(task))
+        self.huey.signal(signals.SIGNAL_CANCELED, signals.SIGNAL_INTERRUPTED)(
+            lambda signal, task, *a, **k: self.done(task)
+        )
+
+    def _forked(self) -> None:
+        if self._pid != os.getpid():  # a process worker: what the parent held is not this process's
+            self._pid, self._workers, self._running, self._tracker = os.getpid(), 0, {}, None
+
+    def worker_started(self) -> None:
+        with self._lock:
+            self._forked()
+            self._workers += 1
+            if self._tracker is None:
+                self._tracker = Tracker(
+                    self.client, worker_id(f"huey-{self.queue}@{os.uname().nodename}"), self.held, lease=self.lease,
+                    flush_every=self.flush_every,
+                )  # fmt: skip
+                self._tracker.start()
+
+    def worker_stopped(self) -> None:
+        with self._lock:
+            self._workers -= 1
+            tracker = self._tracker if self._workers <= 0 else None
+            if tracker is not None:
+                self._tracker = None
+        if tracker is not None:
+            tracker.stop()
+
+    def running(self, task: Any) -> None:
+        with self._lock:
+            self._running[task.id] = None
+
+    def done(self, task: Any) -> None:
+        with self._lock:
+            self._running.pop(task.id, None)
+
+    def held(self) -> Held:
+        with self._lock:
+            tasks = {task: (self.queue, "started") for task in self._running}
+            return Held(tasks, (self.queue,), max(self._workers, 1))
