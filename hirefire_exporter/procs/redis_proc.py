@@ -73,6 +73,11 @@ class RedisProc(Proc):
         """The read-only commands that count this proc's jobs (one per key)."""
         raise NotImplementedError
 
+    def failure(self, depth: list[Any]) -> Exception | None:
+        """The reply to :meth:`depth_commands` that fails this proc, if any: by default its first error. A backend
+        whose commands include some it can do without overrides it."""
+        return next((r for r in depth if isinstance(r, Exception)), None)
+
     def latency_commands(self, depth: list[Any]) -> list[Command]:
         """Follow-up commands that find the oldest waiting jobs, given the replies to :meth:`depth_commands`."""
         return []
@@ -176,13 +181,13 @@ def read_redis_procs(client: Redis, procs: Sequence[RedisProc], now: float) -> l
     follow_ups: list[list[Command]] = []
     failures: list[Exception | None] = []
     for proc, replies in zip(procs, depth):
-        failed = next((r for r in replies if isinstance(r, Exception)), None)
         commands: list[Command] = []
-        if failed is None:
-            try:
+        try:
+            failed = proc.failure(replies)
+            if failed is None:
                 commands = proc.latency_commands(replies)
-            except Exception as exc:  # garbage in one proc's replies fails that proc only
-                failed = exc
+        except Exception as exc:  # garbage in one proc's replies fails that proc only
+            failed = exc
         follow_ups.append(commands)
         failures.append(failed)
     latency = _pipelined(client, follow_ups) if any(follow_ups) else [[] for _ in procs]
