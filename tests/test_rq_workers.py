@@ -149,8 +149,9 @@ def test_a_dead_member_whose_hash_is_left_with_death_is_not_online(redis_conn, r
     """The race between the two round trips: a worker stops after the sets were read and before its hash is."""
     proc = RQProc("worker", queues=["wrk-race"], url=redis_url)
     redis_conn.sadd("rq:workers:wrk-race", "rq:worker:gone", "rq:worker:live")
-    redis_conn.hset("rq:worker:gone", mapping={"state": "busy", "death": "2026-12-02T05:00:00.000000Z"})
-    redis_conn.hset("rq:worker:live", mapping={"state": "busy"})
+    birth = "2026-12-02T04:00:00.000000Z"
+    redis_conn.hset("rq:worker:gone", mapping={"birth": birth, "state": "busy", "death": "2026-12-02T05:00:00.000000Z"})
+    redis_conn.hset("rq:worker:live", mapping={"birth": birth, "state": "busy"})
     assert read_workers(proc) == Workers(online=1, slots=1, busy_slots=1, busy=1)
 
 

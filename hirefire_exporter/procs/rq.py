@@ -144,7 +144,7 @@ class RQProc(RedisProc, ClientProc):
             for q, replies in zip(self.queues, _per_queue(depth))
             if int(replies[0])
         ]
-        workers: list[Command] = [("HMGET", key, "state", "death") for key in self._worker_keys(depth) or ()]
+        workers: list[Command] = [("HMGET", key, "birth", "state", "death") for key in self._worker_keys(depth) or ()]
         return ([("SCRIPT", "LOAD", FIRST_LIVE_JOB), *walks] if walks else []) + workers
 
     def build_reading(self, depth: list[Any], latency: list[Any], now: float) -> Reading:
@@ -181,15 +181,15 @@ class RQProc(RedisProc, ClientProc):
         return sorted({as_text(member) or "" for members in sets for member in members})
 
     def _workers(self, hashes: list[Any]) -> Workers | None:
-        """Online: a registered worker whose hash still exists and has no ``death``; busy: its ``state`` is
-        ``busy``. ``None`` when a hash could not be read."""
+        """Online: a registered worker whose hash still exists (``birth`` is its first field, written with the
+        rest of it) and has no ``death``; busy: its ``state`` is ``busy``. ``None`` when a hash could not be read."""
         online = busy = 0
         for reply in hashes:
             if isinstance(reply, Exception):
                 self._warn_once("workers", "cannot read an RQ worker's hash, the proc's workers are unknown", reply)
                 return None
-            state, death = (as_text(value) for value in reply)
-            if state is None or death is not None:  # expired (killed, its TTL passed) or shut down
+            birth, state, death = (as_text(value) for value in reply)
+            if birth is None or death is not None:  # expired (killed, its TTL passed) or shut down
                 continue
             online += 1
             busy += state == "busy"
