@@ -205,6 +205,9 @@ def test_every_panel_reads_at_a_glance():
         "Waiting jobs per queue, now": "short",
         "Oldest waiting job per queue": "s",
         "Queues found": "none",
+        "Workers online": "short",
+        "Worker utilization": "percentunit",
+        "Busy workers vs jobs": "short",
         "Proc up": "none",
         "Exporter scraped": "none",
         "Snapshot age": "s",
@@ -237,6 +240,7 @@ def test_alert_thresholds_are_drawn_on_the_panels_that_show_them():
     assert rules["HireFireOldestJobTooOld"].endswith("> 300") and 300 in steps["Oldest waiting job per queue"]
     assert rules["HireFireReadingStale"].endswith("> 30") and 30 in steps["Reading age"]
     assert rules["HireFireBacklogGrowing"].endswith("* 60 > 5") and 5 in steps["Backlog growth"]
+    assert rules["HireFireJobsWaitingNoWorker"].endswith("hirefire_workers == 0") and 1 in steps["Workers online"]
 
 
 def test_grafana_provisioning_example_is_a_file_provider():
@@ -290,6 +294,7 @@ def test_alert_rules_cover_the_issue_with_runbook_descriptions():
         "HireFireReadingStale",
         "HireFireBacklogGrowing",
         "HireFireOldestJobTooOld",
+        "HireFireJobsWaitingNoWorker",
     ]
     for name, rule in rules.items():
         assert rule["labels"]["severity"] in ("warning", "critical"), name
@@ -305,7 +310,7 @@ def test_promtool_checks_the_rules_and_the_example_config():
     for args in (["check", "rules", RULES.name], ["check", "config", "prometheus.example.yml"]):
         result = subprocess.run([promtool, *args], cwd=DASHBOARDS, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 7 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_fire_and_silence_every_alert():
