@@ -492,6 +492,13 @@ def test_keda_prometheus_query_returns_the_hirefire_count(stack):
     assert list(result.values()) == [stack.expected_worker_jobs]  # a single element, as KEDA requires
 
 
+def test_keda_busy_guard_queries_return_the_jobs_and_the_busy_workers(stack):
+    _settled(stack)
+    jobs, busy = keda_documents("keda-busy-guard.yaml")["ScaledObject"]["spec"]["triggers"]
+    assert list(stack.instant(jobs["metadata"]["query"]).values()) == [stack.expected_worker_jobs]
+    assert list(stack.instant(busy["metadata"]["query"]).values()) == [1]  # the rq worker running the "slow" job
+
+
 def test_keda_metrics_api_value_location_resolves_against_the_hirefire_endpoint(stack):
     documents = keda_documents("keda-metrics-api.yaml")
     meta = documents["ScaledObject"]["spec"]["triggers"][0]["metadata"]
