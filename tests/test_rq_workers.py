@@ -132,6 +132,33 @@ def test_a_worker_killed_with_sigkill_is_online_until_its_hash_expires(redis_con
         stop(worker)
 
 
+def test_a_busy_worker_killed_with_sigkill_leaves_no_ghost_once_its_hash_expires(redis_conn, redis_url):
+    """The job's work horse (a child) outlives a worker killed with SIGKILL; when it finishes the job it writes its
+    statistics into the worker's hash, recreating an expired hash with no TTL and no ``birth``: a ghost that never
+    expires, and must not count as a worker."""
+    proc = RQProc("worker", queues=["wrk-ghost"], url=redis_url)
+    worker = start_rq_worker(redis_url, "wrk-ghost")
+    try:
+        (key,) = wait_until(lambda: registered(redis_conn, "wrk-ghost"), what="the worker to register")
+        job = rq.Queue("wrk-ghost", connection=redis_conn).enqueue("rq_jobs.block_until", redis_url, "ghost")
+        wait_until(lambda: job.get_status(refresh=True) == "started", what="the worker to start the job")
+        assert read_workers(proc) == Workers(online=1, slots=1, busy_slots=1, busy=1)
+
+        os.kill(worker.pid, signal.SIGKILL)  # the worker, not its work horse
+        worker.wait(10)
+        assert 0 < redis_conn.ttl(key) <= 90  # while busy: job_monitoring_interval + 60 s
+        assert read_workers(proc) == Workers(online=1, slots=1, busy_slots=1, busy=1)  # RQ cannot tell yet
+
+        redis_conn.pexpire(key, 1)  # the 90 s pass
+        wait_until(lambda: not redis_conn.exists(key), what="the killed worker's hash to expire")
+        redis_conn.set("ghost", 1)  # the orphaned work horse finishes the job
+        wait_until(lambda: redis_conn.exists(key), what="the work horse to write into the worker's hash")
+        assert redis_conn.ttl(key) == -1 and not redis_conn.hexists(key, "birth")  # the ghost
+        assert read_workers(proc) == Workers(online=0, slots=0, busy_slots=0, busy=0)
+    finally:
+        stop(worker)
+
+
 def test_a_worker_that_shut_down_is_not_online(redis_conn, redis_url):
     proc = RQProc("worker", queues=["wrk-stop"], url=redis_url)
     worker = start_rq_worker(redis_url, "wrk-stop")

@@ -25,8 +25,10 @@ Workers: an RQ worker adds its key ``rq:worker:<name>`` to ``rq:workers`` and to
 it listens on, and keeps the hash at that key alive with a TTL it renews on each heartbeat (``worker_ttl`` + 60 s,
 480 s by default, while idle; ``job_monitoring_interval`` + 60 s, 90 s by default, while it runs a job). A worker killed
 with SIGKILL leaves its key in the sets: it is online while its hash exists and not once it has expired (RQ's own
-rule: ``rq info`` and RQ's cleanup of the sets go by the same hash). A worker that shut down cleanly took its key out
-of the sets and stamped ``death`` on its hash: not online either. ``state`` ``busy`` means it runs a job. An RQ worker
+rule: ``rq info`` and RQ's cleanup of the sets go by the same hash). Its hash is judged by ``birth``, written with the
+rest of it at start: the work horse of a worker killed mid-job writes its statistics into the expired hash when the
+job ends, recreating it without ``birth`` and without a TTL. A worker that shut down cleanly took its key out of the
+sets and stamped ``death`` on its hash: not online either. ``state`` ``busy`` means it runs a job. An RQ worker
 runs one job at a time (``rq worker-pool`` starts separate workers, each registered on its own), so it has one slot.
 A worker serving several of a proc's queues counts once. The sets cost one SMEMBERS per queue in the first round
 trip, the hashes one HMGET per worker in the follow-up round trip (the one that finds the oldest jobs); when the
