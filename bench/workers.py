@@ -39,8 +39,8 @@ class JobsOnly(RQProc):
         return None
 
 
-def cycle_cost(client: redis.Redis, proc: RQProc) -> tuple[int, int, float]:
-    """Round trips, commands and Redis microseconds of one cycle of ``proc``."""
+def cycle_cost(client: redis.Redis, proc: RQProc, cycles: int = 10) -> tuple[int, int, float]:
+    """Round trips, commands and Redis microseconds per cycle of ``proc``, over ``cycles`` cycles."""
     sends = []
     original = client.connection_pool.connection_class.send_packed_command
 
@@ -51,11 +51,12 @@ def cycle_cost(client: redis.Redis, proc: RQProc) -> tuple[int, int, float]:
     client.connection_pool.connection_class.send_packed_command = counting
     client.config_resetstat()
     try:
-        read_redis_procs(client, [proc], time.time())
+        for _ in range(cycles):
+            read_redis_procs(client, [proc], time.time())
     finally:
         client.connection_pool.connection_class.send_packed_command = original
     calls, usec = command_stats(client)
-    return len(sends) - 1, sum(calls.values()), sum(usec.values())  # less CONFIG RESETSTAT's own send
+    return (len(sends) - 1) // cycles, sum(calls.values()) // cycles, sum(usec.values()) / cycles
 
 
 def main() -> None:
@@ -91,6 +92,8 @@ def main() -> None:
                     f"{workers:>8} {label:10} {median * 1000:>10.2f} {median / base:>6.2f} {trips:>6} {commands:>9}"
                     f" {usec:>9.0f}"
                 )
+        calls, usec = command_stats(client)  # the last cycles: Redis time per call, what the added commands cost
+        print("Redis us per call:", ", ".join(f"{c} {usec[c] / calls[c]:.2f}" for c in ("llen", "smembers", "hmget")))
 
 
 if __name__ == "__main__":
