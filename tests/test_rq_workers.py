@@ -18,6 +18,7 @@ from hirefire_exporter.collection import Collection
 from hirefire_exporter.procs.base import Proc, Reading, Workers
 from hirefire_exporter.procs.rq import RQProc
 from hirefire_exporter.prometheus import SnapshotCollector
+from hirefire_exporter.sharing import SharedSnapshots
 
 rq = pytest.importorskip("rq")
 
@@ -202,6 +203,40 @@ def test_workers_cost_one_smembers_per_queue_and_one_hmget_per_worker_in_the_sam
     finally:
         for worker in workers:
             stop(worker)
+
+
+def test_a_process_serving_a_shared_snapshot_serves_the_same_worker_lines(redis_conn, redis_url):
+    worker = start_rq_worker(redis_url, "wrk-shared")
+    try:
+        wait_until(lambda: registered(redis_conn, "wrk-shared"), what="the worker to register")
+        job = rq.Queue("wrk-shared", connection=redis_conn).enqueue("rq_jobs.block_until", redis_url, "shared-go")
+        wait_until(lambda: job.get_status(refresh=True) == "started", what="the worker to start the job")
+
+        def app() -> ExporterApp:
+            procs = [RQProc("worker", queues=["wrk-shared"], url=redis_url)]
+            share = SharedSnapshots(redis_url, procs, max_age=5, stale_after=60, timeout=3)
+            return ExporterApp(Collection(procs, max_age=5, share=share), "tok")
+
+        collector, server = app(), app()
+        collected = Client(collector).get("/metrics").get_data(as_text=True)
+        served = Client(server).get("/metrics").get_data(as_text=True)
+        assert (collector.collection.cycles, server.collection.cycles) == (1, 0)
+        assert server.collection.latest.shared
+        assert (
+            worker_lines(served)
+            == worker_lines(collected)
+            == [
+                'hirefire_workers{proc="worker"} 1.0',
+                'hirefire_worker_slots{proc="worker"} 1.0',
+                'hirefire_worker_slots_busy{proc="worker"} 1.0',
+                'hirefire_workers_busy{proc="worker"} 1.0',
+            ]
+        )
+        redis_conn.set("shared-go", 1)
+        for each in (collector, server):
+            each.collection.close()
+    finally:
+        stop(worker)
 
 
 def test_no_job_and_no_worker_is_still_one_round_trip(redis_conn, redis_url, monkeypatch):
