@@ -239,12 +239,21 @@ def test_a_process_serving_a_shared_snapshot_serves_the_same_worker_lines(redis_
         stop(worker)
 
 
-def test_no_job_and_no_worker_is_still_one_round_trip(redis_conn, redis_url, monkeypatch):
+def test_no_job_and_no_worker_is_still_one_round_trip_and_an_idle_worker_adds_one(redis_conn, redis_url, monkeypatch):
     collection = Collection([RQProc("worker", queues=["wrk-idle"], url=redis_url)])
     collection.collect()
     sends = count_round_trips(monkeypatch)
     assert collection.collect().procs[0].reading.workers == Workers(online=0, slots=0, busy_slots=0, busy=0)
     assert len(sends) == 1
+
+    worker = start_rq_worker(redis_url, "wrk-idle")
+    try:
+        wait_until(lambda: registered(redis_conn, "wrk-idle"), what="the worker to register")
+        sends.clear()
+        assert collection.collect().procs[0].reading.workers == Workers(online=1, slots=1, busy_slots=0, busy=0)
+        assert len(sends) == 2  # no job waits: the second round trip is the worker's hash alone
+    finally:
+        stop(worker)
 
 
 def test_an_unreadable_worker_registry_leaves_the_job_counts_served_and_the_workers_unknown(
