@@ -109,13 +109,15 @@ class Bench:
         return statistics.median(out["times"]), statistics.median(out["times_paired"])
 
     def write_commands(self, queues: int, prefix: str = "bench") -> None:
-        """The raw kind's commands: exactly what RQProc asks for on these queues (the counts, then, for the queues
-        found non-empty, the script that finds each one's oldest live job, loaded once)."""
-        from hirefire_exporter.procs.rq import RQProc
+        """The raw kind's commands: exactly what RQProc asks for on these queues (the counts and the worker sets,
+        then, for the queues found non-empty, the script that finds each one's oldest live job, loaded once; the
+        benchmark's queues have no worker, so no worker hash is read)."""
+        from hirefire_exporter.procs.rq import _PER_QUEUE, RQProc
 
         proc = RQProc("worker", queues=queue_names(queues, prefix))
         depth = proc.depth_commands(time.time())
-        load, *walks = proc.latency_commands([1] * len(depth))  # every queue non-empty: one walk per queue
+        replies = [1] * (queues * _PER_QUEUE) + [[]] * queues  # every queue non-empty, no worker registered
+        load, *walks = proc.latency_commands(replies)  # one walk per queue
         self.commands_file.write_text(json.dumps({"depth": depth, "load": load, "walks": walks}))
 
     def measure(self, label: str, python: str, kind: str, queues: int, cycles: int, procs: int = 1, **kw) -> Row:

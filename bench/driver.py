@@ -63,7 +63,7 @@ def raw(url: str, queues: list[str], procs: int) -> Callable[[], Any]:
         pipe = client.pipeline(transaction=False)
         for command in depth:
             pipe.execute_command(*command)
-        replies = pipe.execute()
+        replies = pipe.execute()[: 8 * len(walks)]  # per queue 8 counts (then its worker set, left unparsed)
         busy = [walk for walk, length in zip(walks, replies[0::8]) if length]
         if busy:
             pipe = client.pipeline(transaction=False)

@@ -124,8 +124,9 @@ class _Task:
 
 def _checked(proc: Proc, result: Any) -> Reading | Exception:
     """The reading, or why it is unfit to act on: a proc that returned something other than a Reading, or measured
-    NaN, a negative count or a string fails (its last good reading is kept), instead of putting ``NaN`` in HireFire's
-    JSON or turning every request into a 500. Never raises: whatever one proc returns must not sink the cycle."""
+    NaN, a negative count or a string, or workers that cannot be (more busy than online) fails (its last good reading
+    is kept), instead of putting ``NaN`` in HireFire's JSON or turning every request into a 500. Never raises:
+    whatever one proc returns must not sink the cycle."""
     if isinstance(result, Exception):
         return result
     if not isinstance(result, Reading):
@@ -136,10 +137,16 @@ def _checked(proc: Proc, result: Any) -> Reading | Exception:
         for queue in result.queues:
             problems += [f"queue {queue.name!r} {state} {n!r}" for state, n in queue.jobs.items() if not _count(n)]
             problems += [] if _age(queue.latency) else [f"queue {queue.name!r} latency {queue.latency!r}"]
+        workers = result.workers
+        if workers is not None:
+            counts = {key: getattr(workers, key) for key in ("online", "slots", "busy_slots", "busy")}
+            problems += [f"workers {key} {n!r}" for key, n in counts.items() if not _count(n)]
     except Exception as exc:  # e.g. queues that are not QueueReadings
         return TypeError(f"{type(proc).__name__}.read() returned a malformed Reading: {describe_error(exc)}")
     if problems:
         return ValueError("not a count or an age in seconds: " + ", ".join(problems[:3]))
+    if workers is not None and (workers.busy > workers.online or workers.busy_slots > workers.slots):
+        return ValueError(f"impossible workers: {workers!r} (more busy than there are)")
     return result
 
 

@@ -2,7 +2,7 @@
 
 Fresh metric families on every ``collect()``, no global Gauges, and a ``describe()`` that does no I/O, so that
 registering the collector never touches a broker. A proc without a usable reading gets ``hirefire_proc_up 0`` and no
-job samples at all: an absent series, never a 0 that an autoscaler would act on.
+job or worker samples at all: an absent series, never a 0 that an autoscaler would act on.
 """
 
 from __future__ import annotations
@@ -40,6 +40,22 @@ def _families() -> dict[str, GaugeMetricFamily]:
             "1 if the queue exists on the broker, 0 if the broker has no trace of it (never used, or a typo in the"
             " proc's queues: it reads as 0 jobs); absent where the backend cannot tell.",
             ["proc", "queue"],
+        ),
+        "workers": gauge(
+            "hirefire_workers", "Worker processes online for the proc's queues, where the backend knows them.", ["proc"]
+        ),
+        "slots": gauge(
+            "hirefire_worker_slots",
+            "Concurrency of the proc's workers online in total: how many jobs they can run at once.",
+            ["proc"],
+        ),
+        "slots_busy": gauge(
+            "hirefire_worker_slots_busy", "Slots of the proc's workers running or holding a job.", ["proc"]
+        ),
+        "workers_busy": gauge(
+            "hirefire_workers_busy",
+            "The proc's workers with at least one busy slot: scaling below this stops a worker in the middle of a job.",
+            ["proc"],
         ),
         "up": gauge("hirefire_proc_up", "1 if the proc's last collection succeeded, else 0.", ["proc"], False),
         "duration": gauge(
@@ -88,6 +104,12 @@ def render(snapshot: Snapshot, now: float) -> Iterator[GaugeMetricFamily]:
             found = getattr(queue, "found", None)  # (a custom proc's duck-typed queues may not have it)
             if found is not None:
                 f["queue_found"].add_metric([status.name, queue.name], 1.0 if found else 0.0)
+        workers = reading.workers
+        if workers is not None:
+            f["workers"].add_metric(proc, workers.online)
+            f["slots"].add_metric(proc, workers.slots)
+            f["slots_busy"].add_metric(proc, workers.busy_slots)
+            f["workers_busy"].add_metric(proc, workers.busy)
     f["timestamp"].add_metric([], snapshot.collected_at)
     f["shared"].add_metric([], 1.0 if snapshot.shared else 0.0)
     return iter(f.values())

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -55,32 +56,31 @@ def wait_until(condition: Callable[[], T], timeout: float = 15.0, what: str = "c
         time.sleep(interval)
 
 
-def start_rq_worker(url: str, *queues: str) -> subprocess.Popen:
-    """A real ``rq worker`` process on ``queues`` (no scheduler), importing jobs from tests/rq_jobs.py."""
+def start_rq_worker(url: str, *queues: str, pool: int | None = None) -> subprocess.Popen:
+    """A real ``rq worker`` process on ``queues`` (no scheduler), importing jobs from tests/rq_jobs.py; with ``pool``,
+    an ``rq worker-pool`` of that many workers instead."""
     env = {**os.environ, "PYTHONPATH": str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+    if pool is None:
+        command = ["worker", "--url", url, "--name", f"test-{os.getpid()}-{time.time_ns()}"]
+    else:
+        command = ["worker-pool", "--url", url, "--num-workers", str(pool)]
     return subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "rq.cli",
-            "worker",
-            "--url",
-            url,
-            "--name",
-            f"test-{os.getpid()}-{time.time_ns()}",
-            *queues,
-        ],
+        [sys.executable, "-m", "rq.cli", *command, *queues],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=pool is not None,  # so that stop() can kill a pool's workers with it
     )
 
 
 def stop(process: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL after 10 s: for a process that leads its own session (a worker pool), to all of it."""
     process.terminate()
     try:
         process.wait(10)
     except subprocess.TimeoutExpired:
+        if os.getpgid(process.pid) == process.pid:
+            os.killpg(process.pid, signal.SIGKILL)
         process.kill()
         process.wait(5)
 

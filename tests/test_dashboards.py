@@ -117,6 +117,8 @@ def used_metric_names() -> dict[str, set[str]]:
         used[f"alert {rule['alert']}"] = metric_names(rule["expr"])
     trigger = keda_documents("keda-prometheus.yaml")["ScaledObject"]["spec"]["triggers"][0]
     used["keda-prometheus.yaml"] = metric_names(trigger["metadata"]["query"])
+    for trigger in keda_documents("keda-busy-guard.yaml")["ScaledObject"]["spec"]["triggers"]:
+        used[f"keda-busy-guard.yaml {trigger['name']}"] = metric_names(trigger["metadata"]["query"])
     return used
 
 
@@ -205,6 +207,9 @@ def test_every_panel_reads_at_a_glance():
         "Waiting jobs per queue, now": "short",
         "Oldest waiting job per queue": "s",
         "Queues found": "none",
+        "Workers online": "short",
+        "Worker utilization": "percentunit",
+        "Busy workers vs jobs": "short",
         "Proc up": "none",
         "Exporter scraped": "none",
         "Snapshot age": "s",
@@ -237,6 +242,7 @@ def test_alert_thresholds_are_drawn_on_the_panels_that_show_them():
     assert rules["HireFireOldestJobTooOld"].endswith("> 300") and 300 in steps["Oldest waiting job per queue"]
     assert rules["HireFireReadingStale"].endswith("> 30") and 30 in steps["Reading age"]
     assert rules["HireFireBacklogGrowing"].endswith("* 60 > 5") and 5 in steps["Backlog growth"]
+    assert rules["HireFireJobsWaitingNoWorker"].endswith("hirefire_workers == 0") and 1 in steps["Workers online"]
 
 
 def test_grafana_provisioning_example_is_a_file_provider():
@@ -290,6 +296,7 @@ def test_alert_rules_cover_the_issue_with_runbook_descriptions():
         "HireFireReadingStale",
         "HireFireBacklogGrowing",
         "HireFireOldestJobTooOld",
+        "HireFireJobsWaitingNoWorker",
     ]
     for name, rule in rules.items():
         assert rule["labels"]["severity"] in ("warning", "critical"), name
@@ -300,12 +307,26 @@ def test_alert_rules_cover_the_issue_with_runbook_descriptions():
     assert rules["HireFireExporterDown"]["expr"] == f'up{{job="{JOB}"}} == 0'
 
 
+def test_runbook_urls_point_at_a_heading_of_the_docs_page_they_name():
+    from docs_samples import headings
+    from markdown.extensions.toc import slugify  # the site's heading anchors (test_docs checks GitHub's agree)
+
+    for rule in alert_rules():
+        url = rule["annotations"].get("runbook_url")
+        if url is None:
+            continue
+        match = re.fullmatch(r"https://hirefire-exporter\.readthedocs\.io/en/latest/([\w/-]+)/#([\w-]+)", url)
+        assert match, (rule["alert"], url)
+        page = ROOT / "docs" / f"{match.group(1)}.md"
+        assert match.group(2) in {slugify(text, "-") for text in headings(page)}, (rule["alert"], url)
+
+
 def test_promtool_checks_the_rules_and_the_example_config():
     promtool = require_binary("promtool")
     for args in (["check", "rules", RULES.name], ["check", "config", "prometheus.example.yml"]):
         result = subprocess.run([promtool, *args], cwd=DASHBOARDS, capture_output=True, text=True, timeout=60)
         assert result.returncode == 0, result.stdout + result.stderr
-    assert "SUCCESS: 6 rules found" in result.stdout
+    assert "SUCCESS: 7 rules found" in result.stdout
 
 
 def test_promtool_unit_tests_fire_and_silence_every_alert():
@@ -340,6 +361,22 @@ def test_keda_prometheus_example_is_a_scaled_object_on_the_hirefire_count():
     _metadata_is_strings(trigger)
     assert trigger["metadata"]["query"] == f'max(hirefire_proc_jobs{{job="{JOB}", proc="worker"}})'
     assert trigger["metadata"]["ignoreNullValues"] == "false"  # an unreadable broker is an error, not 0
+    assert scaled["spec"]["fallback"]["replicas"] >= 1
+
+
+def test_keda_busy_guard_example_never_scales_below_the_busy_workers():
+    """Two triggers: the HPA KEDA feeds takes the largest replica count any metric asks for, so ceil(busy / 1) is a
+    floor under ceil(jobs / 10)."""
+    (scaled,) = keda_documents("keda-busy-guard.yaml").values()
+    assert scaled["kind"] == "ScaledObject" and scaled["apiVersion"] == "keda.sh/v1alpha1"
+    jobs, busy = scaled["spec"]["triggers"]
+    for trigger in (jobs, busy):
+        assert trigger["type"] == "prometheus"
+        _metadata_is_strings(trigger)
+        assert trigger["metadata"]["ignoreNullValues"] == "false"
+    assert jobs["metadata"]["query"] == f'max(hirefire_proc_jobs{{job="{JOB}", proc="worker"}})'
+    assert busy["metadata"]["query"] == f'max(hirefire_workers_busy{{job="{JOB}", proc="worker"}})'
+    assert busy["metadata"]["threshold"] == "1"
     assert scaled["spec"]["fallback"]["replicas"] >= 1
 
 

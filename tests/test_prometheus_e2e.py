@@ -14,8 +14,8 @@ Every panel query, every variable, every alert expression and the KEDA examples 
 API or against the exporter. The stack is set up so that exactly these alerts fire: the backlog of proc ``worker``
 grows (jobs are enqueued every second) and its queue ``default`` holds a job enqueued an hour ago (both seen by both
 exporters); proc ``flaky`` reads Redis through a proxy that is closed after its first reading, so it is down and its
-reading grows stale; the scrape job has a third target where nothing listens. The exporters are scraped, so the
-"absent" alert must stay quiet.
+reading grows stale, and no worker serves its queue while its jobs wait; the scrape job has a third target where
+nothing listens. The exporters are scraped, so the "absent" alert must stay quiet.
 """
 
 from __future__ import annotations
@@ -434,6 +434,17 @@ def test_dashboard_panels_show_the_exact_figures(stack):
         ("worker", "slow"): 0,
         ("flaky", "flaky"): 2,
     }
+    # the rq worker on "slow" runs its job; "flaky" has no worker (its last reading, served stale, says so)
+    assert by(stack.instant(queries["Workers online", "{{proc}}"]), "proc") == {"worker": 1, "flaky": 0}
+    assert by(stack.instant(queries["Worker utilization", "{{proc}}"]), "proc") == {"worker": 1.0}  # flaky: no slot
+    assert by(stack.instant(queries["Busy workers vs jobs", "{{proc}} busy workers"]), "proc") == {
+        "worker": 1,
+        "flaky": 0,
+    }
+    assert by(stack.instant(queries["Busy workers vs jobs", "{{proc}} jobs"]), "proc") == {
+        "worker": expected,
+        "flaky": 2,
+    }
     assert by(stack.instant(queries["Proc up", "{{proc}}"]), "proc") == {"worker": 1, "flaky": 0}
     assert by(stack.instant(queries["Exporter scraped", "{{instance}}"]), "instance") == {
         stack.exporter: 1,
@@ -481,6 +492,13 @@ def test_keda_prometheus_query_returns_the_hirefire_count(stack):
     assert list(result.values()) == [stack.expected_worker_jobs]  # a single element, as KEDA requires
 
 
+def test_keda_busy_guard_queries_return_the_jobs_and_the_busy_workers(stack):
+    _settled(stack)
+    jobs, busy = keda_documents("keda-busy-guard.yaml")["ScaledObject"]["spec"]["triggers"]
+    assert list(stack.instant(jobs["metadata"]["query"]).values()) == [stack.expected_worker_jobs]
+    assert list(stack.instant(busy["metadata"]["query"]).values()) == [1]  # the rq worker running the "slow" job
+
+
 def test_keda_metrics_api_value_location_resolves_against_the_hirefire_endpoint(stack):
     documents = keda_documents("keda-metrics-api.yaml")
     meta = documents["ScaledObject"]["spec"]["triggers"][0]["metadata"]
@@ -518,6 +536,7 @@ def test_alerts_set_up_to_fire_are_active_in_prometheus(stack):
         expected.add(("HireFireBacklogGrowing", (("proc", "worker"), ("instance", instance))))
         expected.add(("HireFireOldestJobTooOld", (("proc", "worker"), ("queue", "default"), ("instance", instance))))
     expected.add(("HireFireProcDown", (("proc", "flaky"), ("instance", stack.exporter))))
+    expected.add(("HireFireJobsWaitingNoWorker", (("proc", "flaky"), ("instance", stack.exporter))))
     expected.add(("HireFireReadingStale", (("proc", "flaky"), ("instance", stack.exporter))))
     try:
         wait_for(lambda: active() == expected, 60, "the expected alerts to be pending or firing")

@@ -1,10 +1,11 @@
 """Procs that read Redis: they declare the commands they need, and whoever reads them pipelines the commands.
 
 A :class:`RedisProc` never talks to Redis itself. It says which read-only commands measure its queues
-(:meth:`~RedisProc.depth_commands`), optionally which follow-up commands find the oldest job's age
-(:meth:`~RedisProc.latency_commands`), and how to turn the replies into a :class:`Reading`. :func:`read_redis_procs`
-sends the commands of any number of procs that share one Redis server in one pipelined round trip (plus one more for
-latency), so the cost of a cycle is one round trip per server, not one per queue or per proc.
+(:meth:`~RedisProc.depth_commands`), optionally which follow-up commands find the oldest job's age or read what the
+first replies named, such as RQ's worker hashes (:meth:`~RedisProc.latency_commands`), and how to turn the replies
+into a :class:`Reading`. :func:`read_redis_procs` sends the commands of any number of procs that share one Redis
+server in one pipelined round trip (plus one more for the follow-ups), so the cost of a cycle is one round trip per
+server, not one per queue or per proc.
 """
 
 from __future__ import annotations
@@ -73,8 +74,14 @@ class RedisProc(Proc):
         """The read-only commands that count this proc's jobs (one per key)."""
         raise NotImplementedError
 
+    def failure(self, depth: list[Any]) -> Exception | None:
+        """The reply to :meth:`depth_commands` that fails this proc, if any: by default its first error. A backend
+        whose commands include some it can do without overrides it."""
+        return next((r for r in depth if isinstance(r, Exception)), None)
+
     def latency_commands(self, depth: list[Any]) -> list[Command]:
-        """Follow-up commands that find the oldest waiting jobs, given the replies to :meth:`depth_commands`."""
+        """Follow-up commands, given the replies to :meth:`depth_commands`: those that find the oldest waiting jobs,
+        and any others that depend on the first replies (RQ's worker hashes). Sent in one second round trip."""
         return []
 
     def build_reading(self, depth: list[Any], latency: list[Any], now: float) -> Reading:
@@ -176,13 +183,13 @@ def read_redis_procs(client: Redis, procs: Sequence[RedisProc], now: float) -> l
     follow_ups: list[list[Command]] = []
     failures: list[Exception | None] = []
     for proc, replies in zip(procs, depth):
-        failed = next((r for r in replies if isinstance(r, Exception)), None)
         commands: list[Command] = []
-        if failed is None:
-            try:
+        try:
+            failed = proc.failure(replies)
+            if failed is None:
                 commands = proc.latency_commands(replies)
-            except Exception as exc:  # garbage in one proc's replies fails that proc only
-                failed = exc
+        except Exception as exc:  # garbage in one proc's replies fails that proc only
+            failed = exc
         follow_ups.append(commands)
         failures.append(failed)
     latency = _pipelined(client, follow_ups) if any(follow_ups) else [[] for _ in procs]

@@ -21,8 +21,23 @@ scheduler run Lua scripts on the same server.
 Whether a queue exists: RQ adds every queue it enqueues to (its key) to the set ``rq:queues``; a queue in neither
 that set nor any of its keys has never had a job, which reads as 0 jobs and ``found = False`` (a typo in ``queues``?).
 
+Workers: an RQ worker adds its key ``rq:worker:<name>`` to ``rq:workers`` and to ``rq:workers:<q>`` for each queue
+it listens on, and keeps the hash at that key alive with a TTL it renews on each heartbeat (``worker_ttl`` + 60 s,
+480 s by default, while idle; ``job_monitoring_interval`` + 60 s, 90 s by default, while it runs a job). A worker killed
+with SIGKILL leaves its key in the sets: it is online while its hash exists and not once it has expired (RQ's own
+rule: ``rq info`` and RQ's cleanup of the sets go by the same hash). Its hash is judged by ``birth``, written with the
+rest of it at start: the work horse of a worker killed mid-job writes its statistics into the expired hash when the
+job ends, recreating it without ``birth`` and without a TTL. A worker that shut down cleanly took its key out of the
+sets and stamped ``death`` on its hash: not online either. ``state`` ``busy`` means it runs a job. An RQ worker
+runs one job at a time (``rq worker-pool`` starts separate workers, each registered on its own), so it has one slot.
+A worker serving several of a proc's queues counts once. The sets cost one SMEMBERS per queue in the first round
+trip, the hashes one HMGET per worker in the follow-up round trip (the one that finds the oldest jobs); when the
+sets cannot be read (an ACL that denies them, a key of the wrong type) the proc's job counts are still served and its
+workers are unknown.
+
 RQ's own ``registry.count`` runs a cleanup that writes to Redis and moves jobs to the failed registry, so this
-module never calls it: it reads with LLEN, ZCOUNT, ZCARD and SISMEMBER, and the script with LRANGE, HGET and EXISTS.
+module never calls it: it reads with LLEN, ZCOUNT, ZCARD, SISMEMBER, SMEMBERS and HMGET, and the script with LRANGE,
+HGET and EXISTS.
 """
 
 from __future__ import annotations
@@ -30,12 +45,13 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from dataclasses import replace
 from typing import Any
 
 from ..redaction import describe_error
 from ..settings_check import OrNone, Text
-from .base import ClientProc, QueueReading, Reading
-from .redis_proc import Command, RedisProc, age_since, parse_utc
+from .base import ClientProc, QueueReading, Reading, Workers
+from .redis_proc import Command, RedisProc, age_since, as_text, parse_utc
 
 log = logging.getLogger("hirefire_exporter")
 
@@ -115,7 +131,11 @@ class RQProc(RedisProc, ClientProc):
                 ("ZCARD", f"{p}:failed:{q}"),
                 ("SISMEMBER", f"{p}:queues", f"{p}:queue:{q}"),
             ]
-        return commands
+        return commands + [("SMEMBERS", f"{p}:workers:{q}") for q in self.queues]
+
+    def failure(self, depth: list[Any]) -> Exception | None:
+        """Only the job counts' replies fail the proc: without the worker sets its workers are unknown."""
+        return super().failure(depth[: len(self.queues) * _PER_QUEUE])
 
     def latency_commands(self, depth: list[Any]) -> list[Command]:
         """The first live job of each non-empty queue (:data:`FIRST_LIVE_JOB`), the script loaded first in the same
@@ -126,10 +146,13 @@ class RQProc(RedisProc, ClientProc):
             for q, replies in zip(self.queues, _per_queue(depth))
             if int(replies[0])
         ]
-        return [("SCRIPT", "LOAD", FIRST_LIVE_JOB), *walks] if walks else []
+        workers: list[Command] = [("HMGET", key, "birth", "state", "death") for key in self._worker_keys(depth) or ()]
+        return ([("SCRIPT", "LOAD", FIRST_LIVE_JOB), *walks] if walks else []) + workers
 
     def build_reading(self, depth: list[Any], latency: list[Any], now: float) -> Reading:
-        walks = iter(latency[1:])  # after SCRIPT LOAD: one reply per non-empty queue, as latency_commands asked
+        keys = self._worker_keys(depth)
+        split = len(latency) - len(keys or ())  # the worker hashes come last, as latency_commands asked
+        walks = iter(latency[1:split])  # after SCRIPT LOAD: one reply per non-empty queue
         queues = []
         for q, r in zip(self.queues, _per_queue(depth)):  # replies in the order of _STATES, then rq:queues membership
             waiting = int(r[0])
@@ -145,13 +168,40 @@ class RQProc(RedisProc, ClientProc):
             }
             found = bool(int(r[_KNOWN])) or any(counts.values())
             queues.append(QueueReading(q, counts, COUNTED, age, found))
-        return Reading.from_queues(queues)
+        reading = Reading.from_queues(queues)
+        workers = None if keys is None else self._workers(latency[split:])
+        return reading if workers is None else replace(reading, workers=workers)
+
+    def _worker_keys(self, depth: list[Any]) -> list[str] | None:
+        """The keys of the workers registered on any of the proc's queues, each once; ``None`` when a set could not
+        be read."""
+        sets = depth[len(self.queues) * _PER_QUEUE :]
+        failed = next((reply for reply in sets if isinstance(reply, Exception)), None)
+        if failed is not None:
+            self._warn_once("workers", "cannot read RQ's worker registry, its workers are unknown", failed)
+            return None
+        return sorted({as_text(member) or "" for members in sets for member in members})
+
+    def _workers(self, hashes: list[Any]) -> Workers | None:
+        """Online: a registered worker whose hash still exists (``birth`` is its first field, written with the
+        rest of it) and has no ``death``; busy: its ``state`` is ``busy``. ``None`` when a hash could not be read."""
+        online = busy = 0
+        for reply in hashes:
+            if isinstance(reply, Exception):
+                self._warn_once("workers", "cannot read an RQ worker's hash, the proc's workers are unknown", reply)
+                return None
+            birth, state, death = (as_text(value) for value in reply)
+            if birth is None or death is not None:  # expired (killed, its TTL passed) or shut down
+                continue
+            online += 1
+            busy += state == "busy"
+        return Workers(online=online, slots=online, busy_slots=busy, busy=busy)
 
     def _first_live(self, queue: str, reply: Any, waiting: int, now: float) -> tuple[int, float | None]:
         """How many expired ids lead the queue, and the age of the first live job after them (``0.0`` when there is
         none: no job waits; ``None`` when it cannot be told: past the scan limit, or an unreadable reply)."""
         if isinstance(reply, Exception):  # e.g. a job key of the wrong type, or a user not allowed to run scripts
-            self._log_walk_failure(queue, reply)
+            self._warn_once("walk", f"cannot find the oldest job of queue {queue!r}, its latency is unknown", reply)
             return 0, None
         try:
             skipped, stamp, *rest = reply
@@ -164,18 +214,14 @@ class RQProc(RedisProc, ClientProc):
             return skipped, 0.0
         return skipped, None
 
-    _walk_failed: bool = False
+    _warned: frozenset[str] = frozenset()
 
-    def _log_walk_failure(self, queue: str, error: Exception) -> None:
-        """Say once per proc why latency is unknown (a lasting problem, such as an ACL without EVALSHA)."""
-        if not self._walk_failed:
-            self._walk_failed = True
-            log.warning(
-                "proc %r: cannot find the oldest job of queue %r, its latency is unknown: %s",
-                self.name,
-                queue,
-                describe_error(error),
-            )
+    def _warn_once(self, kind: str, problem: str, error: Exception) -> None:
+        """Say once per proc and ``kind`` of problem why something is unknown: a lasting problem, such as an ACL
+        without EVALSHA, would otherwise be logged every cycle."""
+        if kind not in self._warned:
+            self._warned = self._warned | {kind}
+            log.warning("proc %r: %s: %s", self.name, problem, describe_error(error))
 
 
 def _per_queue(depth: list[Any]) -> list[list[Any]]:
