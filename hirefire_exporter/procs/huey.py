@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import struct
 from datetime import UTC, datetime
+from functools import cached_property
 from importlib import import_module
 from typing import Any
 
+from ..discovery import KeyScan
 from ..redaction import describe_error
 from ..settings_check import Choice, OrNone, Text, did_you_mean
 from .base import ProcConfigError, QueueReading, Reading
@@ -46,7 +48,8 @@ class HueyProc(RedisProc):
         return self._is_priority_redis()
 
     def validate(self) -> None:
-        if not self.queues:
+        self._split_patterns()
+        if not self.queues and self.discovery is None:
             self.queues = [self.instance().name]
         super().validate()
 
@@ -101,6 +104,38 @@ class HueyProc(RedisProc):
 
     def redis_client(self) -> Any:
         return self._storage().conn if self._is_redis() else None
+
+    # Queue discovery: the Huey instances sharing the storage
+
+    def discovery_problem(self) -> str | None:
+        if self._is_redis() or self._is_sqlite():
+            return None
+        return f"Huey's {type(self._storage()).__name__} cannot list its queues: name them"
+
+    def discover_queues(self) -> set[str] | None:
+        """Redis: the names in the keys ``huey.redis.<name>`` and ``huey.schedule.<name>`` (a budgeted SCAN; an
+        empty queue has no key). SQLite: the queues of the ``task`` and ``schedule`` tables."""
+        if self._is_sqlite():
+            rows = self._storage().sql("select queue from task union select queue from schedule", results=True)
+            return {row[0] for row in rows}
+        keys = self._scan.step(self.redis_client())
+        if keys is None:
+            return None
+        heads = ("huey.redis.", "huey.schedule.")
+        return {key.split(".", 2)[2] for key in keys if key.startswith(heads) and key.count(".") >= 2} - {""}
+
+    @cached_property
+    def _scan(self) -> KeyScan:
+        return KeyScan("huey.*")
+
+    def queue_scope(self) -> Any:
+        """The Redis server, or the SQLite file."""
+        return (super().queue_scope(), getattr(self._storage(), "filename", None))
+
+    def _is_sqlite(self) -> bool:
+        from huey.storage import SqliteStorage
+
+        return isinstance(self._storage(), SqliteStorage)
 
     def _due_threshold(self) -> float:
         """Now, on the clock Huey scores its schedule with (naive UTC or local time, read as local time)."""

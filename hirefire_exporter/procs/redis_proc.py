@@ -69,6 +69,11 @@ class RedisProc(Proc):
         if client is not None:  # a client given ready-made (or a Huey instance's) has a password of its own
             register(getattr(getattr(client, "connection_pool", None), "connection_kwargs", {}).get("password"))
 
+    def queue_scope(self) -> Any:
+        """The backend and the Redis server (see :meth:`Proc.queue_scope`)."""
+        client = self.redis_client()
+        return (super().queue_scope(), None if client is None else server_key(client))
+
     def depth_commands(self, now: float) -> list[Command]:
         """The read-only commands that count this proc's jobs (one per key)."""
         raise NotImplementedError
