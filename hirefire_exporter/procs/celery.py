@@ -45,7 +45,7 @@ from .celery_inspect import METHODS, HeldTask, InspectIncomplete, Sightings, act
 from .celery_rabbitmq import QueueCounts, declare_counts, management_counts, management_url_problem
 from .celery_redis import BindingTable, RedisKeys, Unacked, binding_table, head_age, parse_unacked
 from .celery_routing import Binding, declared_bindings, route
-from .redis_proc import Command, RedisProc, age_since, read_redis_procs, server_key
+from .redis_proc import Command, RedisProc, age_since, read_redis_procs
 
 log = logging.getLogger("hirefire_exporter")
 
@@ -271,9 +271,9 @@ class CeleryProc(RedisProc):
         """The broker's queues: the Redis server and key prefix, or the RabbitMQ host and vhost."""
         client = self._redis()
         if client is not None:
-            return (CeleryProc, server_key(client), self._keys.prefix)
+            return (self.redis_scope(client), self._keys.prefix)
         parts = urlsplit(self.broker_url())
-        return (CeleryProc, parts.hostname, parts.port, self._vhost)
+        return (self.redis_scope(None), parts.hostname, parts.port, self._vhost)
 
     def _broadcasts(self) -> list[str]:
         """The inspect methods this proc broadcasts: only what the broker cannot tell."""

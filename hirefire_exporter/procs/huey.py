@@ -97,14 +97,6 @@ class HueyProc(RedisProc):
 
         return isinstance(self._storage(), RedisStorage)
 
-    def _is_priority_redis(self) -> bool:
-        from huey.storage import RedisPriorityQueue
-
-        return self._is_redis() and isinstance(self._storage(), RedisPriorityQueue)
-
-    def redis_client(self) -> Any:
-        return self._storage().conn if self._is_redis() else None
-
     # Queue discovery: the Huey instances sharing the storage
 
     def discovery_problem(self) -> str | None:
@@ -118,11 +110,11 @@ class HueyProc(RedisProc):
         if self._is_sqlite():
             rows = self._storage().sql("select queue from task union select queue from schedule", results=True)
             return {row[0] for row in rows}
-        keys = self._scan.step(self.redis_client())
+        keys = self._scan.step(self._storage().conn)
         if keys is None:
             return None
         heads = ("huey.redis.", "huey.schedule.")
-        return {key.split(".", 2)[2] for key in keys if key.startswith(heads) and key.count(".") >= 2} - {""}
+        return {key.split(".", 2)[2] for key in keys if key.startswith(heads)} - {""}
 
     @cached_property
     def _scan(self) -> KeyScan:
@@ -130,12 +122,21 @@ class HueyProc(RedisProc):
 
     def queue_scope(self) -> Any:
         """The Redis server, or the SQLite file."""
-        return (super().queue_scope(), getattr(self._storage(), "filename", None))
+        storage = self._storage()
+        return (self.redis_scope(storage.conn if self._is_redis() else None), getattr(storage, "filename", None))
 
     def _is_sqlite(self) -> bool:
         from huey.storage import SqliteStorage
 
         return isinstance(self._storage(), SqliteStorage)
+
+    def _is_priority_redis(self) -> bool:
+        from huey.storage import RedisPriorityQueue
+
+        return self._is_redis() and isinstance(self._storage(), RedisPriorityQueue)
+
+    def redis_client(self) -> Any:
+        return self._storage().conn if self._is_redis() else None
 
     def _due_threshold(self) -> float:
         """Now, on the clock Huey scores its schedule with (naive UTC or local time, read as local time)."""
