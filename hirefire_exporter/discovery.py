@@ -12,10 +12,9 @@ another proc names it, or when the pattern of a proc listed earlier matches it: 
 ``worker = ["high-*"]`` then ``other = ["*"]`` measures the ``high-`` queues in ``worker`` and every other queue in
 ``other``, and no job is counted twice.
 
-Keys found with SCAN are found a budgeted slice at a time (:class:`KeyScan`): at most :data:`SCAN_CALLS` calls of
-``SCAN ... MATCH ... COUNT`` :data:`SCAN_COUNT` per proc and cycle. A keyspace too large for one slice is scanned
-over several cycles; the last complete list is measured meanwhile (before the first complete list, the proc fails,
-saying so: it never reads 0 for want of a list).
+Keys are found with ``SCAN ... MATCH ... COUNT`` :data:`SCAN_COUNT` (:class:`KeyScan`): the first pass to its end,
+each later one at most :data:`SCAN_CALLS` calls per proc and cycle, the last complete list measured meanwhile. A proc
+never reads 0 for want of a list: before its first complete list it fails, saying so.
 """
 
 from __future__ import annotations
@@ -32,7 +31,7 @@ if TYPE_CHECKING:
 
 #: The characters that make an entry of ``queues`` a pattern.
 PATTERN_CHARACTERS = frozenset("*?[")
-#: Keys asked for per SCAN call, and SCAN calls per proc and cycle at most (about 100,000 keys: ~0.1 s of Redis time).
+#: Keys asked for per SCAN call, and SCAN calls per proc and cycle at most after the first pass (100,000 keys).
 SCAN_COUNT = 1000
 SCAN_CALLS = 100
 
@@ -47,7 +46,7 @@ def matches(name: str, patterns: Iterable[str]) -> bool:
 
 
 class DiscoveryPending(RuntimeError):
-    """The first complete list of queues is not there yet (a large keyspace is scanned over several cycles)."""
+    """A proc's discovery has no complete list of queues yet (a backend whose first pass spans cycles)."""
 
 
 @dataclass
@@ -97,24 +96,30 @@ def assign_claims(procs: Sequence[Proc]) -> None:
 
 
 class KeyScan:
-    """A ``SCAN ... MATCH`` pass that may span cycles, at most :data:`SCAN_CALLS` calls per :meth:`step`. Never
-    ``KEYS``, which blocks the server for the whole keyspace."""
+    """``SCAN ... MATCH ... COUNT`` passes over the keyspace; never ``KEYS``, which holds the server for the whole
+    keyspace in one call, where each SCAN call holds it for :data:`SCAN_COUNT` keys. The first pass runs to its end
+    (a proc has no list before it); a later one takes at most :data:`SCAN_CALLS` calls per :meth:`step`, so that a
+    large keyspace is rescanned over several cycles while the last list is measured."""
 
     def __init__(self, match: str) -> None:
         self.match = match
         self._cursor = 0
         self._keys: set[str] = set()
+        self._passes = 0
 
     def step(self, client: Redis) -> set[str] | None:
-        """The keys matching, once a complete pass ends in this step; ``None`` while the pass goes on. A failed call
+        """The keys matching, once a pass ends in this step; ``None`` while a later pass goes on. A failed call
         restarts the pass next time."""
+        calls = 0
         try:
-            for _ in range(SCAN_CALLS):
+            while not self._passes or calls < SCAN_CALLS:
                 cursor, keys = client.scan(self._cursor, match=self.match, count=SCAN_COUNT)
+                calls += 1
                 self._keys.update(key_text(key) for key in keys)
                 self._cursor = int(cursor)
                 if self._cursor == 0:
                     found, self._keys = self._keys, set()
+                    self._passes += 1
                     return found
         except Exception:
             self._cursor, self._keys = 0, set()

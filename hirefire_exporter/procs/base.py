@@ -237,7 +237,7 @@ class Proc:
         found = self.discover_queues()
         if found is None:  # a pass spread over cycles, not finished: the last list stays
             if discovery.done_at is None:
-                raise DiscoveryPending("discovering queues: the broker's keys are scanned over several cycles")
+                raise DiscoveryPending("discovering queues: no complete list of the broker's queues yet")
             return
         named = self.named_queues()
         mine, idle = discovery.select(found, named)
