@@ -18,6 +18,7 @@ from hirefire_exporter.config import load_settings
 from hirefire_exporter.loading import load_procs
 from hirefire_exporter.procs.base import Proc, ProcConfigError, QueueReading, Reading
 from hirefire_exporter.procs.celery import CeleryProc
+from hirefire_exporter.procs.dramatiq import DramatiqProc
 from hirefire_exporter.procs.hotqueue import HotQueueProc
 from hirefire_exporter.procs.huey import HueyProc
 from hirefire_exporter.procs.queues import QueuesProc
@@ -269,6 +270,10 @@ def test_patterns_from_toml_dotted_paths_and_keywords(tmp_path, redis_url):
             lambda: CeleryProc("worker", queues="*", url="amqp://guest:guest@127.0.0.1//"),
             r"^procs: proc 'worker': queues '\*': discovery on RabbitMQ needs `management_url` \(AMQP cannot list"
             r" queues\): set it, or name the queues$",
+        ),
+        (
+            lambda: DramatiqProc("worker", queues="*", url="redis://127.0.0.1:6379/8"),
+            r"^procs: proc 'worker': queues '\*': DramatiqProc cannot discover queues: name them$",
         ),
         (
             lambda: HueyProc("worker", queues="*", huey=MemoryHuey("x")),

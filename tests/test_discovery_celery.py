@@ -6,7 +6,7 @@ import json
 
 from celery_app_support import Blocker, Worker, app_for, declare, unique, wait_for
 from support import command_counts, samples
-from test_celery_rabbitmq import _delete, management  # noqa: F401 (the fixture: a RabbitMQ node with the API)
+from test_celery_rabbitmq import _delete
 from werkzeug.test import Client
 
 from hirefire_exporter.app import ExporterApp
@@ -66,7 +66,7 @@ def test_discovery_on_redis_costs_one_scan_and_one_smembers_per_binding_table(pr
     assert command_counts(private_redis) == {**reference, "scan": 1, "smembers": reference["smembers"] + 2}
 
 
-def test_queues_listed_by_the_rabbitmq_management_api_are_found(management, redis_conn):  # noqa: F811
+def test_queues_listed_by_the_rabbitmq_management_api_are_found(management, redis_conn):
     amqp, api = management
     tag = unique("dsc")
     a, b, other = f"{tag}-a", f"{tag}-b", unique("other")
