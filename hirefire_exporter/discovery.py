@@ -80,6 +80,8 @@ class Discovery:
 
 def assign_claims(procs: Sequence[Proc]) -> None:
     """Tell each proc with patterns which queues other procs of its scope claim (see the module's docstring)."""
+    if all(proc.discovery is None for proc in procs):
+        return
     scopes: list[Hashable] = [proc.queue_scope() for proc in procs]
     for index, proc in enumerate(procs):
         discovery = proc.discovery
