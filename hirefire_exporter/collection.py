@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any, cast
 
+from .discovery import assign_claims
 from .procs.base import Proc, ProcConfigError, Reading
 from .procs.redis_proc import RedisProc, read_redis_procs, server_key
 from .redaction import describe_error
@@ -106,20 +107,31 @@ class _Task:
 
     def run(self, cache: dict[str, Any], now: float) -> dict[str, tuple[Reading | Exception, float]]:
         start = time.perf_counter()
+        failed = {p.name: exc for p in self.procs if (exc := _refresh_queues(p, now)) is not None}
         if self.client is not None:
-            redis_procs = cast("list[RedisProc]", self.procs)
+            redis_procs = cast("list[RedisProc]", [p for p in self.procs if p.name not in failed])
             try:
                 results: list[Reading | Exception] = read_redis_procs(self.client, redis_procs, now)
             except Exception as exc:  # the server is unreachable: every proc on it failed
                 results = [exc] * len(redis_procs)
             elapsed = time.perf_counter() - start
-            return {p.name: (_checked(p, r), elapsed) for p, r in zip(redis_procs, results)}
+            outcomes = {p.name: (_checked(p, r), elapsed) for p, r in zip(redis_procs, results)}
+            return {**outcomes, **{name: (exc, elapsed) for name, exc in failed.items()}}
         (proc,) = self.procs
         try:
-            result: Any = proc.read(cache)
+            result: Any = failed.get(proc.name) or proc.read(cache)
         except Exception as exc:
             result = exc
         return {proc.name: (_checked(proc, result), time.perf_counter() - start)}
+
+
+def _refresh_queues(proc: Proc, now: float) -> Exception | None:
+    """Discover the proc's queues when due (:meth:`Proc.refresh_queues`); why that failed, if it did."""
+    try:
+        proc.refresh_queues(now)
+    except Exception as exc:
+        return exc
+    return None
 
 
 def _checked(proc: Proc, result: Any) -> Reading | Exception:
@@ -233,6 +245,7 @@ class Collection:
             if proc.name in names:  # a cycle's outcomes and the last good readings are keyed by name
                 raise ProcConfigError(f"two procs are named {proc.name!r}; each Procfile entry needs its own")
             names.add(proc.name)
+        assign_claims(self.procs)  # a discovered queue is measured by one proc only
         collection_options(max_age=max_age, stale_after=stale_after, timeout=timeout, refresh_wait=refresh_wait)
         self.max_age = max_age
         self.stale_after = stale_after

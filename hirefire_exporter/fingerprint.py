@@ -60,7 +60,7 @@ def _proc(proc: Proc) -> dict[str, Any]:
     return {
         "class": f"{cls.__module__}.{cls.__qualname__}",
         "name": _plain(proc.name),
-        "queues": _plain(proc.queues),
+        "queues": _plain(proc.configured_queues()),  # names and patterns, never what discovery found
         "metric": _plain(proc.metric),
         "options": {key: _secret_or_plain(key, getattr(proc, key)) for key in sorted(_option_names(proc))},
         "reads": _reads(proc),

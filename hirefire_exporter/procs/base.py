@@ -8,13 +8,18 @@ here implement ``read(cache)``, which returns a :class:`Reading` with a per-queu
 from __future__ import annotations
 
 import inspect
+import logging
 import re
-from collections.abc import Iterable, Mapping
+import time
+from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+from ..discovery import Discovery, DiscoveryPending, is_pattern
 from ..redaction import scrub
-from ..settings_check import Choice, refuse_unknown
+from ..settings_check import Choice, Seconds, refuse_unknown
+
+log = logging.getLogger("hirefire_exporter")
 
 #: Heroku process type names: letters, digits, dashes and underscores.
 PROC_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]*")  # use fullmatch: '$' would let "worker\n" through
@@ -106,8 +111,12 @@ class Proc:
 
     #: The Procfile process type this proc measures (required).
     name: str | None = None
-    #: The queues its workers consume (required; a backend may have a default).
+    #: The queues its workers consume (required; a backend may have a default): names, and patterns such as ``"*"``
+    #: or ``"reports-*"`` that the backend discovers on the broker (:mod:`hirefire_exporter.discovery`). On an
+    #: instance, the names measured now: the named ones, then the discovered ones.
     queues: list[str] | tuple[str, ...] | str | None = None
+    #: Seconds between two discoveries of the queues matching patterns in ``queues`` (0: every cycle).
+    discover_every: float = 60.0
     #: ``size``: HireFire gets the job count; ``latency``: the oldest waiting job's age in seconds
     #: (HireFire's job-latency manager).
     metric: str = "size"
@@ -115,7 +124,9 @@ class Proc:
     supports_latency: ClassVar[bool] = False
     #: Option name -> its kind (:mod:`hirefire_exporter.settings_check`), checked by :meth:`validate`. Each class
     #: declares its own options' kinds; subclasses add to their bases'.
-    option_checks: ClassVar[Mapping[str, Any]] = {"metric": Choice(METRICS)}
+    option_checks: ClassVar[Mapping[str, Any]] = {"metric": Choice(METRICS), "discover_every": Seconds()}
+
+    _discovery: Discovery | None = None
 
     def __init__(self, name: str | None = None, queues: Iterable[str] | str | None = None, **options: Any) -> None:
         cls = type(self)
@@ -132,6 +143,7 @@ class Proc:
         refuse_unknown(options, known, f"{cls.__name__}(name={self.name!r}): ")
         for key, value in options.items():
             setattr(self, key, value)
+        self._split_patterns()
 
     @classmethod
     def option_names(cls) -> frozenset[str]:
@@ -140,7 +152,7 @@ class Proc:
         return frozenset(names - {"option_checks", "supports_latency"})
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(name={self.name!r}, queues={self.queues!r})"
+        return f"{type(self).__name__}(name={self.name!r}, queues={self.configured_queues()!r})"
 
     def validate(self) -> None:
         """Check the configuration without any I/O. Raises :class:`ProcConfigError` naming the proc."""
@@ -149,8 +161,11 @@ class Proc:
             raise ProcConfigError(
                 f"{label}: the name must be a Procfile process type (letters, digits, '-' and '_'), got {self.name!r}"
             )
-        if not self.queues or not all(isinstance(q, str) and q for q in self.queues):
-            raise ProcConfigError(f"proc {self.name!r}: needs at least one queue name, got {self.queues!r}")
+        self._split_patterns()
+        if not (self.queues or self._discovery) or not all(isinstance(q, str) and q for q in self.queues):
+            raise ProcConfigError(
+                f"proc {self.name!r}: needs at least one queue name or pattern, got {self.configured_queues()!r}"
+            )
         checks: dict[str, Any] = {}
         for klass in reversed(type(self).__mro__):
             checks.update(vars(klass).get("option_checks", {}))
@@ -161,6 +176,83 @@ class Proc:
         cls = type(self)
         if cls.read is Proc.read and cls.quantity is Proc.quantity:
             raise ProcConfigError(f"proc {self.name!r}: {cls.__name__} must implement quantity() or read()")
+        if self._discovery is not None and (problem := self.discovery_problem()):
+            shown = ", ".join(map(repr, self._discovery.patterns))
+            raise ProcConfigError(f"proc {self.name!r}: queues {shown}: {problem}")
+
+    # Queue discovery (see hirefire_exporter.discovery)
+
+    def _split_patterns(self) -> None:
+        """Move the patterns of ``queues`` into the proc's discovery state: ``queues`` keeps the names it measures."""
+        if isinstance(self.queues, str):
+            self.queues = [self.queues]
+        patterns = [q for q in self.queues if isinstance(q, str) and is_pattern(q)]
+        if patterns:
+            self.queues = [q for q in self.queues if q not in patterns]
+            known = self._discovery.patterns if self._discovery else ()
+            self._discovery = Discovery(tuple(dict.fromkeys((*known, *patterns))))
+
+    @property
+    def discovery(self) -> Discovery | None:
+        """The discovery state of a proc with patterns in ``queues``; None for a proc that names all its queues."""
+        return self._discovery
+
+    def named_queues(self) -> list[str]:
+        """The queues named in ``queues`` (not discovered ones)."""
+        found = set(self._discovery.found) if self._discovery else set()
+        return [q for q in self.queues if q not in found]
+
+    def configured_queues(self) -> list[str]:
+        """``queues`` as configured: the names, then the patterns."""
+        return [*self.named_queues(), *(self._discovery.patterns if self._discovery else ())]
+
+    def discover_queues(self) -> Iterable[str] | None:
+        """Every queue the broker knows for this backend (I/O; names, whether or not they match the patterns), or
+        None while a pass spread over several cycles goes on (:class:`hirefire_exporter.discovery.KeyScan`).
+        Backends that can discover their queues override it (and :meth:`queue_scope` when the class and Redis server
+        do not say where the names live)."""
+        raise NotImplementedError
+
+    def discovery_problem(self) -> str | None:
+        """Why this proc cannot discover queues, as the end of a one-line start-up error; None when it can. Does no
+        I/O."""
+        if type(self).discover_queues is Proc.discover_queues:
+            return f"{type(self).__name__} cannot discover queues: name them"
+        return None
+
+    def queue_scope(self) -> Hashable:
+        """Where this proc's queue names live: procs with equal scopes name the same queues alike, and a discovered
+        queue is measured by one of them only. By default the backend (the class that discovers)."""
+        return next((klass for klass in type(self).__mro__ if "discover_queues" in vars(klass)), type(self))
+
+    def refresh_queues(self, now: float | None = None) -> None:
+        """Discover the queues matching the proc's patterns, when ``discover_every`` seconds have passed since the
+        last complete discovery (at once the first time); ``now`` is the cycle's unix time. Raises when discovery
+        fails: the proc's read fails with it, and the next cycle tries again."""
+        self._split_patterns()
+        discovery = self._discovery
+        now = time.time() if now is None else now
+        if discovery is None or not discovery.due(self.discover_every, now):
+            return
+        found = self.discover_queues()
+        if found is None:  # a pass spread over cycles, not finished: the last list stays
+            if discovery.done_at is None:
+                raise DiscoveryPending("discovering queues: no complete list of the broker's queues yet")
+            return
+        named = self.named_queues()
+        mine, idle = discovery.select(found, named)
+        self.queues = [*named, *mine]
+        discovery.found = tuple(mine)
+        discovery.done_at = now
+        for pattern in idle:
+            if pattern not in discovery.idle_warned:
+                discovery.idle_warned.add(pattern)
+                log.warning(
+                    "proc %r: queues %r matches no queue on the broker (other than queues other procs measure): it"
+                    " reads as 0 jobs until one appears",
+                    self.name,
+                    pattern,
+                )
 
     def read(self, cache: dict[str, Any]) -> Reading:
         """Measure the proc's queues. The default wraps an old-style ``quantity()``: a total with no breakdown."""
@@ -168,6 +260,7 @@ class Proc:
 
     def quantity(self, **kwargs: Any) -> int:
         """Return the number of jobs for this proc (the old API). Backends derive it from :meth:`read`."""
+        self.refresh_queues()
         return self.read(kwargs.get("cache", {})).quantity
 
 

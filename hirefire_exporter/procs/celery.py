@@ -41,7 +41,9 @@ from dataclasses import replace
 from functools import cached_property
 from importlib import import_module
 from typing import Any
+from urllib.parse import urlsplit
 
+from ..discovery import KeyScan, glob_escape
 from ..redaction import describe_error, register_url, url_problem
 from ..settings_check import Boolean, Integer, OrNone, Seconds, did_you_mean
 from ..tracking.keys import Tracked
@@ -57,6 +59,7 @@ log = logging.getLogger("hirefire_exporter")
 
 COUNTED = frozenset({"queued", "reserved", "scheduled", "started"})
 REDIS_SCHEMES = frozenset({"redis", "rediss"})
+AMQP_SCHEMES = frozenset({"amqp", "amqps", "pyamqp", "librabbitmq"})
 #: Celery's broker when none is configured.
 DEFAULT_BROKER_URL = "amqp://guest:guest@localhost:5672//"
 _SSL_REQS = {"cert_none": "none", "cert_optional": "optional", "cert_required": "required"}
@@ -242,6 +245,47 @@ class CeleryProc(TrackedProc):
             keys = ("ssl_cert_reqs", "ssl_ca_certs", "ssl_certfile", "ssl_keyfile", "ssl_check_hostname")
             ssl = {k: use_ssl[k] for k in keys if k in use_ssl}
         return url, ssl
+
+    # Queue discovery
+
+    def discovery_problem(self) -> str | None:
+        if self._redis() is not None or self.management_url:
+            return None
+        if self._scheme() in AMQP_SCHEMES:
+            return "discovery on RabbitMQ needs `management_url` (AMQP cannot list queues): set it, or name the queues"
+        return f"the Celery {self._scheme() or 'broker'} transport cannot list its queues: name them"
+
+    def discover_queues(self) -> set[str] | None:
+        """The queues bound to exchanges: on Redis from kombu's binding tables (found with a budgeted SCAN, then one
+        pipelined SMEMBERS per table), on RabbitMQ from the management API. Celery's own broadcast and event queues
+        are left out."""
+        client = self._redis()
+        if client is None:
+            assert self.management_url
+            names: Iterable[str] = management_counts(self.management_url, self._vhost, self.socket_timeout)
+        else:
+            tables = self._binding_scan.step(client)
+            if tables is None:
+                return None
+            pipe = client.pipeline(transaction=False)
+            for table in sorted(tables):
+                pipe.smembers(table)
+            names = {row.queue for reply in pipe.execute() for row in binding_table(reply, self._keys.sep).rows}
+        conf = self.celery_app().conf
+        pidbox, events = f".{self._control_exchange()}.pidbox", f"{conf.event_queue_prefix or 'celeryev'}."
+        return {q for q in names if not (q.endswith(pidbox) or q.startswith(events) or q.startswith("amq."))}
+
+    @cached_property
+    def _binding_scan(self) -> KeyScan:
+        return KeyScan(glob_escape(self._keys.binding("")) + "*")
+
+    def queue_scope(self) -> Any:
+        """The broker's queues: the Redis server and key prefix, or the RabbitMQ host and vhost."""
+        client = self._redis()
+        if client is not None:
+            return (self.redis_scope(client), self._keys.prefix)
+        parts = urlsplit(self.broker_url())
+        return (self.redis_scope(None), parts.hostname, parts.port, self._vhost)
 
     def _broadcasts(self) -> list[str]:
         """The inspect methods this proc broadcasts: only what the broker cannot tell."""

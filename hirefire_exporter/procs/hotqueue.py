@@ -8,8 +8,10 @@ Measuring does not need the ``hotqueue`` package; :meth:`HotQueueProc.client` (t
 from __future__ import annotations
 
 from collections.abc import Mapping
+from functools import cached_property
 from typing import Any
 
+from ..discovery import KeyScan
 from ..settings_check import PORT, Integer, OrNone, Seconds
 from .base import ClientProc, ProcConfigError, QueueReading, Reading
 from .redis_proc import Command, RedisProc, server_key
@@ -102,6 +104,15 @@ class HotQueueProc(RedisProc, ClientProc):
         hot = HotQueue(queue, **({"serializer": params["serializer"]} if "serializer" in params else {}))
         hot._HotQueue__redis = self.redis_client()  # share this proc's client (pool, timeouts) instead of a new one
         return hot
+
+    def discover_queues(self) -> set[str] | None:
+        """The names in the keys ``hotqueue:<name>`` (a budgeted SCAN; an empty queue has no key)."""
+        keys = self._scan.step(self.redis_client())
+        return None if keys is None else {key[len(key_for("")) :] for key in keys} - {""}
+
+    @cached_property
+    def _scan(self) -> KeyScan:
+        return KeyScan(key_for("*"))
 
     def depth_commands(self, now: float) -> list[Command]:
         return [("LLEN", key_for(q)) for q in self.queues]

@@ -18,9 +18,11 @@ import struct
 import time
 from dataclasses import replace
 from datetime import UTC, datetime
+from functools import cached_property
 from importlib import import_module
 from typing import Any
 
+from ..discovery import KeyScan
 from ..redaction import describe_error
 from ..settings_check import Choice, OrNone, Text, did_you_mean
 from ..tracking.keys import Tracked
@@ -54,7 +56,8 @@ class HueyProc(TrackedProc):
         return self._is_priority_redis()
 
     def validate(self) -> None:
-        if not self.queues:
+        self._split_patterns()
+        if not self.queues and self.discovery is None:
             self.queues = [self.instance().name]
         super().validate()
 
@@ -101,6 +104,39 @@ class HueyProc(TrackedProc):
         from huey.storage import RedisStorage
 
         return isinstance(self._storage(), RedisStorage)
+
+    # Queue discovery: the Huey instances sharing the storage
+
+    def discovery_problem(self) -> str | None:
+        if self._is_redis() or self._is_sqlite():
+            return None
+        return f"Huey's {type(self._storage()).__name__} cannot list its queues: name them"
+
+    def discover_queues(self) -> set[str] | None:
+        """Redis: the names in the keys ``huey.redis.<name>`` and ``huey.schedule.<name>`` (a budgeted SCAN; an
+        empty queue has no key). SQLite: the queues of the ``task`` and ``schedule`` tables."""
+        if self._is_sqlite():
+            rows = self._storage().sql("select queue from task union select queue from schedule", results=True)
+            return {row[0] for row in rows}
+        keys = self._scan.step(self._storage().conn)
+        if keys is None:
+            return None
+        heads = ("huey.redis.", "huey.schedule.")
+        return {key.split(".", 2)[2] for key in keys if key.startswith(heads)} - {""}
+
+    @cached_property
+    def _scan(self) -> KeyScan:
+        return KeyScan("huey.*")
+
+    def queue_scope(self) -> Any:
+        """The Redis server, or the SQLite file."""
+        storage = self._storage()
+        return (self.redis_scope(storage.conn if self._is_redis() else None), getattr(storage, "filename", None))
+
+    def _is_sqlite(self) -> bool:
+        from huey.storage import SqliteStorage
+
+        return isinstance(self._storage(), SqliteStorage)
 
     def _is_priority_redis(self) -> bool:
         from huey.storage import RedisPriorityQueue

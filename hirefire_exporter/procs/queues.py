@@ -126,6 +126,12 @@ class QueuesProc(RedisProc):
                 raise ProcConfigError(f"proc {self.name!r}: not beanstalkd tube names: {bad!r}")
             self.beanstalk_address()
 
+    def discovery_problem(self) -> str | None:
+        return (
+            "the queues library cannot discover its queues (a queue is a plain Redis list named after it, which"
+            " nothing tells apart from other keys, or a beanstalkd tube, forgotten while idle): name them"
+        )
+
     # Redis
 
     def default_client(self) -> Any:

@@ -70,6 +70,15 @@ class RedisProc(Proc):
         if client is not None:  # a client given ready-made (or a Huey instance's) has a password of its own
             register(getattr(getattr(client, "connection_pool", None), "connection_kwargs", {}).get("password"))
 
+    def queue_scope(self) -> Any:
+        """The backend and the Redis server (see :meth:`Proc.queue_scope`)."""
+        return self.redis_scope(self.redis_client())
+
+    def redis_scope(self, client: Redis | None) -> Any:
+        """The backend and the server of ``client``, the one holding the proc's queues (a proc that is read on its
+        own may have no :meth:`redis_client` to batch with)."""
+        return (Proc.queue_scope(self), None if client is None else server_key(client))
+
     def depth_commands(self, now: float) -> list[Command]:
         """The read-only commands that count this proc's jobs (one per key)."""
         raise NotImplementedError

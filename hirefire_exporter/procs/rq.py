@@ -48,6 +48,7 @@ import os
 from dataclasses import replace
 from typing import Any
 
+from ..discovery import key_text
 from ..redaction import describe_error
 from ..settings_check import OrNone, Text
 from .base import ClientProc, QueueReading, Reading, Workers
@@ -116,6 +117,18 @@ class RQProc(RedisProc, ClientProc):
         from rq import Queue
 
         return Queue(queue, connection=self.redis_client())
+
+    def discover_queues(self) -> list[str]:
+        """RQ's queue registry: the set ``rq:queues`` (one SMEMBERS), which RQ adds a queue to on its first enqueue
+        and removes it from when the queue is deleted."""
+        client = self.redis_client()
+        assert client is not None
+        head = f"{self.prefix}:queue:"
+        keys = (key_text(key) for key in client.smembers(f"{self.prefix}:queues"))
+        return [key[len(head) :] for key in keys if key.startswith(head) and len(key) > len(head)]
+
+    def queue_scope(self) -> Any:
+        return (super().queue_scope(), self.prefix)
 
     def depth_commands(self, now: float) -> list[Command]:
         p = self.prefix

@@ -1,0 +1,422 @@
+"""Queue discovery (``queues = "*"``): queues found on the broker, re-found on a timer, never counted twice."""
+
+from __future__ import annotations
+
+import json
+import logging
+import textwrap
+
+import pytest
+from huey import MemoryHuey
+from support import command_counts, samples, start_rq_worker, stop, wait_until
+from werkzeug.test import Client
+
+from hirefire_exporter import discovery, fingerprint
+from hirefire_exporter.app import ExporterApp
+from hirefire_exporter.collection import Collection
+from hirefire_exporter.config import load_settings
+from hirefire_exporter.loading import load_procs
+from hirefire_exporter.procs.base import Proc, ProcConfigError, QueueReading, Reading
+from hirefire_exporter.procs.celery import CeleryProc
+from hirefire_exporter.procs.dramatiq import DramatiqProc
+from hirefire_exporter.procs.hotqueue import HotQueueProc
+from hirefire_exporter.procs.huey import HueyProc
+from hirefire_exporter.procs.queues import QueuesProc
+from hirefire_exporter.procs.rq import RQProc
+
+rq = pytest.importorskip("rq")
+
+
+class Clock:
+    """The collection's clock, moved by the test: discovery is due every ``discover_every`` seconds of it."""
+
+    def __init__(self) -> None:
+        self.now = 1_800_000_000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def enqueue(redis_conn, queue: str, n: int = 1) -> None:
+    for _ in range(n):
+        rq.Queue(queue, connection=redis_conn).enqueue("rq_jobs.noop")
+
+
+def served(app: ExporterApp) -> tuple[list, dict]:
+    """One fresh cycle, then what /info and /metrics serve from it: the HireFire JSON and the queue series."""
+    app.collection.collect()
+    client = Client(app)
+    info = client.get("/hirefire/tok/info")
+    assert info.status_code == 200, info.data
+    metrics = client.get("/metrics").get_data(as_text=True)
+    jobs = samples(metrics, "hirefire_queue_jobs")
+    queued = {(proc, queue): n for (proc, queue, state), n in jobs.items() if state == "queued"}
+    return json.loads(info.data), queued
+
+
+def app_for(*procs: Proc, clock: Clock | None = None) -> ExporterApp:
+    return ExporterApp(Collection(procs, max_age=3600, stale_after=7200, clock=clock or Clock()), "tok")
+
+
+# RQ: the queue registry (rq:queues)
+
+
+def test_rq_queues_appear_and_disappear_in_metrics_and_info_without_a_restart(redis_conn, redis_url):
+    enqueue(redis_conn, "dsc-reports", 2)
+    enqueue(redis_conn, "other", 5)  # not matched
+    clock = Clock()
+    app = app_for(RQProc("worker", queues="dsc-*", url=redis_url), clock=clock)
+
+    info, queued = served(app)
+    assert info == [{"name": "worker", "value": 2, "quantity": 2}]
+    assert queued == {("worker", "dsc-reports"): 2.0}
+
+    enqueue(redis_conn, "dsc-mail", 3)  # a new queue, made by a real enqueue
+    info, queued = served(app)  # before the next discovery: the list found 10 s ago
+    assert info == [{"name": "worker", "value": 2, "quantity": 2}]
+
+    clock.now += 60  # discover_every (60 s by default) has passed
+    info, queued = served(app)
+    assert info == [{"name": "worker", "value": 5, "quantity": 5}]
+    assert queued == {("worker", "dsc-mail"): 3.0, ("worker", "dsc-reports"): 2.0}
+
+    rq.Queue("dsc-reports", connection=redis_conn).delete(delete_jobs=True)
+    clock.now += 60
+    info, queued = served(app)
+    assert info == [{"name": "worker", "value": 3, "quantity": 3}]
+    assert queued == {("worker", "dsc-mail"): 3.0}  # the deleted queue's series is gone
+
+
+def test_a_real_workers_running_job_counts_in_its_discovered_queue(redis_conn, redis_url):
+    queue = rq.Queue("dsc-busy", connection=redis_conn)
+    worker = start_rq_worker(redis_url, "dsc-busy")
+    try:
+        job = queue.enqueue("rq_jobs.block_until", redis_url, "dsc-release")
+        wait_until(lambda: job.get_status(refresh=True) == "started", what="the worker to start the job")
+        queue.enqueue("rq_jobs.noop")
+        proc = RQProc("worker", queues="*", url=redis_url)
+        snapshot = Collection([proc]).collect()
+        (reading_queue,) = snapshot.procs[0].reading.queues
+        assert (reading_queue.name, reading_queue.jobs["queued"], reading_queue.jobs["started"]) == ("dsc-busy", 1, 1)
+        assert snapshot.procs[0].reading.quantity == 2
+    finally:
+        redis_conn.set("dsc-release", 1)
+        stop(worker)
+
+
+def test_a_glob_leaves_out_queues_another_proc_names_and_the_first_glob_wins(redis_conn, redis_url):
+    enqueue(redis_conn, "dsc-high", 2)
+    enqueue(redis_conn, "dsc-hot", 7)
+    enqueue(redis_conn, "dsc-low", 3)
+    enqueue(redis_conn, "dsc-mid", 1)
+    procs = [
+        RQProc("urgent", queues="dsc-h*", url=redis_url),  # first glob: dsc-hot (dsc-high is named below)
+        RQProc("rest", queues=["dsc-*"], url=redis_url),  # every other dsc- queue
+        RQProc("high", queues=["dsc-high"], url=redis_url),
+        RQProc("elsewhere", queues="dsc-*", url=redis_url, key_prefix="rq2"),  # another key prefix: other queues
+    ]
+    info, queued = served(app_for(*procs))
+
+    assert info == [
+        {"name": "urgent", "value": 7, "quantity": 7},
+        {"name": "rest", "value": 4, "quantity": 4},
+        {"name": "high", "value": 2, "quantity": 2},
+        {"name": "elsewhere", "value": 0, "quantity": 0},
+    ]
+    assert sum(entry["value"] for entry in info) == 13  # every job once
+    assert queued == {
+        ("urgent", "dsc-hot"): 7.0,
+        ("rest", "dsc-low"): 3.0,
+        ("rest", "dsc-mid"): 1.0,
+        ("high", "dsc-high"): 2.0,
+    }
+
+
+def test_named_queues_come_first_and_a_proc_mixes_names_and_patterns(redis_conn, redis_url):
+    enqueue(redis_conn, "dsc-b", 1)
+    enqueue(redis_conn, "dsc-a", 1)
+    proc = RQProc("worker", queues=["zeta", "dsc-?", "dsc-b"], url=redis_url)
+    Collection([proc]).collect()
+    assert proc.queues == ["zeta", "dsc-b", "dsc-a"]  # named in their order, then the discovered ones by name
+    assert proc.configured_queues() == ["zeta", "dsc-b", "dsc-?"]
+    upper = RQProc("upper", queues="DSC-*", url=redis_url)
+    Collection([upper]).collect()
+    assert upper.queues == []  # patterns are case-sensitive
+
+
+def private_url(client) -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"redis://{kwargs['host']}:{kwargs['port']}/0"
+
+
+def cost(client, collection: Collection) -> dict[str, int]:
+    """The commands one cycle of ``collection`` sends to the private server of ``client``."""
+    client.config_resetstat()
+    collection.collect()
+    return command_counts(client)
+
+
+def test_rediscovery_costs_one_smembers_and_nothing_in_between(private_redis):
+    url = private_url(private_redis)
+    for name in ("dsc-a", "dsc-b"):
+        enqueue(private_redis, name)
+    clock = Clock()
+    globbed = Collection([RQProc("worker", queues="dsc-*", url=url, discover_every=30)], clock=clock)
+    reference = cost(private_redis, Collection([RQProc("worker", queues=["dsc-a", "dsc-b"], url=url)]))
+
+    assert cost(private_redis, globbed) == {**reference, "smembers": 1}  # the first cycle discovers
+    clock.now += 29
+    assert cost(private_redis, globbed) == reference  # 29 s later: the same list, no discovery
+    clock.now += 1
+    assert cost(private_redis, globbed) == {**reference, "smembers": 1}
+
+
+def test_a_failed_discovery_fails_the_proc_never_zero():
+    proc = RQProc("worker", queues="*", url="redis://127.0.0.1:1/0", socket_timeout=1)
+    app = ExporterApp(Collection([proc]), "tok")
+    info = Client(app).get("/hirefire/tok/info")
+    assert info.status_code == 503
+    status = app.collection.latest.procs[0]
+    assert not status.up and status.reading is None and "Connection refused" in status.error
+
+
+def test_a_failed_rediscovery_keeps_the_last_reading_flagged_stale(killable_redis):
+    import redis
+
+    url = killable_redis.url
+    enqueue(redis.Redis.from_url(url), "dsc-a", 4)
+    clock = Clock()
+    collection = Collection([RQProc("worker", queues="*", url=url, socket_timeout=1)], clock=clock)
+    assert collection.collect().procs[0].reading.quantity == 4
+    killable_redis.kill()
+    clock.now += 60
+    status = collection.collect().procs[0]
+    assert (status.up, status.reading.quantity, status.read_at) == (False, 4, clock.now - 60)
+
+
+def test_a_glob_matching_nothing_reads_zero_and_warns_once(redis_conn, redis_url, caplog):
+    enqueue(redis_conn, "other", 2)
+    clock = Clock()
+    app = app_for(RQProc("worker", queues="dsc-*", url=redis_url), clock=clock)
+    with caplog.at_level(logging.WARNING, logger="hirefire_exporter"):
+        assert served(app) == ([{"name": "worker", "value": 0, "quantity": 0}], {})
+        clock.now += 60
+        served(app)
+    warnings = [r.getMessage() for r in caplog.records if "matches no queue" in r.getMessage()]
+    assert warnings == [
+        "proc 'worker': queues 'dsc-*' matches no queue on the broker (other than queues other procs measure): it"
+        " reads as 0 jobs until one appears"
+    ]
+    enqueue(redis_conn, "dsc-new", 1)
+    clock.now += 60
+    assert served(app)[0] == [{"name": "worker", "value": 1, "quantity": 1}]
+
+
+def test_a_prefix_is_honoured(redis_conn, redis_url, monkeypatch):
+    monkeypatch.setenv("RQ_KEY_PREFIX", "myrq")
+    redis_conn.sadd("myrq:queues", "myrq:queue:dsc-x")
+    redis_conn.rpush("myrq:queue:dsc-x", "id1", "id2")
+    for job in ("id1", "id2"):
+        redis_conn.hset(f"myrq:job:{job}", "enqueued_at", "2026-12-01T00:00:00Z")
+    redis_conn.sadd("rq:queues", "rq:queue:dsc-y")
+    proc = RQProc("worker", queues="*", url=redis_url)
+    reading = Collection([proc]).collect().procs[0].reading
+    assert [(q.name, q.jobs["queued"]) for q in reading.queues] == [("dsc-x", 2)]
+
+
+# Configuration: TOML, HIREFIRE_PROCS, the Python API, validation, the digest
+
+
+class GlobProc(RQProc):
+    name = "worker"
+    queues = "dsc-*"
+    url = "redis://127.0.0.1:6379/8"
+
+
+def test_patterns_from_toml_dotted_paths_and_keywords(tmp_path, redis_url):
+    config = tmp_path / "hirefire.toml"
+    config.write_text(
+        textwrap.dedent(f"""
+        [[procs]]
+        name = "worker"
+        backend = "rq"
+        url = "{redis_url}"
+        queues = "*"
+        discover_every = 10
+        """)
+    )
+    (toml_proc,) = load_procs(load_settings(config=str(config)).procs)
+    (dotted,) = load_procs("test_discovery.GlobProc", "HIREFIRE_PROCS")
+    keyword = RQProc("worker", queues=["high", "dsc-*"], url=redis_url)
+    assert (toml_proc.configured_queues(), toml_proc.discover_every) == (["*"], 10)
+    assert dotted.configured_queues() == ["dsc-*"]
+    assert (keyword.queues, keyword.configured_queues()) == (["high"], ["high", "dsc-*"])
+    assert repr(keyword) == "RQProc(name='worker', queues=['high', 'dsc-*'])"
+
+
+@pytest.mark.parametrize(
+    ("proc", "message"),
+    [
+        (lambda: RQProc("worker", queues=[""], url="redis://x"), r"needs at least one queue name or pattern"),
+        (lambda: RQProc("worker", queues=[], url="redis://x"), r"needs at least one queue name or pattern"),
+        (lambda: RQProc("worker", queues="*", url="redis://x", discover_every=-1), r"discover_every must be"),
+        (
+            lambda: QueuesProc("worker", queues="*", url="redis://x"),
+            r"^procs: proc 'worker': queues '\*': the queues library cannot discover its queues \(a queue is a plain"
+            r" Redis list named after it, which nothing tells apart from other keys, or a beanstalkd tube, forgotten"
+            r" while idle\): name them$",
+        ),
+        (
+            lambda: CeleryProc("worker", queues="*", url="amqp://guest:guest@127.0.0.1//"),
+            r"^procs: proc 'worker': queues '\*': discovery on RabbitMQ needs `management_url` \(AMQP cannot list"
+            r" queues\): set it, or name the queues$",
+        ),
+        (
+            lambda: DramatiqProc("worker", queues="*", url="redis://127.0.0.1:6379/8"),
+            r"^procs: proc 'worker': queues '\*': DramatiqProc cannot discover queues: name them$",
+        ),
+        (
+            lambda: HueyProc("worker", queues="*", huey=MemoryHuey("x")),
+            r"^procs: proc 'worker': queues '\*': Huey's MemoryStorage cannot list its queues: name them$",
+        ),
+    ],
+)
+def test_procs_that_cannot_discover_are_refused_at_start_up_in_one_line(proc, message):
+    with pytest.raises(ProcConfigError, match=message):
+        load_procs([proc()])
+
+
+class Custom(Proc):
+    def quantity(self, **kwargs):
+        return 1
+
+
+def test_a_custom_proc_without_discovery_is_refused():
+    with pytest.raises(ProcConfigError, match=r"^proc 'custom': queues 'a\*': Custom cannot discover queues"):
+        Custom("custom", queues=["a*"]).validate()
+
+
+class Listed(Proc):
+    """A custom proc that discovers: the hook the Dramatiq backend (or anyone's) implements."""
+
+    listing: list[str] | None = None
+
+    def discover_queues(self):
+        return self.listing
+
+    def read(self, cache):
+        return Reading.from_queues(QueueReading(q, {"queued": len(q)}) for q in self.queues)
+
+
+def test_a_custom_proc_can_discover_and_is_never_read_before_its_first_list():
+    proc = Listed("custom", queues="a*")
+    collection = Collection([proc], clock=Clock())
+    status = collection.collect().procs[0]
+    assert (status.up, status.reading) == (False, None)
+    assert status.error == "DiscoveryPending: discovering queues: no complete list of the broker's queues yet"
+    proc.listing = ["abc", "b", "ab"]
+    assert [(q.name, q.quantity) for q in collection.collect().procs[0].reading.queues] == [("ab", 2), ("abc", 3)]
+
+
+def test_the_digest_holds_the_pattern_and_not_what_discovery_found(redis_conn, redis_url):
+    enqueue(redis_conn, "dsc-a")
+    proc = RQProc("worker", queues="dsc-*", url=redis_url)
+    before = fingerprint.digest([proc])
+    Collection([proc]).collect()
+    assert proc.queues == ["dsc-a"]
+    assert fingerprint.digest([proc]) == before
+    assert fingerprint.digest([RQProc("worker", queues="dsc-?*", url=redis_url)]) != before
+    assert fingerprint.digest([RQProc("worker", queues=["dsc-a"], url=redis_url)]) != before
+
+
+# SCAN-based discovery: budgeted, resumed over cycles
+
+
+def test_a_large_keyspace_is_rescanned_a_budgeted_slice_per_cycle(private_redis, monkeypatch):
+    monkeypatch.setattr(discovery, "SCAN_CALLS", 2)
+    monkeypatch.setattr(discovery, "SCAN_COUNT", 10)
+    private_redis.mset({f"unrelated:{i}": 1 for i in range(300)})
+    private_redis.rpush("hotqueue:dsc-a", "m1", "m2")
+    proc = HotQueueProc("worker", queues="dsc-*", url=private_url(private_redis), discover_every=0)
+    collection = Collection([proc])
+
+    private_redis.config_resetstat()
+    assert collection.collect().procs[0].reading.quantity == 2
+    assert command_counts(private_redis)["scan"] > 2  # the first pass runs to its end: the proc has no list before
+
+    private_redis.rpush("hotqueue:dsc-b", "m1", "m2", "m3")
+    scans, totals = [], []
+    while len(scans) < 100 and totals[-1:] != [5]:
+        private_redis.config_resetstat()
+        status = collection.collect().procs[0]
+        scans.append(command_counts(private_redis)["scan"])
+        totals.append(status.reading.quantity)
+        assert status.up  # the last list is measured while a later pass goes on
+    assert totals[-1] == 5 and set(totals[:-1]) == {2}
+    assert len(scans) > 3 and max(scans) == 2  # 300 keys, 10 a call, 2 calls a cycle
+
+
+def test_hotqueue_queues_found_by_scan_in_one_call(private_redis):
+    hotqueue = pytest.importorskip("hotqueue")
+    kwargs = private_redis.connection_pool.connection_kwargs
+    for name, n in (("dsc-a", 2), ("dsc-b", 1), ("other", 4)):
+        queue = hotqueue.HotQueue(name, host=kwargs["host"], port=kwargs["port"])
+        for i in range(n):
+            queue.put(i)
+    collection = Collection([HotQueueProc("worker", queues="dsc-*", connection=private_redis)])
+    reference = cost(private_redis, Collection([HotQueueProc("worker", ["dsc-a", "dsc-b"], connection=private_redis)]))
+    assert cost(private_redis, collection) == {**reference, "scan": 1}  # what naming the queues costs, and one SCAN
+    queues = collection.latest.procs[0].reading.queues
+    assert [(q.name, q.jobs["queued"]) for q in queues] == [("dsc-a", 2), ("dsc-b", 1)]
+
+
+# Huey: the instances sharing one storage
+
+
+def test_redis_huey_instances_sharing_a_redis_are_found_by_scan(private_redis):
+    huey = pytest.importorskip("huey")
+    pool = private_redis.connection_pool
+    instances = [huey.RedisHuey(name, connection_pool=pool) for name in ("dsc_mail", "dsc_reports", "other")]
+    for instance, n in zip(instances, (2, 1, 5)):
+
+        @instance.task()
+        def noop():
+            return None
+
+        for _ in range(n):
+            noop()
+    scheduled_only = huey.RedisHuey("dsc_later", connection_pool=pool)
+
+    @scheduled_only.task()
+    def later():
+        return None
+
+    scheduled_only.add_schedule(later.s(delay=3600))  # as a consumer does with a task whose ETA is to come
+    collection = Collection([HueyProc("worker", huey=instances[0], queues="dsc_*")])
+    names = ["dsc_later", "dsc_mail", "dsc_reports"]
+    reference = cost(private_redis, Collection([HueyProc("worker", huey=instances[0], queues=names)]))
+    assert cost(private_redis, collection) == {**reference, "scan": 1}
+    reading = collection.latest.procs[0].reading
+    assert {q.name: dict(q.jobs) for q in reading.queues} == {
+        "dsc_later": {"queued": 0, "due": 0, "scheduled": 1},
+        "dsc_mail": {"queued": 2, "due": 0, "scheduled": 0},
+        "dsc_reports": {"queued": 1, "due": 0, "scheduled": 0},
+    }
+    assert reading.quantity == 3
+
+
+def test_sqlite_huey_queues_are_found_in_its_tables(tmp_path):
+    huey = pytest.importorskip("huey")
+    filename = str(tmp_path / "huey.db")
+    for name, n in (("dsc_a", 2), ("dsc_b", 1)):
+        instance = huey.SqliteHuey(name, filename=filename)
+
+        @instance.task()
+        def noop():
+            return None
+
+        for _ in range(n):
+            noop()
+    proc = HueyProc("worker", storage="sqlite", filename=filename, queues="*")
+    reading = Collection([proc]).collect().procs[0].reading
+    assert [(q.name, q.jobs["queued"]) for q in reading.queues] == [("dsc_a", 2), ("dsc_b", 1)]
