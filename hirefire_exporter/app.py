@@ -184,7 +184,8 @@ class ExporterApp:
         return Response(json.dumps(body), status=status, mimetype="application/json", headers=hirefire.HEADERS)
 
 
-#: Each endpoint's ``route`` label in ``hirefire_exporter_requests_total`` (one of ``counts.ROUTES``).
+#: Each endpoint's ``route`` label in ``hirefire_exporter_requests_total``; any other path is ``other``. Never the raw
+#: path: no client can create series.
 _ROUTE_LABELS = {
     "metrics": "metrics",
     "info": "hirefire_info",

@@ -6,8 +6,6 @@ from __future__ import annotations
 import threading
 from dataclasses import dataclass, field
 
-#: The ``route`` label's values: the app's routes, and ``other`` for every path it does not serve.
-ROUTES = ("metrics", "hirefire_info", "hirefire_test", "healthz", "readyz", "other")
 CYCLE_OUTCOMES = ("ok", "partial", "failed")
 #: What a read of the shared store found: a snapshot of this configuration, nothing, something it ignored (another
 #: schema or configuration, bad data), or no answer (the store is down, or left alone after failing).
@@ -26,9 +24,6 @@ class Counts:
     def add(self, *labels: str) -> None:
         with self._lock:
             self._counts[labels] = self._counts.get(labels, 0) + 1
-
-    def get(self, *labels: str) -> int:
-        return self._counts.get(labels, 0)
 
     def items(self) -> list[tuple[tuple[str, ...], int]]:
         with self._lock:

@@ -1,8 +1,8 @@
 """The exporter's own metrics on ``/metrics``: what it is, and counters an operator reads when things go wrong.
 
 - ``hirefire_exporter_build_info{version,python}``: always 1;
-- ``hirefire_exporter_requests_total{route,status}``: requests the app answered, by route (one of :data:`ROUTES`,
-  never the raw path, so that no client can create series) and HTTP status;
+- ``hirefire_exporter_requests_total{route,status}``: requests the app answered, by route (a fixed few names, never
+  the raw path, so that no client can create series) and HTTP status;
 - ``hirefire_exporter_cycles_total{outcome}``: collection cycles this process ran, ``ok`` (every proc read),
   ``partial`` or ``failed`` (none read);
 - ``hirefire_exporter_shared_reads_total{result}``: reads of the shared store, when sharing is on;
