@@ -34,7 +34,7 @@ from pathlib import Path
 from typing import Any
 
 from .redaction import register
-from .settings_check import fail, refuse_unknown
+from .settings_check import fail, refuse_unknown, shown
 
 #: A bcrypt hash as exporter-toolkit accepts it (``htpasswd -B`` writes ``$2y$``, Python's bcrypt ``$2b$``).
 BCRYPT_HASH = re.compile(r"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
@@ -115,7 +115,7 @@ class WebConfig:
 
     def check(self, value: Any, where: str) -> str:
         if not isinstance(value, str) or not value.strip():
-            fail(f"{where} must be a file name, got {type(value).__name__ if not isinstance(value, str) else 'empty'}")
+            fail(f"{where} must be a file name, got {shown(value)}")
         read_web_config(value.strip(), f"{where} {value.strip()}")
         return value.strip()
 

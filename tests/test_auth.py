@@ -258,3 +258,18 @@ def test_the_documented_web_configuration_admits_its_documented_password(tmp_pat
     client = Client(create_app([Constant("worker")], web_config=str(path)))
     assert client.get("/metrics", headers={"Authorization": basic("prometheus", "the password")}).status_code == 200
     assert client.get("/metrics", headers={"Authorization": basic("prometheus", "the passwor")}).status_code == 401
+
+
+@pytest.mark.parametrize(
+    ("line", "names"),
+    [
+        ("web_config = 5", ": web_config must be a file name, got 5"),
+        ('web_config = ""', ": web_config must be a file name, got ''"),
+        ("metrics_token = 5", ": metrics_token must be a string, got int"),
+        ('metrics_token = "short"', ": metrics_token: a bearer token needs at least 16 characters"),
+    ],
+)
+def test_the_toml_keys_are_checked_alike(tmp_path, line, names):
+    path = tmp_path / "exporter.toml"
+    path.write_text(line + "\n")
+    assert_refused(run("serve", "--procs", "x.P", "--config", str(path)), f"--config {path}{names}")
