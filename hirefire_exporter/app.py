@@ -1,7 +1,9 @@
 """The WSGI app every entry point serves: the standalone server and each framework adapter.
 
 Routes: ``/metrics``, ``/hirefire/<token>/info``, ``/hirefire`` (token in the ``HireFire-Token`` header),
-``/hirefire/test`` and ``/healthz``. A wrong token is a 404 indistinguishable from an unknown path.
+``/hirefire/test``, ``/healthz`` (alive) and ``/readyz`` (has a usable reading of every proc). A wrong token is a
+404 indistinguishable from an unknown path. With an :class:`~hirefire_exporter.auth.Auth`, ``/metrics`` answers 401
+to a request without the right credentials; the probes and the HireFire routes (which have their token) stay open.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 import os
 import re
 from collections.abc import Iterable, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
 from prometheus_client import CollectorRegistry, make_wsgi_app
@@ -21,9 +23,12 @@ from werkzeug.routing import Map, Rule
 from werkzeug.wrappers import Request, Response
 
 from . import hirefire
+from .auth import METRICS_TOKEN, WEB_CONFIG, Auth
 from .collection import Collection
+from .counts import Counts
 from .loading import load_procs
 from .prometheus import Exposition, SnapshotCollector
+from .selfmetrics import SelfCollector
 from .settings_check import collection_options
 
 if TYPE_CHECKING:
@@ -44,6 +49,7 @@ _ROUTES = Map(
         Rule("/hirefire/<token>/info", endpoint="info", methods=["GET"]),
         Rule("/hirefire", endpoint="header_info", methods=["GET"]),
         Rule("/healthz", endpoint="healthz", methods=["GET"]),
+        Rule("/readyz", endpoint="readyz", methods=["GET"]),
     ],
     strict_slashes=False,
     merge_slashes=False,
@@ -54,8 +60,9 @@ class ExporterApp:
     """The exporter as a WSGI app over one :class:`Collection`.
 
     ``metrics=False`` leaves ``/metrics`` out (a 404), for apps that do not want to publish queue figures.
-    ``healthz=False`` leaves ``/healthz`` out, so that a framework adapter never shadows the host app's own.
-    ``collectors`` are extra Prometheus collectors served on ``/metrics`` (e.g. the request queue-time histogram).
+    ``healthz=False`` leaves ``/healthz`` and ``/readyz`` out, so that a framework adapter never shadows the host
+    app's own. ``collectors`` are extra Prometheus collectors served on ``/metrics`` (e.g. the request queue-time
+    histogram). ``auth``: who may read ``/metrics`` (default: anyone).
     """
 
     def __init__(
@@ -66,12 +73,15 @@ class ExporterApp:
         metrics: bool = True,
         healthz: bool = True,
         collectors: Iterable[Collector] = (),
+        auth: Auth | None = None,
     ) -> None:
         self.collection = collection
         self.token = hirefire.Token(token)
         self.metrics_enabled = metrics
         self.healthz_enabled = healthz
-        collectors = list(collectors)
+        self.auth = auth
+        self.requests = Counts()  # by route and status: hirefire_exporter_requests_total
+        collectors = [*collectors, SelfCollector(self.requests, collection)]
         self.registry = CollectorRegistry(auto_describe=True)  # everything /metrics serves, for name[] filters
         self.registry.register(SnapshotCollector(collection))
         for collector in collectors:
@@ -84,22 +94,32 @@ class ExporterApp:
         return (
             path == "/hirefire"
             or path.startswith("/hirefire/")
-            or (self.healthz_enabled and path == "/healthz")
+            or (self.healthz_enabled and path in ("/healthz", "/readyz"))
             or (self.metrics_enabled and path == "/metrics")
         )
 
     def __call__(self, environ: WSGIEnvironment, start_response: StartResponse) -> Iterable[bytes]:
         request = Request(environ)
+        route = "other"
+
+        def counted(status: str, headers: list[tuple[str, str]], exc_info: Any = None) -> Any:
+            self.requests.add(route, status.split(" ", 1)[0])
+            return start_response(status, headers, exc_info)
+
         try:
             endpoint, args = _ROUTES.bind_to_environ(environ).match()
-            if endpoint == "healthz" and not self.healthz_enabled:
+            if endpoint in ("healthz", "readyz") and not self.healthz_enabled:
                 raise NotFound()
+            if endpoint == "metrics" and not self.metrics_enabled:
+                raise NotFound()
+            route = _ROUTE_LABELS[endpoint]
             if endpoint == "metrics":
-                if not self.metrics_enabled:
-                    raise NotFound()
-                if "name[]" in unquote(environ.get("QUERY_STRING", "")):  # filtering by metric name: rare, not cached
-                    return self._filtered_metrics_app(environ, start_response)
-                response = self._metrics(request)
+                if self.auth is not None and not self.auth.allows(environ.get("HTTP_AUTHORIZATION")):
+                    response = self._unauthorized()
+                elif "name[]" in unquote(environ.get("QUERY_STRING", "")):  # filtering by name: rare, not cached
+                    return self._filtered_metrics_app(environ, counted)
+                else:
+                    response = self._metrics(request)
             else:
                 response = getattr(self, f"_{endpoint}")(request, **args)
         except HTTPException as exc:
@@ -107,7 +127,14 @@ class ExporterApp:
         except Exception:
             log.exception("hirefire-exporter: error while serving %s", _TOKEN_IN_PATH.sub("/<token>/", request.path))
             response = InternalServerError().get_response(environ)
-        return response(environ, start_response)
+        return response(environ, counted)
+
+    def _unauthorized(self) -> Response:
+        assert self.auth is not None
+        response = Response("Unauthorized\n", status=401, mimetype="text/plain")
+        for challenge in self.auth.challenges:
+            response.headers.add("WWW-Authenticate", challenge)
+        return response
 
     def _metrics(self, request: Request) -> Response:
         # q-values count: "gzip;q=0" refuses gzip, "*" accepts it (werkzeug's parser, RFC 9110)
@@ -122,6 +149,28 @@ class ExporterApp:
     def _healthz(self, request: Request) -> Response:
         return Response("ok\n", mimetype="text/plain")
 
+    def _readyz(self, request: Request) -> Response:
+        """200 when the latest snapshot has a usable reading of every proc, else 503 naming the procs that have
+        none. Reads only what the collection holds: never waits, never reads a broker on the request thread. A
+        replica that is not ready starts a background refresh (as a scrape would), so that it becomes ready once
+        its brokers answer even while no traffic reaches it."""
+        snapshot = self.collection.latest
+        now = self.collection.clock()
+        if snapshot is None:
+            waiting = "no collection has finished yet"
+        else:
+            failed = snapshot.failed(now)
+            if not failed:
+                return Response("ready\n", mimetype="text/plain", headers={"Cache-Control": "no-store"})
+            waiting = "no usable reading of " + ", ".join(
+                f"{s.name} ({'none yet' if s.read_at is None else 'too old' if not s.up else 'unusable'})"
+                for s in failed
+            )
+        self.collection.refresh_in_background()
+        return Response(
+            f"not ready: {waiting}\n", status=503, mimetype="text/plain", headers={"Cache-Control": "no-store"}
+        )
+
     def _info(self, request: Request, token: str) -> Response:
         return self._hirefire_info(token)
 
@@ -134,6 +183,17 @@ class ExporterApp:
         status, body = hirefire.info(self.collection.snapshot(), self.collection.clock())
         return Response(json.dumps(body), status=status, mimetype="application/json", headers=hirefire.HEADERS)
 
+
+#: Each endpoint's ``route`` label in ``hirefire_exporter_requests_total``; any other path is ``other``. Never the raw
+#: path: no client can create series.
+_ROUTE_LABELS = {
+    "metrics": "metrics",
+    "info": "hirefire_info",
+    "header_info": "hirefire_info",
+    "test": "hirefire_test",
+    "healthz": "healthz",
+    "readyz": "readyz",
+}
 
 #: The environment variable that turns on sharing when no ``share`` option is given.
 SHARE_ENV = "HIREFIRE_SHARE_URL"
@@ -181,11 +241,18 @@ def create_app(
     refresh_wait: float = 0.25,
     share: str | None = None,
     metrics: bool = True,
+    web_config: str | None = None,
+    metrics_token: str | None = None,
     setting: str = "procs",
 ) -> ExporterApp:
     """Build the exporter app from procs (instances, classes or dotted paths). ``setting`` names where the procs
     came from, for error messages (``HIREFIRE_PROCS``, ``--procs``...); see :func:`build_collection` for the
-    collection options."""
+    collection options. ``web_config`` (an exporter-toolkit web configuration file with ``basic_auth_users``)
+    and/or ``metrics_token`` (a bearer token) protect ``/metrics`` (see :mod:`hirefire_exporter.auth`)."""
+    auth = Auth.from_settings(
+        WEB_CONFIG.check(web_config, "web_config") if web_config is not None else None,
+        METRICS_TOKEN.check(metrics_token, "metrics_token"),
+    )
     collection = build_collection(
         procs,
         max_age=max_age,
@@ -195,4 +262,4 @@ def create_app(
         share=share,
         setting=setting,
     )
-    return ExporterApp(collection, token, metrics=metrics)
+    return ExporterApp(collection, token, metrics=metrics, auth=auth)

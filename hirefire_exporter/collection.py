@@ -29,6 +29,7 @@ from dataclasses import dataclass, replace
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any, cast
 
+from .counts import COUNTS_KEY, CycleCounts
 from .discovery import assign_claims
 from .procs.base import Proc, ProcConfigError, Reading
 from .procs.redis_proc import RedisProc, read_redis_procs, server_key
@@ -262,6 +263,7 @@ class Collection:
         #: fast path of :meth:`snapshot` never pairs a snapshot with another one's time.
         self._cached: tuple[Snapshot, float] | None = None
         self.cycles = 0  # cycles this process ran: lets tests and benchmarks prove single flight and sharing
+        self.counts = CycleCounts()  # cycles by outcome, inspect broadcasts (hirefire_exporter_* self-metrics)
         self._missing_queues: set[tuple[str | None, str]] = set()  # (proc, queue) pairs warned about as not found
 
     @property
@@ -283,6 +285,13 @@ class Collection:
         done.wait(max(0.0, started + wait - time.monotonic()))
         latest = self._cached
         return latest[0] if latest is not None else self._no_reading_yet()
+
+    def refresh_in_background(self) -> None:
+        """Start a refresh when the latest snapshot is older than ``max_age`` (or there is none) and none is running,
+        without waiting for it: a server's first cycle at start-up, and what a not-ready ``/readyz`` asks for."""
+        cached = self._cached
+        if cached is None or time.monotonic() - cached[1] >= self.max_age:
+            self._start_refresh()
 
     def collect(self) -> Snapshot:
         """Run one cycle now, on the calling thread, whatever the cache and the shared store hold."""
@@ -348,6 +357,9 @@ class Collection:
     def _store(self, snapshot: Snapshot) -> Snapshot:
         self._cached = (snapshot, time.monotonic() - max(0.0, self.clock() - snapshot.collected_at))
         self.cycles += 1
+        read = sum(status.up for status in snapshot.procs)
+        outcome = "ok" if read == len(snapshot.procs) else "failed" if read == 0 else "partial"
+        self.counts.cycles.add(outcome)
         return snapshot
 
     def _no_reading_yet(self) -> Snapshot:
@@ -361,7 +373,7 @@ class Collection:
         now = self.clock()
         started = time.monotonic()
         previous = self.latest
-        cache: dict[str, Any] = {}  # the old API's cross-proc cache, fresh every cycle
+        cache: dict[str, Any] = {COUNTS_KEY: self.counts}  # the old API's cross-proc cache, fresh every cycle
         outcomes: dict[str, tuple[Reading | Exception, float]] = {}
         arrived: SimpleQueue[tuple[_Task, dict[str, tuple[Reading | Exception, float]]]] = SimpleQueue()
         pending: set[_Task] = set()

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .auth import METRICS_TOKEN, WEB_CONFIG
 from .loading import proc_from_table, split_paths
 from .procs.base import Proc, ProcConfigError
 from .settings_check import (
@@ -131,6 +132,20 @@ OPTIONS: tuple[Option, ...] = (
     ),
     Option("metrics", Boolean(), True, "HIREFIRE_METRICS", "serve /metrics"),
     Option(
+        "web_config",
+        WEB_CONFIG,
+        None,
+        "HIREFIRE_WEB_CONFIG",
+        "a web configuration file (Prometheus exporter-toolkit format) whose basic_auth_users may read /metrics",
+    ),
+    Option(
+        "metrics_token",
+        METRICS_TOKEN,
+        None,
+        "HIREFIRE_METRICS_TOKEN",
+        "a bearer token that may read /metrics (at least 16 characters)",
+    ),
+    Option(
         "host",
         Text("a host name or address", word=True, metavar="HOST"),
         "0.0.0.0",
@@ -166,6 +181,8 @@ class Settings:
     refresh_wait: float
     share: str | None
     metrics: bool
+    web_config: str | None
+    metrics_token: str | None
     host: str
     port: int
     threads: int
@@ -187,6 +204,8 @@ class Settings:
             "refresh_wait": self.refresh_wait,
             "share": self.share or "",  # resolved here: create_app must not read HIREFIRE_SHARE_URL again
             "metrics": self.metrics,
+            "web_config": self.web_config,
+            "metrics_token": self.metrics_token,
             "setting": self.procs_setting,
         }
 

@@ -7,9 +7,10 @@ job or worker samples at all: an absent series, never a 0 that an autoscaler wou
 
 from __future__ import annotations
 
-import gzip
 import threading
-from collections.abc import Iterable, Iterator
+import zlib
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, cast
 
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.exposition import choose_encoder
@@ -139,6 +140,10 @@ class _Fixed(Collector):
         return render(self.snapshot, self.now)
 
 
+#: A snapshot's encoded part of a body: bytes, or (compressed bytes, the compressor to finish it with).
+_Part = bytes | tuple[bytes, Any]
+
+
 class Exposition:
     """The bodies ``/metrics`` serves.
 
@@ -147,8 +152,9 @@ class Exposition:
     scrape; a cached body costs tens of microseconds). Scrapes that arrive together on a new snapshot wait for one
     encoding of it instead of each repeating it (at 10,000 queues one encoding is ~0.5 s of CPU). What is served also
     depends on which procs are too stale to serve at the moment of the scrape, so that is part of what a body is kept
-    for. ``live`` collectors, such as the request queue-time histogram, change between snapshots and are encoded on
-    every scrape.
+    for. ``live`` collectors, such as the exporter's own counters and the request queue-time histogram, change
+    between snapshots and are encoded on every scrape; compressed, they are added to a copy of the compressor that
+    holds the snapshot's part, so that the large part is never compressed twice.
     """
 
     def __init__(self, collection: Collection, live: Iterable[Collector] = ()) -> None:
@@ -159,7 +165,7 @@ class Exposition:
             self.live.register(collector)
             self.has_live = True
         self._lock = threading.Lock()  # one encoding at a time; a scrape finding its body cached never takes it
-        self._encoded: tuple[Snapshot | None, tuple[bool, ...], dict[tuple[str, bool], bytes]] = (None, (), {})
+        self._encoded: tuple[Snapshot | None, tuple[bool, ...], dict[tuple[str, bool], _Part]] = (None, (), {})
 
     def body(self, accept: str, gzipped: bool) -> tuple[bytes, str]:
         """The body and its content type for a scrape's ``Accept`` header, gzip-compressed when ``gzipped``."""
@@ -167,25 +173,36 @@ class Exposition:
         snapshot = self.collection.snapshot()
         now = self.collection.clock()
         mask = snapshot.usable_mask(now)
-        key = (content_type, gzipped and not self.has_live)
-        body = self._cached(snapshot, mask).get(key)
-        if body is None:
+        key = (content_type, gzipped)
+        part = self._cached(snapshot, mask).get(key)
+        if part is None:
             with self._lock:
-                bodies = self._cached(snapshot, mask)
-                body = bodies.get(key)
-                if body is None:
-                    body = encoder(_Fixed(snapshot, now))
-                    if self.has_live:
-                        body = body.removesuffix(b"# EOF\n")  # OpenMetrics ends once, at the end of the live part
-                    elif gzipped:
-                        body = gzip.compress(body)
-                    bodies[key] = body
-        if self.has_live:
-            body += encoder(self.live)
-            return (gzip.compress(body) if gzipped else body), content_type
-        return body, content_type
+                parts = self._cached(snapshot, mask)
+                part = parts.get(key)
+                if part is None:
+                    part = parts[key] = self._encode(encoder, snapshot, now, gzipped)
+        if not self.has_live:
+            return cast(bytes, part), content_type
+        live = encoder(self.live)
+        if not gzipped:
+            return cast(bytes, part) + live, content_type
+        head, compressor = cast(tuple[bytes, Any], part)
+        compressor = compressor.copy()  # the snapshot part stays compressed once; only the live part is added
+        return head + compressor.compress(live) + compressor.flush(), content_type
 
-    def _cached(self, snapshot: Snapshot, mask: tuple[bool, ...]) -> dict[tuple[str, bool], bytes]:
+    def _encode(self, encoder: Callable[[Any], bytes], snapshot: Snapshot, now: float, gzipped: bool) -> _Part:
+        """The snapshot's part of a body: bytes, or with live collectors and gzip, the compressed bytes so far and
+        the compressor to finish each scrape's body with (one gzip member: any client can read it)."""
+        body = encoder(_Fixed(snapshot, now))
+        if self.has_live:
+            body = body.removesuffix(b"# EOF\n")  # OpenMetrics ends once, at the end of the live part
+        if not gzipped:
+            return body
+        compressor = zlib.compressobj(9, zlib.DEFLATED, 31)  # wbits 31: a gzip header and trailer
+        head = compressor.compress(body)
+        return (head, compressor) if self.has_live else head + compressor.flush()
+
+    def _cached(self, snapshot: Snapshot, mask: tuple[bool, ...]) -> dict[tuple[str, bool], _Part]:
         """The bodies kept for this snapshot and staleness, starting afresh (in one assignment, safe for concurrent
         scrapes) when either changed."""
         held, held_mask, bodies = self._encoded

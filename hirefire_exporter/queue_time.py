@@ -119,7 +119,8 @@ def _process_group_families(directory: str) -> list[Metric]:
     return [metric for metric in MultiProcessCollector.merge(files, accumulate=True) if metric.name == NAME]
 
 
-def _with_dyno(families: Iterable[Metric], dyno: str) -> Iterator[Metric]:
+def with_dyno(families: Iterable[Metric], dyno: str) -> Iterator[Metric]:
+    """The families with ``dyno="<dyno>"`` on every sample: series of one Heroku dyno apart from another's."""
     for family in families:
         labelled = Metric(family.name, family.documentation, family.type, family.unit)
         labelled.samples = [s._replace(labels={DYNO_LABEL: dyno, **s.labels}) for s in family.samples]
@@ -141,7 +142,7 @@ class _QueueTimeCollector(Collector):
             return iter(())
         families = HISTOGRAM.collect() if _MULTIPROC_DIR is None else _process_group_families(_MULTIPROC_DIR)
         dyno = os.environ.get("DYNO", "").strip()
-        return _with_dyno(families, dyno) if dyno else iter(families)
+        return with_dyno(families, dyno) if dyno else iter(families)
 
 
 #: Register this on any ``CollectorRegistry`` to publish the queue-time histogram there too.

@@ -122,6 +122,7 @@ def serve(
             dispatcher.close()
         raise ProcConfigError(f"cannot listen on {host}:{port} (--host, --port): {exc.strerror or exc}") from None
     dispatcher.set_thread_count(threads)  # only now: a server that cannot listen leaves no threads behind
+    app.collection.refresh_in_background()  # the first cycle now, not at the first request: /readyz waits for it
 
     def stop(signum: int, _frame: Any) -> None:
         log.info("received %s, stopping", signal.Signals(signum).name)

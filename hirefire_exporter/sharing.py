@@ -34,6 +34,7 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import fingerprint
+from .counts import shared_read_counts
 from .procs.base import Proc, ProcConfigError
 from .procs.redis_proc import build_client
 from .redaction import describe_error, scrub
@@ -113,6 +114,8 @@ class SharedSnapshots:
         self._unreadable_logged = False
         #: Whether the last call to the store succeeded.
         self.reachable = True
+        #: Reads of the store by result (``hirefire_exporter_shared_reads_total``).
+        self.reads = shared_read_counts()
 
     @property
     def where(self) -> str:
@@ -132,6 +135,7 @@ class SharedSnapshots:
         is down. Never raises."""
         data = self._call(lambda: self._client.get(self.snapshot_key), None)
         if data is None:
+            self.reads.add("none" if self.reachable else "unreachable")
             return None
         try:
             snapshot = snapshot_from_json(data)
@@ -142,6 +146,7 @@ class SharedSnapshots:
             self._unreadable("its procs are not this configuration's")
             return None
         self._unreadable_logged = False
+        self.reads.add("snapshot")
         return snapshot
 
     def await_published(self, within: float) -> Snapshot | None:
@@ -212,6 +217,7 @@ class SharedSnapshots:
                 log.warning("share: the shared store %s failed (%s): collecting locally", self.where, error)
 
     def _unreadable(self, why: str) -> None:
+        self.reads.add("unreadable")
         level = logging.DEBUG if self._unreadable_logged else logging.WARNING
         self._unreadable_logged = True
         log.log(level, "share: ignoring the snapshot in %s: %s", self.where, why)

@@ -95,14 +95,19 @@ def samples(text: str, name: str) -> dict[tuple, float]:
     return out
 
 
-def http_get(port: int, path: str, timeout: float = 30) -> tuple[int, bytes]:
+def http_get(port: int, path: str, timeout: float = 30, headers: dict[str, str] | None = None) -> tuple[int, bytes]:
     """One GET on a fresh connection to ``127.0.0.1:port``: the status and the body."""
     import http.client
 
     connection = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        connection.request("GET", path)
+        connection.request("GET", path, headers=headers or {})
         response = connection.getresponse()
         return response.status, response.read()
     finally:
         connection.close()
+
+
+def without_requests(body: bytes) -> bytes:
+    """A /metrics body without the request counts (which every scrape moves on: equal bodies differ there)."""
+    return b"\n".join(line for line in body.split(b"\n") if b"hirefire_exporter_requests_total" not in line)

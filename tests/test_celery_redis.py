@@ -213,10 +213,12 @@ def test_one_cycle_broadcasts_each_inspect_method_once(redis_conn, redis_url, wo
     monkeypatch.setattr(celery_inspect, "_broadcast", lambda *args: calls.append(args[1]) or real(*args))
     procs = [CeleryProc(name, queues=[q], app=app, inspect_statuses=["active"]) for name, q in (("a", a), ("b", b))]
 
-    snapshot = Collection(procs, timeout=5).collect()
+    collection = Collection(procs, timeout=5)
+    snapshot = collection.collect()
 
     assert [s.up for s in snapshot.procs] == [True, True]
     assert calls == ["active"]
+    assert collection.counts.inspect_broadcasts.items() == [(("active",), 1)]  # hirefire_exporter_inspect_broadcasts
 
 
 def test_latency_is_the_age_of_the_oldest_waiting_task_over_all_priorities(redis_conn, redis_url, stamped):

@@ -342,6 +342,17 @@ def test_every_command_line_option_is_in_the_settings_table_and_back():
     assert documented - real == set(), "options in docs/configuration.md's settings table that do not exist"
 
 
+def test_every_setting_s_environment_variable_and_toml_key_is_in_the_settings_table_and_back():
+    """One row per setting of config.OPTIONS, naming its TOML key and its environment variable."""
+    from hirefire_exporter.config import OPTIONS
+
+    text = (ROOT / "docs" / "configuration.md").read_text(encoding="utf-8")
+    table = text[text.index("## Settings") : text.index("## The standalone exporter")]
+    rows = [line.split("|")[1:-1] for line in table.splitlines() if line.startswith("| ") and "`" in line]
+    documented = {(row[3].strip(" `"), tuple(re.findall(r"`([a-z_]+)`", row[1]))) for row in rows}
+    assert documented == {(o.env, (o.name,) if o.toml else ()) for o in OPTIONS}
+
+
 # --- YAML, JSON, Redis ----------------------------------------------------------------------------------------------
 
 

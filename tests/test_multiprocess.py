@@ -173,6 +173,8 @@ def scrape_every_worker(port: int, expected: float, workers: int, exclude: set[i
             (jobs,) = families(body)["hirefire_proc_jobs"]
             assert (jobs.labels, jobs.value) == ({"proc": "worker"}, JOBS)
             assert "host_app_workers" not in body  # the host app's own metrics are not the exporter's to serve
+            # per-process counters would jump between workers (false resets): only the build info is served
+            assert "hirefire_exporter_build_info{" in body and "hirefire_exporter_requests_total" not in body
             answered.add(pid)
         if len(answered - exclude) >= workers:
             return answered

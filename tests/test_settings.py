@@ -524,6 +524,8 @@ LAYERS = {
     "refresh_wait": ("0", 0.5, "1", (0.0, 0.5, 1.0)),
     "share": ("redis://e/0", "unix:///t.sock", "rediss://f:6380", ("redis://e/0", "unix:///t.sock", "rediss://f:6380")),
     "metrics": ("off", True, False, (False, True, False)),
+    "web_config": ("env.yml", "toml.yml", "flag.yml", ("env.yml", "toml.yml", "flag.yml")),
+    "metrics_token": ("e" * 16, "t" * 20, "f" * 32, ("e" * 16, "t" * 20, "f" * 32)),
     "host": ("127.0.0.2", "127.0.0.3", "::1", ("127.0.0.2", "127.0.0.3", "::1")),
     "port": ("8001", 8002, "8003", (8001, 8002, 8003)),
     "threads": ("2", 3, "4", (2, 3, 4)),
@@ -534,8 +536,11 @@ LAYERS = {
 
 
 @pytest.mark.parametrize("name", list(LAYERS))
-def test_flags_over_the_file_over_the_environment_over_the_default(tmp_path, name):
+def test_flags_over_the_file_over_the_environment_over_the_default(tmp_path, monkeypatch, name):
     env_text, toml_value, flag, (from_env, from_toml, from_flag) = LAYERS[name]
+    monkeypatch.chdir(tmp_path)
+    for web_config in LAYERS["web_config"][3]:  # files to name (with no users: checked, protecting nothing)
+        (tmp_path / web_config).write_text("basic_auth_users: {}\n")
     option = config.BY_NAME[name]
     environ = {option.env: env_text, "HIREFIRE_PROCS": "x.P"} if name != "procs" else {option.env: env_text}
     path = write(tmp_path, f"{name} = {toml(toml_value)}\n")

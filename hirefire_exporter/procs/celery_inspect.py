@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from ..counts import COUNTS_KEY
 from .celery_routing import Binding
 
 METHODS = ("active", "reserved", "scheduled")
@@ -147,6 +148,9 @@ def _shared_broadcast(app: Any, method: str, cache: dict[str, Any], **kwargs: An
     shared = cache.setdefault((_CACHE_KEY, kwargs["broker"], method), _Shared())  # setdefault is atomic
     with shared.lock:
         if not shared.done:
+            counts = cache.get(COUNTS_KEY)
+            if counts is not None:
+                counts.inspect_broadcasts.add(method)
             try:
                 shared.value = _broadcast(app, method, kwargs["timeout"], kwargs["limit"])
             except Exception as exc:
