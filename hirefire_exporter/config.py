@@ -13,7 +13,7 @@ nothing to ``collect``). TOML file (every key optional but ``procs``)::
     [[procs]]
     name = "worker"
     backend = "rq"
-    url = "redis://localhost:6379/0"
+    url = "${REDIS_URL}"               # from the environment (see hirefire_exporter.interpolation)
     queues = ["high", "default", "low"]
 """
 
@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from .auth import METRICS_TOKEN, WEB_CONFIG
+from .interpolation import expand
 from .loading import proc_from_table, split_paths
 from .procs.base import Proc, ProcConfigError
 from .settings_check import (
@@ -241,7 +242,7 @@ def load_settings(
         take(BY_NAME["config"], config, "--config", text=False)
     path = chosen["config"][0]
     if path is not None:
-        for key, value in _read_toml(path).items():
+        for key, value in _read_toml(path, environ).items():
             take(BY_NAME[key], value, f"--config {path}" + ("" if key == "procs" else f": {key}"), text=False)
     for name, raw in flags.items():
         if raw is not None:
@@ -259,8 +260,9 @@ def load_settings(
     return settings
 
 
-def _read_toml(path: str) -> dict[str, Any]:
-    """The file's settings, its keys checked against :data:`TOML_KEYS` (values are checked by the caller)."""
+def _read_toml(path: str, environ: Mapping[str, str]) -> dict[str, Any]:
+    """The file's settings, its keys checked against :data:`TOML_KEYS`, its ``${NAME}`` references replaced from
+    ``environ`` (:mod:`hirefire_exporter.interpolation`); values are checked by the caller."""
     try:
         data = tomllib.loads(Path(path).read_text(encoding="utf-8"))
     except OSError as exc:
@@ -270,4 +272,4 @@ def _read_toml(path: str) -> dict[str, Any]:
     except tomllib.TOMLDecodeError as exc:
         fail(f"--config {path}: not valid TOML: {exc}")
     refuse_unknown(data, TOML_KEYS, f"--config {path}: ", "key")
-    return data
+    return expand(data, environ, f"--config {path}: ")
