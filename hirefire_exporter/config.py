@@ -103,7 +103,7 @@ OPTIONS: tuple[Option, ...] = (
         Text("a file name", metavar="FILE"),
         None,
         "HIREFIRE_CONFIG",
-        "a TOML file of settings and [[procs]]",
+        "a TOML file of settings and [[procs]] (${NAME} in its strings: the environment variable)",
         BOTH,
         False,
     ),
