@@ -218,8 +218,9 @@ def load_settings(
     **values: Any,
 ) -> Settings:
     """The settings of ``command`` (``serve`` or ``collect``), checked: from ``flags`` (option name -> the flag's
-    text, or a bool for on/off flags), over the TOML file of the ``config`` setting, over ``environ`` (default
-    ``os.environ``; only the command's own settings), over the defaults. ``values`` are Python values, taken as flags
+    text, or a bool for on/off flags), over the TOML file of the ``config`` setting (its ``${NAME}`` references read
+    from ``environ`` too), over ``environ`` (default ``os.environ``; only the command's own settings), over the
+    defaults. ``values`` are Python values, taken as flags
     are (``load_settings(config="x.toml", metrics=False)``). Raises :class:`ProcConfigError` naming the setting."""
     environ = os.environ if environ is None else environ
     flags = dict(flags or {})

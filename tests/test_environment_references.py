@@ -82,12 +82,14 @@ def serving(config_path: str, env: dict[str, str], *args: str) -> Iterator[tuple
 def test_collect_reads_the_queues_at_the_url_of_redis_url(tmp_path, redis_conn, redis_url):
     enqueue(redis_conn, high=3, default=2, urgent=1)
     path = write(tmp_path, RQ_TOML.format(url="${REDIS_URL}"))
-    done = run("collect", "--config", path, env=clean_env(REDIS_URL=redis_url))
-    assert done.returncode == 0, done.stderr
-    assert json.loads(done.stdout) == [
-        {"name": "worker", "value": 5, "quantity": 5},
-        {"name": "urgent", "value": 1, "quantity": 1},
-    ]
+    by_flag = run("collect", "--config", path, env=clean_env(REDIS_URL=redis_url))
+    by_environment_alone = run("collect", env=clean_env(HIREFIRE_CONFIG=path, REDIS_URL=redis_url))
+    for done in (by_flag, by_environment_alone):
+        assert done.returncode == 0, done.stderr
+        assert json.loads(done.stdout) == [
+            {"name": "worker", "value": 5, "quantity": 5},
+            {"name": "urgent", "value": 1, "quantity": 1},
+        ]
 
 
 def test_serve_answers_with_references_inside_values_and_in_top_level_settings(tmp_path, redis_conn, redis_server):
@@ -117,13 +119,13 @@ def test_a_double_dollar_is_one_dollar_and_a_lone_dollar_stays(tmp_path, redis_c
     assert json.loads(done.stdout)[0] == {"name": "worker", "value": 3, "quantity": 3}
 
 
-def test_a_default_stands_in_for_an_unset_or_blank_variable(tmp_path):
+def test_a_default_stands_in_for_an_unset_or_blank_variable_and_a_value_is_taken_as_it_is(tmp_path):
     path = write(tmp_path, 'procs = ["x.P"]\nshare = "${SHARE_URL:-}"\ntoken = "${T:-from-default}"\n')
     for environ in ({}, {"SHARE_URL": "", "T": " "}):
         loaded = config.load_settings(config=path, environ=environ)
         assert (loaded.share, loaded.token) == ("", "from-default")
-    loaded = config.load_settings(config=path, environ={"SHARE_URL": "redis://h:6379/3", "T": "set"})
-    assert (loaded.share, loaded.token) == ("redis://h:6379/3", "set")
+    loaded = config.load_settings(config=path, environ={"SHARE_URL": "redis://h:6379/3", "T": "a$$b"})
+    assert (loaded.share, loaded.token) == ("redis://h:6379/3", "a$$b")  # a value is not expanded again
 
 
 # Refusals: exit 2, one line naming the key and the variable, never a value
