@@ -155,6 +155,7 @@ REFUSED = {
         {},
         "[[procs]] #1 transport_options.sep: ${SEP} is not set",
     ),
+    "unset in a dotted path": ('procs = ["${APP}.procs.WorkerProc"]\n', {}, ": procs #1: ${APP} is not set"),
     "malformed": (
         RQ_TOML.format(url="redis://app:${1PW}@127.0.0.1/0"),
         {},
