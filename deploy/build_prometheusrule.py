@@ -13,7 +13,7 @@ a plain rules file for ``rule_files``::
 
     python deploy/build_prometheusrule.py --selector 'job="web"' --format rules > hirefire-exporter.rules.yml
 
-``--runbooks`` points the alerts' ``runbook_url`` at your own copy of docs/runbooks.md.
+``--docs`` points the alerts' ``runbook_url`` links (docs/runbooks.md) at your own copy of the documentation site.
 """
 
 from __future__ import annotations
@@ -32,8 +32,8 @@ RULES = ROOT / "dashboards" / "hirefire-exporter.rules.yml"
 OUTPUT = ROOT / "deploy" / "kubernetes" / "prometheusrule.yaml"
 #: The label matchers that pick the exporter's scrape job, as the rules file writes them.
 SELECTOR = 'job="hirefire-exporter"'
-#: Where the rules file's ``runbook_url`` annotations point: docs/runbooks.md on the documentation site.
-RUNBOOKS = "https://hirefire-exporter.readthedocs.io/en/latest/runbooks/"
+#: The documentation site (mkdocs.yml's ``site_url``), where the rules' ``runbook_url`` annotations point.
+DOCS = "https://hirefire-exporter.readthedocs.io/en/latest/"
 NAME = "hirefire-exporter"
 
 
@@ -52,15 +52,13 @@ def _map_strings(value: Any, change: Callable[[str], str]) -> Any:
     return value
 
 
-def configured(
-    groups: list[dict[str, Any]], selector: str = SELECTOR, runbooks: str = RUNBOOKS
-) -> list[dict[str, Any]]:
+def configured(groups: list[dict[str, Any]], selector: str = SELECTOR, docs: str = DOCS) -> list[dict[str, Any]]:
     """``groups`` with ``selector`` in place of :data:`SELECTOR` (in expressions and the annotations that quote it)
-    and ``runbooks`` in place of :data:`RUNBOOKS`."""
+    and ``docs`` in place of :data:`DOCS`."""
     rules = [rule for group in groups for rule in group["rules"]]
     if selector != SELECTOR and not any(SELECTOR in rule["expr"] for rule in rules):
         raise SystemExit(f"no rule selects {SELECTOR}: the rules file and SELECTOR disagree")
-    return _map_strings(groups, lambda text: text.replace(SELECTOR, selector).replace(RUNBOOKS, runbooks))
+    return _map_strings(groups, lambda text: text.replace(SELECTOR, selector).replace(DOCS, docs))
 
 
 def prometheus_rule(groups: list[dict[str, Any]], name: str = NAME) -> dict[str, Any]:
@@ -88,11 +86,11 @@ def render(document: dict[str, Any], header: str) -> str:
     return "".join(f"# {line}".rstrip() + "\n" for line in header.splitlines()) + body
 
 
-def build(selector: str = SELECTOR, runbooks: str = RUNBOOKS, output_format: str = "prometheusrule") -> str:
+def build(selector: str = SELECTOR, docs: str = DOCS, output_format: str = "prometheusrule") -> str:
     """The text this script prints."""
-    groups = configured(load_groups(), selector, runbooks)
+    groups = configured(load_groups(), selector, docs)
     source = RULES.relative_to(ROOT).as_posix()
-    flags = [("--selector", selector, SELECTOR), ("--runbooks", runbooks, RUNBOOKS)]
+    flags = [("--selector", selector, SELECTOR), ("--docs", docs, DOCS)]
     words = ["python", "deploy/build_prometheusrule.py"] + [
         w for flag, value, default in flags if value != default for w in (flag, value)
     ]
@@ -107,10 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--selector", default=SELECTOR, help=f"label matchers of the exporter's job (default: {SELECTOR})"
     )
-    parser.add_argument("--runbooks", default=RUNBOOKS, help=f"base URL of the runbooks page (default: {RUNBOOKS})")
+    parser.add_argument("--docs", default=DOCS, help=f"base URL of the documentation site (default: {DOCS})")
     parser.add_argument("--format", default="prometheusrule", choices=["prometheusrule", "rules"], dest="output_format")
     args = parser.parse_args(argv)
-    sys.stdout.write(build(args.selector, args.runbooks, args.output_format))
+    sys.stdout.write(build(args.selector, args.docs, args.output_format))
     return 0
 
 

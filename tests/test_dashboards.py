@@ -38,11 +38,11 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 # --- helpers shared with test_prometheus_e2e.py -------------------------------------------------------------------
 
 
-def require_binary(name: str) -> str:
-    """Path of a Prometheus tool: a failure under CI, a skip elsewhere."""
+def require_binary(name: str, install: str = "Debian: apt-get install --no-install-recommends prometheus") -> str:
+    """Path of a tool (Prometheus's by default): a failure under CI, a skip elsewhere."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed (Debian: apt-get install --no-install-recommends prometheus)"
+        message = f"{name} is not installed ({install})"
         if CI:
             pytest.fail(message + " (CI=true: a missing tool is a failure, not a skip)")
         pytest.skip(message)
