@@ -320,6 +320,17 @@ def test_the_generator_prints_the_same_from_the_command_line():
     assert result.stdout == (DEPLOY / "prometheusrule.yaml").read_text(encoding="utf-8")
 
 
+def test_the_rules_pick_the_exporters_job_only_through_the_one_selector():
+    """Where a rule matches on ``job``, it is the generator's SELECTOR, written the same way, so that ``--selector``
+    replaces all of them; rules on the exporter's own metric names need no job matcher."""
+    selector = rules_builder().SELECTOR
+    for rule in alert_rules():
+        matchers = re.findall(r"\bjob\s*(?:=~|!=|!~|=)\s*\"[^\"]*\"", rule["expr"])
+        assert set(matchers) <= {selector}, rule["alert"]
+        if not matchers:
+            assert "up" not in re.findall(r"[a-z_:]+", rule["expr"]), f"{rule['alert']}: `up` needs the job selector"
+
+
 def test_one_selector_builds_the_rules_for_another_job(tmp_path):
     """``--selector`` replaces the one way the rules pick the exporter's job, ``--docs`` the site the runbook links
     point at; the result passes promtool."""
