@@ -3,11 +3,12 @@ apart.
 
 :func:`describe` lists, per proc, its class, name, queues, metric and options, plus what those resolve to (the
 Redis server, database and user a proc reads; Celery's broker and transport options; RQ's key prefix; Huey's
-storage; the beanstalkd server): two apps whose procs read different servers, databases, queues or keys never get
-the same digest. Passwords never enter it: URLs lose their password (in the user part and in query arguments such
-as ``?password=``), options and mapping entries named like a secret (``password``, ``token``, ...) are ``***``,
-and a Redis client is described by its address, database and user only. So two apps measuring the same queues on
-the same server as the same user with different passwords share one snapshot: they measure the same thing.
+storage; Dramatiq's namespace, heartbeat timeout and RabbitMQ server; the beanstalkd server): two apps whose procs
+read different servers, databases, queues or keys never get the same digest. Passwords never enter it: URLs lose
+their password (in the user part and in query arguments such as ``?password=``), options and mapping entries named
+like a secret (``password``, ``token``, ...) are ``***``, and a Redis client is described by its address, database
+and user only. So two apps measuring the same queues on the same server as the same user with different passwords
+share one snapshot: they measure the same thing.
 
 Only the configuration counts, not the process's secrets registry (:mod:`hirefire_exporter.redaction`), so that
 processes started with different environments still agree on the digest. Python objects other than Redis clients
@@ -84,6 +85,7 @@ def _reads(proc: Proc) -> dict[str, Any]:
     """What the proc's options resolve to (no I/O): the part of a configuration that lives in objects (a Redis
     client, a Celery app, a Huey instance) or in the environment (``RQ_KEY_PREFIX``, the ``queues`` settings)."""
     from .procs.celery import CeleryProc
+    from .procs.dramatiq import DramatiqProc
     from .procs.huey import HueyProc
     from .procs.queues import QueuesProc
     from .procs.redis_proc import RedisProc
@@ -100,6 +102,8 @@ def _reads(proc: Proc) -> dict[str, Any]:
     if isinstance(proc, CeleryProc):
         reads["broker"] = _plain(proc.broker_url())
         reads["transport_options"] = _plain(proc.options())
+    if isinstance(proc, DramatiqProc):
+        reads["dramatiq"] = _plain(proc.resolved())
     if isinstance(proc, HueyProc):
         instance = proc.instance()
         storage = instance.storage

@@ -24,6 +24,7 @@ BACKENDS = {
     "celery": "hirefire_exporter.procs.celery.CeleryProc",
     "hotqueue": "hirefire_exporter.procs.hotqueue.HotQueueProc",
     "queues": "hirefire_exporter.procs.queues.QueuesProc",
+    "dramatiq": "hirefire_exporter.procs.dramatiq.DramatiqProc",
 }
 #: Broker names people write for ``backend`` (which names the job library).
 BROKERS = ("redis", "rabbitmq", "amqp", "sqlite", "beanstalkd")

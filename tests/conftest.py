@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
 import time
+import urllib.request
+import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 
@@ -158,3 +162,91 @@ def killable_redis() -> Iterator:
         yield server
     finally:
         server.stop()
+
+
+# The RabbitMQ management API (a private RabbitMQ node with the management plugin, or
+# HIREFIRE_TEST_RABBITMQ_MANAGEMENT_URL with HIREFIRE_TEST_RABBITMQ_MANAGEMENT_AMQP_URL), one node per session for
+# every test module (Celery's and Dramatiq's).
+
+
+@pytest.fixture(scope="session")
+def management():
+    """(amqp_url, management_url) of a RabbitMQ with the management plugin whose statistics refresh every 0.2 s."""
+    if os.environ.get("HIREFIRE_TEST_RABBITMQ_MANAGEMENT_URL"):
+        yield (
+            os.environ["HIREFIRE_TEST_RABBITMQ_MANAGEMENT_AMQP_URL"],
+            os.environ["HIREFIRE_TEST_RABBITMQ_MANAGEMENT_URL"],
+        )
+        return
+    with _private_node() as urls:
+        yield urls
+
+
+@pytest.fixture(scope="session")
+def management_without_statistics():
+    """Like ``management``, on a node that collects no queue statistics (Prometheus-only setups turn them off)."""
+    with _private_node("management_agent.disable_metrics_collector = true\n") as urls:
+        yield urls
+
+
+@contextmanager
+def _private_node(extra_config: str = "") -> Iterator[tuple[str, str]]:
+    """A throwaway RabbitMQ node with the management plugin on free loopback ports: (amqp_url, management_url)."""
+    server = "/usr/lib/rabbitmq/bin/rabbitmq-server"  # the node script itself (/usr/sbin/... is a wrapper)
+    if not os.path.exists(server):
+        server = shutil.which("rabbitmq-server") or server
+    if not os.path.exists(server):
+        unavailable("RabbitMQ management API", "no HIREFIRE_TEST_RABBITMQ_MANAGEMENT_URL and no rabbitmq-server")
+    amqp_port, http_port, dist_port = free_port(), free_port(), free_port()
+    node = f"hf-node-{uuid.uuid4().hex[:8]}@localhost"
+    with tempfile.TemporaryDirectory() as tmp:
+        with open(f"{tmp}/rabbitmq.conf", "w") as f:
+            f.write(
+                f"listeners.tcp.default = 127.0.0.1:{amqp_port}\nmanagement.tcp.port = {http_port}\n"
+                "management.tcp.ip = 127.0.0.1\nloopback_users = none\ncollect_statistics_interval = 200\n"
+                + extra_config
+            )
+        with open(f"{tmp}/enabled_plugins", "w") as f:
+            f.write("[rabbitmq_management].\n")
+        env = dict(
+            os.environ,
+            RABBITMQ_NODENAME=node,
+            RABBITMQ_CONFIG_FILE=f"{tmp}/rabbitmq",
+            RABBITMQ_ENABLED_PLUGINS_FILE=f"{tmp}/enabled_plugins",
+            RABBITMQ_MNESIA_BASE=f"{tmp}/mnesia",
+            RABBITMQ_LOG_BASE=f"{tmp}/log",
+            RABBITMQ_DIST_PORT=str(dist_port),
+            RABBITMQ_PID_FILE=f"{tmp}/pid",
+        )
+        process = subprocess.Popen(
+            [server], env=env, cwd=tmp, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+        )
+        management_url = f"http://guest:guest@127.0.0.1:{http_port}"
+        try:
+            deadline = time.monotonic() + 60
+            while not _management_up(http_port):
+                if process.poll() is not None or time.monotonic() > deadline:
+                    (pytest.fail if CI else pytest.skip)("the private RabbitMQ node did not start")
+                time.sleep(0.2)
+            yield f"amqp://guest:guest@127.0.0.1:{amqp_port}//", management_url
+        finally:
+            _stop_group(process.pid)
+            process.wait(10)
+
+
+def _stop_group(group: int) -> None:
+    """Kill the throwaway node: its process group holds the start script and the Erlang VM it spawns."""
+    try:
+        os.killpg(group, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def _management_up(port: int) -> bool:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/overview")
+    request.add_header("Authorization", "Basic Z3Vlc3Q6Z3Vlc3Q=")  # guest:guest
+    try:
+        with urllib.request.urlopen(request, timeout=1) as response:
+            return response.status == 200
+    except OSError:
+        return False

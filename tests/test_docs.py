@@ -382,6 +382,12 @@ def test_the_read_only_redis_user_lets_every_redis_backend_read(private_redis, p
 
         private_redis.rpush("rq:queue:default", "job")  # a live job: its hash exists (an id without one is expired)
         private_redis.hset("rq:job:job", mapping={"enqueued_at": "2026-12-01T00:00:00.000000Z", "status": "queued"})
+        dramatiq_message = {"queue_name": "default", "actor_name": "a", "args": [], "kwargs": {}, "options": {}}
+        dramatiq_message |= {"message_id": "m", "message_timestamp": 1764547200000}  # 2025-12-01
+        for key, eta in (("dramatiq:default.msgs", None), ("dramatiq:default.DQ.msgs", 1)):  # waiting, and due
+            body = json.dumps({**dramatiq_message, "options": {"eta": eta}} if eta else dramatiq_message)
+            private_redis.hset(key, "m", body)
+        private_redis.rpush("dramatiq:default", "m")
         tables = [
             {"backend": "rq"},
             {"backend": "celery"},
@@ -389,6 +395,7 @@ def test_the_read_only_redis_user_lets_every_redis_backend_read(private_redis, p
             {"backend": "huey", "storage": "priority_redis"},
             {"backend": "hotqueue"},
             {"backend": "queues"},
+            {"backend": "dramatiq"},
         ]
         procs = [
             proc_from_table({"name": f"p{i}", "url": url, "queues": ["default"], **table}, i)
@@ -403,6 +410,8 @@ def test_the_read_only_redis_user_lets_every_redis_backend_read(private_redis, p
         assert not failed
         assert snapshot.value(snapshot.procs[0]) == 1
         assert snapshot.procs[0].reading.latency > 0  # the RQ head-job script runs under the ACL too
+        assert snapshot.value(snapshot.procs[6]) == 2  # Dramatiq's scripts too: one waiting message, one due
+        assert snapshot.procs[6].reading.latency > 0
     finally:
         private_redis.execute_command("ACL", "DELUSER", user)
 

@@ -67,8 +67,15 @@ def test_a_celery_proc_that_reads_redis_itself_needs_no_kombu_transport(tmp_path
         'backend = "queues"',
         'backend = "huey"\nstorage = "redis"',
         'backend = "celery"',
+        'backend = "dramatiq"',
     ],
 )
 def test_a_missing_redis_package_stops_start_up_with_one_line(tmp_path, table):
     line = one_line(collect_without("redis", tmp_path, f'{table}\nurl = "redis://127.0.0.1:6379/0"\nqueues = ["q"]'))
     assert "needs the module 'redis', which is not installed: pip install redis" in line, line
+
+
+@pytest.mark.parametrize("module", ["kombu", "pika"])
+def test_dramatiq_on_rabbitmq_without_its_amqp_packages_stops_start_up_with_one_line(tmp_path, module):
+    line = one_line(collect_without(module, tmp_path, 'backend = "dramatiq"\nurl = "amqp://127.0.0.1:5672/%2F"'))
+    assert f"needs the module {module!r}, which is not installed: pip install 'hirefire-exporter[dramatiq]'" in line

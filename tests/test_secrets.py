@@ -104,6 +104,8 @@ class Backend:
             "hotqueue": 'backend = "hotqueue"',
             "queues": 'backend = "queues"',
             "huey": 'backend = "huey"\nstorage = "redis"',
+            "dramatiq-redis": 'backend = "dramatiq"',
+            "dramatiq-amqp": 'backend = "dramatiq"',
         }[self.name]
         token_line = f"token = {json.dumps(token)}\n" if token else ""
         return f'{token_line}[[procs]]\nname = "worker"\n{options}\nqueues = ["default"]\nurl = {json.dumps(url)}\n'
@@ -111,7 +113,7 @@ class Backend:
     def proc(self, url: str):
         from hirefire_exporter.loading import BACKENDS, import_dotted
 
-        kind = "celery" if self.name.startswith("celery") else self.name
+        kind = self.name.partition("-")[0]
         cls = import_dotted(BACKENDS[kind], "test")
         extra = {"storage": "redis"} if kind == "huey" else {}
         return cls("worker", queues=["default"], url=url, socket_timeout=1.0, **extra)
@@ -124,6 +126,8 @@ BACKENDS = [
     Backend("hotqueue", "redis", f"/{REDIS_DB}", REDIS_PORT),
     Backend("queues", "redis", f"/{REDIS_DB}", REDIS_PORT),
     Backend("huey", "redis", f"/{REDIS_DB}", REDIS_PORT),
+    Backend("dramatiq-redis", "redis", f"/{REDIS_DB}", REDIS_PORT),
+    Backend("dramatiq-amqp", "amqp", "/%2F", AMQP_PORT),
 ]
 
 #: name -> URL template; {s} scheme, {pw} password, {host}, {port}, {path}

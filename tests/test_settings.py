@@ -375,6 +375,9 @@ PROC_OPTIONS = [
     ("huey", "socket_timeout", [0, 1e308]),
     ("queues", "port", [0, -1, 65536, "11300", True, 1.5]),
     ("queues", "host", [5, "", "bean stalk"]),
+    ("dramatiq", "heartbeat_timeout", [0, -1, float("nan"), 1e308, "60", True]),
+    ("dramatiq", "namespace", [5, "", True]),
+    ("dramatiq", "management_url", [5, "ftp://h"]),
 ]
 EXTRA = {
     "rq": 'url = "redis://127.0.0.1/0"\n',
@@ -382,6 +385,7 @@ EXTRA = {
     "hotqueue": 'url = "redis://127.0.0.1/0"\nqueues = ["a"]\n',
     "huey": 'storage = "redis"\nurl = "redis://127.0.0.1/0"\nqueues = ["a"]\n',
     "queues": 'queue_backend = "beanstalkd"\nqueues = ["a"]\n',
+    "dramatiq": 'url = "amqp://127.0.0.1:5672/%2F"\nqueues = ["a"]\n',
 }
 
 

@@ -1,0 +1,377 @@
+"""Dramatiq: messages waiting and held by workers, on Redis and RabbitMQ, read-only.
+
+**Redis** (dramatiq's ``RedisBroker``, namespace ``dramatiq`` by default). Per queue ``q``:
+
+- ``<ns>:q`` (list): ids of waiting messages, the next one at index 0; ``<ns>:q.msgs`` (hash): the bodies of every
+  message of ``q`` not yet acknowledged, waiting or fetched by a worker;
+- ``<ns>:__acks__.<worker id>.q`` (set): the messages a worker process fetched and has not acknowledged (running,
+  or prefetched: dramatiq prefetches twice its threads). Worker ids come from ``<ns>:__heartbeats__``, a sorted set
+  scored by each broker's last command (ms). A worker whose last beat is older than the heartbeat timeout is dead:
+  dramatiq's maintenance (run at random by any broker's commands on the queue) puts its messages back in the queue;
+- ``<ns>:q.DQ`` and ``<ns>:q.DQ.msgs``: the delay queue (``send_with_options(delay=...)``, retries), each body with
+  its ``eta`` (ms); a worker fetches them and holds them in memory until their eta, then moves them to ``q``;
+- ``<ns>:q.XQ`` (sorted set): dead-lettered messages.
+
+States: ``queued`` (the list), ``started`` (in the ack sets of live workers), ``orphaned`` (held by workers whose
+heartbeat lapsed: waiting for dramatiq to requeue them), ``due`` (delayed, eta passed: only a worker moves them to
+the queue), ``delayed`` (eta in the future), ``dead``; all but the last two count (:data:`COUNTED`). A body the
+delay queue's body that is not JSON with an ``eta`` (a custom encoder, or garbage) is ``unreadable``, not counted.
+
+Cost: one pipelined round trip for the counts (the live workers' ids among them) and one for the follow-ups: per
+queue with held messages one SCARD per live worker, per waiting queue one read-only script (LINDEX + HGET: the
+oldest message's ``message_timestamp``), per non-empty delay queue one HVALS of its bodies (at most
+:data:`DELAY_SCAN_LIMIT`), whose etas are compared here. The bodies are decoded by the exporter, not by a script:
+decoding them in Lua costs Redis about 16 times the CPU of HVALS (bench/dramatiq_cost.py). Read-only: LLEN, HLEN,
+ZCARD, ZRANGEBYSCORE, SCARD, HVALS, EVALSHA (LINDEX, HGET).
+
+**RabbitMQ** (``RabbitmqBroker``): queues ``q``, ``q.DQ`` and ``q.XQ``. With ``management_url``, one request gives
+ready (``queued``) and unacknowledged (``started``) messages of ``q``, every message of ``q.DQ`` (``delayed``: due and
+later cannot be told apart without reading them, so none count) and ``q.XQ`` (``dead``). Without it, a passive
+declare per queue sees ready messages only: messages held by workers (running, prefetched, delayed) are invisible.
+Dramatiq sets no AMQP timestamp, so latency is unknown on RabbitMQ.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from functools import cached_property
+from importlib import import_module
+from typing import Any
+
+from ..redaction import describe_error, register, register_url, url_problem
+from ..settings_check import OrNone, Seconds, Text
+from .base import ProcConfigError, QueueReading, Reading
+from .celery_rabbitmq import declare_counts, management_counts, management_url_problem
+from .redis_proc import Command, RedisProc, age_since, as_text
+
+log = logging.getLogger("hirefire_exporter")
+
+#: The states that need a worker now or are on one: HireFire's count.
+COUNTED = frozenset({"queued", "started", "orphaned", "due"})
+REDIS_SCHEMES = ("redis", "rediss")
+AMQP_SCHEMES = ("amqp", "amqps")
+#: dramatiq's defaults: RedisBroker(namespace=..., heartbeat_timeout=60000 ms).
+DEFAULT_NAMESPACE = "dramatiq"
+DEFAULT_HEARTBEAT_TIMEOUT = 60.0
+#: depth_commands per queue, after the one ZRANGEBYSCORE of live workers.
+_PER_QUEUE = 4
+#: How many delayed messages of one queue are read to split due from later, at most (10,000 bodies: about 3 ms of
+#: Redis time and 2.5 MB sent per cycle); past it they all read as ``delayed`` (none due) and a warning is logged.
+DELAY_SCAN_LIMIT = 10_000
+
+#: KEYS[1]: a queue's id list, KEYS[2]: its message hash. The body of the message at the head, or nil.
+HEAD_BODY = """
+local id = redis.call('LINDEX', KEYS[1], 0)
+if not id then return false end
+return redis.call('HGET', KEYS[2], id)
+"""
+_HEAD_SHA = hashlib.sha1(HEAD_BODY.encode()).hexdigest()
+
+
+class DramatiqProc(RedisProc):
+    """A proc for Dramatiq queues.
+
+    ``DramatiqProc("worker", queues=["default"], url="redis://localhost:6379/0")`` (or ``amqp://...``), or
+    ``broker=`` your ``RedisBroker`` / ``RabbitmqBroker`` (an instance or a dotted path to one): its client,
+    namespace and heartbeat timeout are then used.
+    """
+
+    queues = ["default"]
+    #: A dramatiq broker instance or a dotted path to one (``"myapp.tasks.broker"``); else ``url`` or ``connection``.
+    broker: Any = None
+    #: The Redis key namespace (``RedisBroker(namespace=...)``); None: the broker's, else ``dramatiq``.
+    namespace: str | None = None
+    #: Seconds without a heartbeat after which a worker is dead (``RedisBroker(heartbeat_timeout=...)``, which is in
+    #: milliseconds); None: the broker's, else 60.
+    heartbeat_timeout: float | None = None
+    #: RabbitMQ management API, e.g. ``https://user:password@host:15672``: unacknowledged (running, prefetched) and
+    #: delayed messages, all queues in one request.
+    management_url: str | None = None
+    option_checks = {
+        "namespace": OrNone(Text("a Redis key namespace", exact=True)),
+        "heartbeat_timeout": OrNone(Seconds(positive=True)),
+    }
+
+    _resolved: Any = None
+    _warned: frozenset[str] = frozenset()
+
+    # Configuration
+
+    @property
+    def supports_latency(self) -> bool:  # type: ignore[override]
+        return self._broker_kind() == "redis"
+
+    def validate(self) -> None:
+        register_url(self.management_url)
+        if self.management_url and (problem := management_url_problem(self.management_url)):
+            raise ProcConfigError(f"proc {self.name!r}: management_url {problem}")
+        super().validate()
+        if self._broker_kind() == "rabbitmq":
+            self._amqp_connection().release()  # parses the settings without connecting
+
+    def dramatiq_broker(self) -> Any:
+        """The dramatiq broker given as ``broker`` (imported from a dotted path once), or None."""
+        if self._resolved is None and isinstance(self.broker, str):
+            module, _, attr = self.broker.rpartition(".")
+            try:
+                self._resolved = getattr(import_module(module), attr)
+            except Exception as exc:  # a broken module, however it fails; not chained: the cause is not scrubbed
+                raise ProcConfigError(
+                    f"proc {self.name!r}: cannot import dramatiq broker {self.broker!r}:"
+                    f" {describe_error(exc, locate=True)}"
+                ) from None
+        return self._resolved if isinstance(self.broker, str) else self.broker
+
+    def _broker_kind(self) -> str:
+        """``redis`` or ``rabbitmq``, from ``broker``, ``connection`` or ``url``."""
+        broker = self.dramatiq_broker()
+        if broker is not None:
+            if hasattr(broker, "client") and hasattr(broker, "namespace"):  # RedisBroker and its subclasses
+                return "redis"
+            if hasattr(broker, "parameters"):  # RabbitmqBroker: pika connection parameters
+                return "rabbitmq"
+            raise ProcConfigError(
+                f"proc {self.name!r}: `broker` must be a dramatiq RedisBroker or RabbitmqBroker,"
+                f" got {type(broker).__name__}"
+            )
+        if self.connection is not None:
+            return "redis"
+        if not isinstance(self.url, str) or not self.url:
+            raise ProcConfigError(f"proc {self.name!r}: needs `broker`, a Redis `connection` or `url`")
+        scheme = self.url.partition("://")[0].lower()
+        if scheme in REDIS_SCHEMES:
+            return "redis"
+        if scheme in AMQP_SCHEMES:
+            return "rabbitmq"
+        raise ProcConfigError(
+            f"proc {self.name!r}: `url` must be a redis://, rediss://, amqp:// or amqps:// URL (dramatiq's brokers)"
+        )
+
+    def default_client(self) -> Any:
+        if self._broker_kind() != "redis":
+            return None
+        broker = self.dramatiq_broker()
+        return broker.client if broker is not None else super().default_client()
+
+    @property
+    def ns(self) -> str:
+        broker = self.dramatiq_broker()
+        return self.namespace or getattr(broker, "namespace", None) or DEFAULT_NAMESPACE
+
+    @property
+    def timeout_ms(self) -> float:
+        if self.heartbeat_timeout is not None:
+            return float(self.heartbeat_timeout) * 1000
+        return float(getattr(self.dramatiq_broker(), "heartbeat_timeout", None) or DEFAULT_HEARTBEAT_TIMEOUT * 1000)
+
+    # Redis
+
+    def depth_commands(self, now: float) -> list[Command]:
+        ns = self.ns
+        commands: list[Command] = [("ZRANGEBYSCORE", f"{ns}:__heartbeats__", int(now * 1000 - self.timeout_ms), "+inf")]
+        for q in self.queues:
+            commands += [
+                ("LLEN", f"{ns}:{q}"),
+                ("HLEN", f"{ns}:{q}.msgs"),
+                ("HLEN", f"{ns}:{q}.DQ.msgs"),
+                ("ZCARD", f"{ns}:{q}.XQ"),
+            ]
+        return commands
+
+    def latency_commands(self, depth: list[Any]) -> list[Command]:
+        """Per queue: the live workers' ack sets (when messages are held), the delay queue's bodies (when messages are
+        delayed, up to the limit) and the head message's body (when messages wait: the script, loaded first in the
+        same pipeline)."""
+        ns, workers = self.ns, _worker_ids(depth[0])
+        reads: list[Command] = []
+        heads: list[Command] = []
+        for q, (waiting, unacked, delayed, _dead) in zip(self.queues, _per_queue(depth)):
+            if int(unacked) > int(waiting):
+                reads += [("SCARD", f"{ns}:__acks__.{w}.{q}") for w in workers]
+            if 0 < int(delayed) <= DELAY_SCAN_LIMIT:
+                reads.append(("HVALS", f"{ns}:{q}.DQ.msgs"))
+            if int(waiting):
+                heads.append(("EVALSHA", _HEAD_SHA, 2, f"{ns}:{q}", f"{ns}:{q}.msgs"))
+        return reads + ([("SCRIPT", "LOAD", HEAD_BODY), *heads] if heads else [])
+
+    def build_reading(self, depth: list[Any], latency: list[Any], now: float) -> Reading:
+        workers = _worker_ids(depth[0])
+        replies = iter(latency)  # in the order latency_commands asked: per queue SCARDs and HVALS, then the heads
+        per_queue = [[int(n) for n in r] for r in _per_queue(depth)]
+        held, delays = [], []
+        for waiting, unacked, delayed, _dead in per_queue:
+            held.append(sum(_count(next(replies)) for _ in workers) if unacked > waiting else 0)
+            delays.append(next(replies) if 0 < delayed <= DELAY_SCAN_LIMIT else None)
+        if any(r[0] for r in per_queue):
+            next(replies)  # SCRIPT LOAD: a refused script shows in its EVALSHA replies
+        queues = []
+        for q, (waiting, unacked, delayed, dead), live, bodies in zip(self.queues, per_queue, held, delays):
+            age = self._head_age(q, next(replies), now) if waiting else 0.0
+            fetched = max(0, unacked - waiting)
+            started = min(live, fetched)
+            jobs = {"queued": waiting, "started": started, "orphaned": fetched - started}
+            jobs.update(self._delayed(q, bodies, delayed, now) if delayed else {"due": 0, "delayed": 0})
+            jobs["dead"] = dead
+            found = True if any(jobs.values()) else None  # dramatiq deletes a queue's keys once it is empty
+            queues.append(QueueReading(q, jobs, COUNTED, age, found))
+        return Reading.from_queues(queues)
+
+    def _head_age(self, queue: str, reply: Any, now: float) -> float | None:
+        """Seconds since the oldest waiting message was sent (its ``message_timestamp``), None when unreadable."""
+        if isinstance(reply, Exception):
+            self._warn_once(queue, "latency", f"cannot read its oldest message: {describe_error(reply)}")
+            return None
+        try:
+            stamp = json.loads(reply)["message_timestamp"] / 1000
+        except (TypeError, ValueError, KeyError, IndexError):  # no body, not JSON (another encoder), no timestamp
+            self._warn_once(queue, "latency", "its oldest message has no readable message_timestamp (not JSON?)")
+            return None
+        return age_since(stamp, now) if isinstance(stamp, float) else None
+
+    def _delayed(self, queue: str, bodies: Any, total: int, now: float) -> dict[str, int]:
+        """Due and later delayed messages, by the ``eta`` (ms) in each body; all later when they cannot be read."""
+        if bodies is None:
+            self._warn_once(queue, "delay", f"over {DELAY_SCAN_LIMIT} delayed messages: none is counted as due")
+            return {"due": 0, "delayed": total}
+        if isinstance(bodies, Exception):  # the key is not a hash: garbage fails the proc, as in the depth replies
+            raise bodies
+        counts = {"due": 0, "delayed": 0, "unreadable": 0}
+        now_ms = now * 1000
+        for body in bodies:
+            eta = _eta(body)
+            counts["unreadable" if eta is None else "due" if eta <= now_ms else "delayed"] += 1
+        if counts["unreadable"]:
+            self._warn_once(queue, "delay", f"{counts['unreadable']} delayed messages are not JSON with an eta")
+            return counts
+        return {"due": counts["due"], "delayed": counts["delayed"]}
+
+    def _warn_once(self, queue: str, what: str, message: str) -> None:
+        """A lasting problem (another encoder, an ACL without EVALSHA) is logged once per proc and kind."""
+        if what not in self._warned:
+            self._warned = self._warned | {what}
+            log.warning("proc %r: queue %r: %s", self.name, queue, message)
+
+    # RabbitMQ
+
+    def read(self, cache: dict[str, Any]) -> Reading:
+        if self._broker_kind() == "redis":
+            return super().read(cache)
+        names = [name for q in self.queues for name in (q, f"{q}.DQ", f"{q}.XQ")]
+        if self.management_url:
+            stats = management_counts(self.management_url, self._vhost, self.socket_timeout)
+            unknown = [n for n in names if n in stats and stats[n] is None]
+            if unknown:
+                raise LookupError(
+                    f"the RabbitMQ management API lists {', '.join(map(repr, unknown))} without message counts"
+                    " (statistics not collected yet, or disabled by management_agent.disable_metrics_collector)"
+                )
+            counts = dict(stats)
+        else:
+            with self._amqp_connection() as conn:
+                conn.ensure_connection(max_retries=1, interval_start=0)
+                counts = dict(declare_counts(conn, names, {}))
+        queues = []
+        for q in self.queues:
+            main, delay, dead = (counts.get(n) for n in (q, f"{q}.DQ", f"{q}.XQ"))
+            jobs = {"queued": main.ready if main else 0}
+            if self.management_url:
+                jobs["started"] = (main.unacked or 0) if main else 0
+            jobs["delayed"] = (delay.ready + (delay.unacked or 0)) if delay else 0
+            jobs["dead"] = dead.ready if dead else 0
+            found = bool(main and main.found)  # not listed by the API, or 404 to a passive declare
+            latency = None
+            if main and main.head_timestamp is not None:
+                latency = age_since(main.head_timestamp, time.time())
+            elif not jobs["queued"]:
+                latency = 0.0
+            queues.append(QueueReading(q, jobs, COUNTED, latency, found))
+        return Reading.from_queues(queues)
+
+    def _amqp_connection(self) -> Any:
+        """A kombu connection (not connected) to the server and vhost of :meth:`_amqp_parameters`."""
+        try:
+            from kombu import Connection
+        except ImportError:
+            raise ProcConfigError(
+                f"proc {self.name!r}: reading dramatiq's RabbitMQ queues needs the module 'kombu', which is not"
+                " installed: pip install 'hirefire-exporter[dramatiq]'"
+            ) from None
+        params = self._amqp_parameters()
+        credentials = getattr(params, "credentials", None)
+        password = getattr(credentials, "password", None)
+        register(password)
+        return Connection(
+            hostname=params.host,
+            port=params.port,
+            userid=getattr(credentials, "username", None),
+            password=password,
+            virtual_host=params.virtual_host,
+            ssl=bool(params.ssl_options),
+            connect_timeout=self.socket_timeout,
+        )
+
+    def _amqp_parameters(self) -> Any:
+        """The pika parameters dramatiq connects with: the ``RabbitmqBroker``'s (the first of a list), or ``url``
+        parsed by pika as dramatiq parses it (``amqp://host:5672/%2F`` and ``amqp://host`` are the vhost ``/``;
+        ``amqp://host//`` is the vhost ``''``, unlike Celery's reading of it)."""
+        broker = self.dramatiq_broker()
+        if broker is not None:
+            return broker.parameters[0] if isinstance(broker.parameters, list) else broker.parameters
+        try:
+            import pika
+        except ImportError:
+            raise ProcConfigError(
+                f"proc {self.name!r}: reading dramatiq's RabbitMQ queues needs the module 'pika', which is not"
+                " installed: pip install 'hirefire-exporter[dramatiq]'"
+            ) from None
+        url = (self.url or "").split(";")[0]
+        register_url(url)
+        problem = url_problem(url)
+        if problem:
+            raise ProcConfigError(f"proc {self.name!r}: bad RabbitMQ URL: {problem}")
+        try:
+            return pika.URLParameters(url)
+        except Exception as exc:  # pika's messages may quote the URL: described scrubbed
+            raise ProcConfigError(f"proc {self.name!r}: bad RabbitMQ URL: {describe_error(exc)}") from None
+
+    def resolved(self) -> dict[str, Any]:
+        """What the options resolve to, for the configuration's digest (no I/O, no password): the namespace and
+        heartbeat timeout read on Redis, the server, vhost and user on RabbitMQ."""
+        if self._broker_kind() == "redis":
+            return {"namespace": self.ns, "heartbeat_timeout_ms": self.timeout_ms}
+        params = self._amqp_parameters()
+        user = getattr(getattr(params, "credentials", None), "username", None)
+        return {"host": params.host, "port": params.port, "vhost": params.virtual_host, "user": user}
+
+    @cached_property
+    def _vhost(self) -> str:
+        with self._amqp_connection() as conn:
+            return conn.virtual_host or "/"
+
+
+def _per_queue(depth: list[Any]) -> list[list[Any]]:
+    """The replies to :meth:`DramatiqProc.depth_commands` after the live workers, one list per queue."""
+    return [depth[i : i + _PER_QUEUE] for i in range(1, len(depth), _PER_QUEUE)]
+
+
+def _worker_ids(reply: Any) -> list[str]:
+    return [text for text in map(as_text, reply or ()) if text]
+
+
+def _eta(body: Any) -> float | None:
+    """A delayed message's ``eta`` (unix ms), None when the body is not dramatiq's JSON with one."""
+    try:
+        eta = json.loads(body)["options"]["eta"]
+    except (TypeError, ValueError, KeyError, IndexError):
+        return None
+    return float(eta) if isinstance(eta, int | float) and not isinstance(eta, bool) else None
+
+
+def _count(reply: Any) -> int:
+    """An SCARD reply; an error (an ack key of the wrong type) fails the proc."""
+    if isinstance(reply, Exception):
+        raise reply
+    return int(reply)
