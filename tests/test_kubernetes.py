@@ -15,9 +15,11 @@ import json
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
+import zipfile
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -443,3 +445,30 @@ def test_the_build_context_holds_only_what_the_image_installs():
     assert patterns[0] == "*"  # everything out, then only what the COPY lines need back in
     copied = {source.rstrip("/") for kind, args in dockerfile() if kind == "COPY" for source in shlex.split(args)[:-1]}
     assert {p.removeprefix("!").rstrip("/") for p in patterns if p.startswith("!")} == copied
+
+
+def test_what_the_dockerfile_copies_builds_the_exporter_with_its_command(tmp_path):
+    """The image installs from its COPY lines alone: those files build a wheel holding every module of the package
+    and the ``hirefire-exporter`` command the ENTRYPOINT runs."""
+    context = tmp_path / "context"
+    context.mkdir()
+    for kind, args in dockerfile():
+        if kind == "COPY":
+            for source in shlex.split(args)[:-1]:
+                if (ROOT / source).is_dir():
+                    ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
+                    shutil.copytree(ROOT / source, context / source, ignore=ignore)
+                else:
+                    shutil.copy(ROOT / source, context / source)
+    wheels = tmp_path / "wheels"
+    build = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--wheel-dir", str(wheels), str(context)]
+    result = subprocess.run(build, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (wheel,) = wheels.glob("hirefire_exporter-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+        (entry_points,) = [n for n in names if n.endswith(".dist-info/entry_points.txt")]
+        scripts = archive.read(entry_points).decode()
+    modules = {p.relative_to(ROOT).as_posix() for p in (ROOT / "hirefire_exporter").rglob("*.py")}
+    assert modules <= names
+    assert "hirefire-exporter = hirefire_exporter.cli:main" in scripts
