@@ -38,9 +38,9 @@ RUNNER = Path(__file__).with_name("docs_runner.py")
 PAGE_IDS = [page_name(page) for page in PAGES]
 #: What the samples' placeholders stand for when a sample is checked.
 ENVIRONMENT = {"PORT": "9180", "HIREFIRE_TOKEN": "docs-token"}
-#: Programs in samples that cannot run here (a Heroku app, a cluster, a Redis of the reader's, the reader's own
-#: processes in a Procfile): left unchecked.
-UNCHECKED = {"heroku", "kubectl", "redis-cli", "grep", "gunicorn", "rq"}
+#: Programs in samples that cannot run here (a Heroku app, a cluster, a container engine, a Redis of the reader's, the
+#: reader's own processes in a Procfile): left unchecked.
+UNCHECKED = {"heroku", "kubectl", "docker", "redis-cli", "grep", "gunicorn", "rq"}
 #: ``prog[extras]`` or ``.[extras]`` in a pip command.
 _EXTRAS = re.compile(r"^(?:\.|hirefire-exporter)\[([\w,\s-]+)\]")
 _DOTTED = re.compile(r"^[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)+$")
