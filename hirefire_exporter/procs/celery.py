@@ -41,7 +41,7 @@ from ..settings_check import Boolean, Integer, OrNone, Seconds, did_you_mean
 from .base import ProcConfigError, QueueReading, Reading
 from .celery_inspect import METHODS, HeldTask, InspectIncomplete, Sightings, active_queues, inspect_tasks
 from .celery_rabbitmq import QueueCounts, declare_counts, management_counts, management_url_problem
-from .celery_redis import BindingTable, RedisKeys, Unacked, binding_table, head_age, parse_unacked
+from .celery_redis import HEAD_STAMP, BindingTable, RedisKeys, Unacked, binding_table, parse_unacked
 from .celery_routing import Binding, declared_bindings, route
 from .redis_proc import Command, RedisProc, age_since, read_redis_procs
 
@@ -274,9 +274,10 @@ class CeleryProc(RedisProc):
 
     def depth_commands(self, now: float) -> list[Command]:
         commands: list[Command] = []
+        heads = self.metric == "latency"  # the oldest message's stamp, read on the server: only when HireFire wants it
         for queue in self.queues:
             for key in self._lists(queue):
-                commands += [("LLEN", key), ("LINDEX", key, -1)]
+                commands += [("LLEN", key), HEAD_STAMP(key)] if heads else [("LLEN", key)]
             commands += [("SMEMBERS", key) for key in self._binding_keys(queue)]
         commands.append(("HVALS", self._keys.unacked))
         return commands
@@ -294,14 +295,13 @@ class CeleryProc(RedisProc):
             state = "scheduled" if entry.eta is not None and entry.eta > now else "reserved"
             for queue in _held_queues(entry, tables, self._declared):
                 held[queue, state] += 1
-        replies = iter(depth)
+        replies, heads = iter(depth), self.metric == "latency"
         queues = []
         for queue in self.queues:
-            lists = [(int(next(replies)), next(replies)) for _ in self._lists(queue)]
+            lists = [(int(next(replies)), next(replies) if heads else None) for _ in self._lists(queue)]
             bound = [binding_table(next(replies), self._keys.sep) for _ in self._binding_keys(queue)]
             queued = sum(length for length, _ in lists)
-            ages = [head_age(head, now) for length, head in lists if length]
-            age = 0.0 if not ages else (None if None in ages else max(ages))  # type: ignore[type-var]
+            age = _oldest(lists, now) if heads else (None if queued else 0.0)  # size procs: known when empty
             jobs = {"queued": queued, "reserved": held[queue, "reserved"], "scheduled": held[queue, "scheduled"]}
             found = any(jobs.values()) or any(row.queue == queue for table in bound for row in table.rows)
             queues.append(QueueReading(queue, jobs, COUNTED, age, found))
@@ -590,3 +590,13 @@ def _held_queues(entry: Unacked, tables: dict[str, BindingTable], declared: list
         return route(declared, entry.exchange, entry.routing_key)
     fanout = any(b.type == "fanout" for b in declared if b.exchange == entry.exchange)
     return table.route(entry.routing_key, fanout)
+
+
+def _oldest(lists: list[tuple[int, float | None]], now: float) -> float | None:
+    """The age of a queue's oldest message over its lists (length, oldest message's stamp): 0.0 when every list is
+    empty, None when a non-empty list's oldest message has no stamp."""
+    stamps = [stamp for length, stamp in lists if length]
+    if None in stamps:
+        return None
+    ages = [age_since(stamp, now) for stamp in stamps]  # type: ignore[arg-type]
+    return 0.0 if not ages else (None if None in ages else max(ages))  # type: ignore[type-var]

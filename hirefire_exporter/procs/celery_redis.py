@@ -13,9 +13,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from ..celery_latency import enqueued_at
+from ..celery_latency import HEADER, enqueued_at
 from ..settings_check import Integer, OrNone, Text, fail, shown
-from .redis_proc import age_since, as_text, parse_utc
+from .redis_proc import as_text, parse_utc
+from .redis_script import read_function
 
 _STEP = Integer(0, 255, "a priority")
 _TEXT = Text(exact=True)
@@ -178,8 +179,8 @@ def _binding_row(member: Any, sep: str) -> BindingRow | None:
         return None
 
 
-def head_age(head: Any, now: float) -> float | None:
-    """The age of a waiting message (a list's ``LINDEX -1``) from its publish stamp; None when it has none."""
+def message_stamp(head: Any) -> float | None:
+    """The publish stamp of a waiting message (a list's ``LINDEX -1``); None when it has none."""
     raw = as_text(head)
     if not raw:
         return None
@@ -187,5 +188,36 @@ def head_age(head: Any, now: float) -> float | None:
         message = json.loads(raw)
     except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
         return None
-    stamp = enqueued_at(message) if isinstance(message, dict) else None
-    return None if stamp is None else age_since(stamp, now)
+    return enqueued_at(message) if isinstance(message, dict) else None
+
+
+#: KEYS[1]: a kombu list. The stamp of its oldest message (index -1) as :func:`message_stamp` reads it, as text
+#: (exact: 17 digits), so that no message crosses the wire; false for an empty list or a message without one.
+_HEAD_STAMP = f"""
+local raw = redis.call('LINDEX', KEYS[1], -1)
+if not raw then return false end
+local ok, message = pcall(cjson.decode, raw)
+if not ok or type(message) ~= 'table' then return false end
+for _, field in ipairs({{{{'headers', '{HEADER}'}}, {{'properties', 'timestamp'}}}}) do
+  local part = message[field[1]]
+  local value = type(part) == 'table' and part[field[2]]
+  if type(value) == 'number' then return string.format('%.17g', value) end
+end
+return false
+"""
+
+
+def _stamp_text(reply: Any) -> float | None:
+    text = as_text(reply)
+    return None if text is None else float(text)
+
+
+#: The oldest message's stamp of a list, read on the server (on the pipeline path: ``LINDEX -1``, parsed here).
+HEAD_STAMP = read_function(
+    "celery_head_stamp",
+    _HEAD_STAMP,
+    cost=8,
+    parse=_stamp_text,
+    fallback=lambda key: ("LINDEX", key, -1),
+    finish=message_stamp,
+)

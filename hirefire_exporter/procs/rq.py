@@ -27,7 +27,6 @@ module never calls it: it reads with LLEN, ZCOUNT, ZCARD and SISMEMBER, and the 
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from typing import Any
@@ -36,6 +35,7 @@ from ..redaction import describe_error
 from ..settings_check import OrNone, Text
 from .base import ClientProc, QueueReading, Reading
 from .redis_proc import Command, RedisProc, age_since, parse_utc
+from .redis_script import read_function
 
 log = logging.getLogger("hirefire_exporter")
 
@@ -69,7 +69,7 @@ while start < limit do
 end
 return {start, false, 0}
 """
-_SCRIPT_SHA = hashlib.sha1(FIRST_LIVE_JOB.encode()).hexdigest()
+_FIRST_LIVE = read_function("rq_first_live_job", FIRST_LIVE_JOB, cost=6)
 
 
 class RQProc(RedisProc, ClientProc):
@@ -118,18 +118,17 @@ class RQProc(RedisProc, ClientProc):
         return commands
 
     def latency_commands(self, depth: list[Any]) -> list[Command]:
-        """The first live job of each non-empty queue (:data:`FIRST_LIVE_JOB`), the script loaded first in the same
-        pipeline (sent once per pipeline, however many procs ask: the pipeline sends a command once)."""
+        """The first live job of each non-empty queue (:data:`FIRST_LIVE_JOB`: a function of the server-side reader,
+        or on the pipeline path a script of its own, loaded in the same pipeline)."""
         p = self.prefix  # once: it reads the environment
-        walks: list[Command] = [
-            ("EVALSHA", _SCRIPT_SHA, 1, f"{p}:queue:{q}", f"{p}:job:", HEAD_SCAN_LIMIT)
+        return [
+            _FIRST_LIVE(f"{p}:queue:{q}", f"{p}:job:", HEAD_SCAN_LIMIT)
             for q, replies in zip(self.queues, _per_queue(depth))
             if int(replies[0])
         ]
-        return [("SCRIPT", "LOAD", FIRST_LIVE_JOB), *walks] if walks else []
 
     def build_reading(self, depth: list[Any], latency: list[Any], now: float) -> Reading:
-        walks = iter(latency[1:])  # after SCRIPT LOAD: one reply per non-empty queue, as latency_commands asked
+        walks = iter(latency)  # one reply per non-empty queue, as latency_commands asked
         queues = []
         for q, r in zip(self.queues, _per_queue(depth)):  # replies in the order of _STATES, then rq:queues membership
             waiting = int(r[0])

@@ -1,0 +1,323 @@
+"""How a server's command plans are sent: in a read-only server-side script where the server allows it, else as
+plain pipelined commands. The procs' commands and the replies they get are the same either way.
+
+Most of a pipelined cycle's time is spent in redis-py, packing each command and parsing each reply, not in Redis.
+:data:`READER`, one generic Lua script, runs a whitelisted set of read-only commands (:data:`SCRIPTABLE`) given
+compactly in ``ARGV`` (commands of one shape share one header, an argument every command has in common is sent once)
+and returns their replies as one flat array: one call per chunk of commands, all chunks in one pipeline, so one round
+trip as before. A command's error reply (a key of the wrong type) comes back in its place in the array, failing only
+the proc that asked for it.
+
+- ``EVALSHA_RO`` on Redis >= 7 (``EVALSHA`` before: ``EVALSHA_RO`` answers ``unknown command``); the script is loaded
+  (``SCRIPT LOAD``) in the first pipeline to each server and again after ``NOSCRIPT`` (a restart, ``SCRIPT FLUSH``);
+- chunks of at most :data:`CHUNK_COST` (about 1-2 ms of Redis time each), so that one call never holds Redis for
+  long while other clients wait: a call is atomic;
+- keys are passed as ``KEYS`` (one per command; extra keys of a multi-key command would be ``ARGV``: Redis Cluster is
+  not supported, the reads of one proc span many slots anyway). A :class:`ReadFunction` may read keys it finds
+  (RQ's job hashes), which only a single-node Redis allows;
+- a server that refuses scripts (an ACL without ``+evalsha_ro``/``+evalsha`` or ``+script|load``, a managed Redis
+  that disables them, a renamed command) is read with plain pipelined commands from then on, said once in the log.
+
+A :class:`ReadFunction` is a read that needs logic on the server (find the first live job, the stamp inside a
+message): a proc declares it like a command, ``(function, key, *args)``. In the script it is a Lua function; on the
+pipeline path it is its plain ``fallback`` command finished in Python, or, with no fallback, its Lua run as a script
+of its own (``EVALSHA``, loaded in the same pipeline).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..redaction import describe_error
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from .redis_proc import Command
+
+log = logging.getLogger("hirefire_exporter")
+
+#: Read-only commands the script runs (each with its key first). Any other command goes in the pipeline beside it.
+SCRIPTABLE = frozenset(
+    {
+        "EXISTS", "GET", "HEXISTS", "HGET", "HGETALL", "HKEYS", "HLEN", "HMGET", "HVALS", "LINDEX", "LLEN", "LRANGE",
+        "PTTL", "SCARD", "SISMEMBER", "SMEMBERS", "SMISMEMBER", "STRLEN", "TTL", "TYPE", "XLEN", "ZCARD", "ZCOUNT",
+        "ZRANGE", "ZRANGEBYSCORE", "ZSCORE",
+    }
+)  # fmt: skip
+#: Cost units per script call: a plain command is 1 (about 1 µs of Redis time measured, see docs/performance.md).
+CHUNK_COST = 1500
+
+
+def _identity(reply: Any) -> Any:
+    return reply
+
+
+@dataclass(frozen=True, eq=False)
+class ReadFunction:
+    """A read-only read with logic that runs on the server. ``lua`` is the body of a script over ``KEYS[1]`` and
+    ``ARGV`` that returns no ``nil`` (``false`` instead); it runs as a function of :data:`READER` and, on the
+    pipeline path without a ``fallback``, as a script of its own; ``parse`` turns its reply into the value a proc
+    gets. ``fallback`` is the plain command that reads the same on the pipeline path (given the key and arguments)
+    and ``finish`` turns that reply into the same value. ``cost``: cost units (:data:`CHUNK_COST`) per call."""
+
+    name: str
+    lua: str
+    cost: int = 4
+    parse: Callable[[Any], Any] = _identity
+    fallback: Callable[..., Command] | None = None
+    finish: Callable[[Any], Any] = _identity
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.lua.encode()).hexdigest())
+
+    def __call__(self, key: str, *args: Any) -> Command:
+        """The command a proc declares: ``(self, key, *args)``."""
+        return (self, key, *args)
+
+    def __repr__(self) -> str:
+        return f"ReadFunction({self.name})"
+
+
+_FUNCTIONS: dict[str, ReadFunction] = {}
+
+
+def read_function(name: str, lua: str, **options: Any) -> ReadFunction:
+    """Declare a :class:`ReadFunction` (at import time: :data:`READER` is built from all of them when first used)."""
+    function = ReadFunction(name, lua, **options)
+    if name in _FUNCTIONS or not name.isidentifier():
+        raise ValueError(f"read function {name!r}: the name must be a new identifier")
+    _FUNCTIONS[name] = function
+    return function
+
+
+#: ARGV, per group of commands of one name and arity: name, number of arguments after the key, number of commands,
+#: shape (per argument ``c``: one value for all, sent once; ``v``: one value per command), then the values argument by
+#: argument. KEYS: one key per command, in order. Returns one reply per command, in order; an error reply in place of
+#: a command that failed.
+_READER_BODY = """
+local allowed = {%(allowed)s}
+local out, n, a, k = {}, 0, 1, 0
+while a <= #ARGV do
+  local name, nargs, count, shape = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), ARGV[a + 3]
+  a = a + 4
+  local fixed, at = {}, {}
+  for p = 1, nargs do
+    if string.byte(shape, p) == 99 then fixed[p] = ARGV[a]; a = a + 1 else at[p] = a; a = a + count end
+  end
+  local fn = F[name]
+  for i = 0, count - 1 do
+    k = k + 1
+    n = n + 1
+    local args = {}
+    for p = 1, nargs do args[p] = fixed[p] or ARGV[at[p] + i] end
+    if fn then
+      local ok, reply = pcall(fn, {KEYS[k]}, args)
+      if not ok then reply = {err = tostring(type(reply) == 'table' and reply.err or reply)} end
+      out[n] = reply
+    elseif allowed[name] then
+      out[n] = redis.pcall(name, KEYS[k], unpack(args))
+    else
+      out[n] = {err = 'ERR not a command the reader runs: ' .. name}
+    end
+  end
+end
+return out
+"""
+
+_reader: tuple[str, str] | None = None
+
+
+def reader() -> tuple[str, str]:
+    """:data:`READER`'s source and SHA1, built once from :data:`SCRIPTABLE` and the declared read functions."""
+    global _reader
+    if _reader is None:
+        functions = "".join(
+            f"F[{name!r}] = function(KEYS, ARGV)\n{function.lua}\nend\n" for name, function in _FUNCTIONS.items()
+        )
+        allowed = ", ".join(f"{name}=true" for name in sorted(SCRIPTABLE))
+        source = "local F = {}\n" + functions + _READER_BODY % {"allowed": allowed}
+        _reader = (source, hashlib.sha1(source.encode()).hexdigest())
+    return _reader
+
+
+@dataclass
+class _Server:
+    """What one server allows, learnt from its replies."""
+
+    command: str = "EVALSHA_RO"
+    loaded: bool = False
+    refused: bool = False
+
+
+_SERVERS: dict[Any, _Server] = {}
+_LOCK = threading.Lock()
+
+
+def _server(client: Redis) -> _Server:
+    from .redis_proc import server_key
+
+    key = server_key(client)
+    with _LOCK:
+        return _SERVERS.setdefault(key, _Server())
+
+
+def execute(client: Redis, plans: Sequence[Sequence[Command]]) -> list[list[Any]]:
+    """Every plan's replies, in order, reading each distinct command once (all are read-only): a command asked for by
+    several procs (Celery's shared ``unacked`` hash, two procs on one queue) is sent once. A connection failure
+    raises; a command's error reply is returned in its place."""
+    unique = list(dict.fromkeys(command for plan in plans for command in plan))
+    if not unique:
+        return [[] for _ in plans]
+    server = _server(client)
+    scripted = [] if server.refused else [c for c in unique if _scriptable(c)]
+    if scripted:
+        replies = _scripted(client, server, scripted, [c for c in unique if not _scriptable(c)])
+    else:
+        replies = _pipelined(client, unique)
+    return [[replies[command] for command in plan] for plan in plans]
+
+
+def _scriptable(command: Command) -> bool:
+    name = command[0]
+    return len(command) > 1 and (isinstance(name, ReadFunction) or (isinstance(name, str) and name in SCRIPTABLE))
+
+
+def _pipelined(client: Redis, commands: Sequence[Command]) -> dict[Command, Any]:
+    """The commands in one plain pipeline; read functions as their fallback (or their own script, loaded first)."""
+    pipe = client.pipeline(transaction=False)
+    loads = {c[0].sha: c[0].lua for c in commands if isinstance(c[0], ReadFunction) and c[0].fallback is None}
+    for lua in loads.values():
+        pipe.execute_command("SCRIPT", "LOAD", lua)
+    for command in commands:
+        name = command[0]
+        if not isinstance(name, ReadFunction):
+            pipe.execute_command(*command)
+        elif name.fallback is not None:
+            pipe.execute_command(*name.fallback(*command[1:]))
+        else:
+            pipe.execute_command("EVALSHA", name.sha, 1, *command[1:])
+    replies = pipe.execute(raise_on_error=False)[len(loads) :]
+    return {command: _finished(command, reply) for command, reply in zip(commands, replies)}
+
+
+def _finished(command: Command, reply: Any) -> Any:
+    name = command[0]
+    if isinstance(name, ReadFunction) and not isinstance(reply, Exception):
+        return name.parse(reply) if name.fallback is None else name.finish(reply)
+    return reply
+
+
+def _scripted(
+    client: Redis, server: _Server, scripted: list[Command], plain: list[Command], retried: bool = False
+) -> dict[Command, Any]:
+    """The scriptable commands in chunks of :data:`READER` calls and the others as themselves, in one pipeline. Falls
+    back to :func:`_pipelined` (for good, on this server) when the server refuses the script."""
+    source, sha = reader()
+    chunks = [_packed(chunk) for chunk in _chunks(scripted)]
+    pipe = client.pipeline(transaction=False)
+    load = not server.loaded
+    if load:
+        pipe.execute_command("SCRIPT", "LOAD", source)
+    for _, keys, argv in chunks:
+        pipe.execute_command(server.command, sha, len(keys), *keys, *argv)
+    for command in plain:
+        pipe.execute_command(*command)
+    replies = pipe.execute(raise_on_error=False)
+    if load:
+        loaded = replies.pop(0)
+        if isinstance(loaded, Exception):
+            return _refused(client, server, loaded, scripted + plain)
+        server.loaded = True
+    results = dict(zip(plain, replies[len(chunks) :]))
+    for (order, _, _), reply in zip(chunks, replies):
+        if isinstance(reply, Exception):
+            problem = str(reply)
+            if retried or not (problem.startswith("NOSCRIPT") or _unknown(problem, server.command)):
+                if _transient(problem):  # the server is busy or starting: these commands fail this cycle only
+                    results.update(dict.fromkeys(order, reply))
+                    continue
+                return _refused(client, server, reply, scripted + plain)
+            # the script is gone (a restart, SCRIPT FLUSH), or the server predates EVALSHA_RO: once more
+            if problem.startswith("NOSCRIPT"):
+                server.loaded = False
+            else:
+                server.command = "EVALSHA"
+            return _scripted(client, server, scripted, plain, retried=True)
+        results.update(_replies(client, order, reply))
+    return results
+
+
+def _refused(client: Redis, server: _Server, error: Exception, commands: list[Command]) -> dict[Command, Any]:
+    server.refused = True
+    kwargs = client.connection_pool.connection_kwargs
+    where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+    log.warning(
+        "Redis %s db %s refuses server-side scripts (%s): reading it with plain pipelined commands from now on"
+        " (allow +evalsha_ro, +evalsha and +script|load for the faster reads)",
+        where,
+        kwargs.get("db", 0),
+        describe_error(error),
+    )
+    return _pipelined(client, commands)
+
+
+def _unknown(problem: str, command: str) -> bool:
+    return command == "EVALSHA_RO" and problem.lower().startswith("unknown command")
+
+
+def _transient(problem: str) -> bool:
+    return problem.split(" ", 1)[0] in ("BUSY", "LOADING", "TRYAGAIN", "MASTERDOWN", "OOM")
+
+
+def _chunks(commands: list[Command]) -> list[list[Command]]:
+    chunks: list[list[Command]] = [[]]
+    cost = 0
+    for command in commands:
+        name = command[0]
+        weight = name.cost if isinstance(name, ReadFunction) else 1
+        if cost + weight > CHUNK_COST and chunks[-1]:
+            chunks.append([])
+            cost = 0
+        chunks[-1].append(command)
+        cost += weight
+    return chunks
+
+
+def _packed(chunk: list[Command]) -> tuple[list[Command], list[Any], list[Any]]:
+    """A chunk as :data:`READER`'s KEYS and ARGV, and its commands in the order of the replies."""
+    groups: dict[tuple[Any, int], list[Command]] = {}
+    for command in chunk:
+        groups.setdefault((command[0], len(command)), []).append(command)
+    order: list[Command] = []
+    keys: list[Any] = []
+    argv: list[Any] = []
+    for (name, size), commands in groups.items():
+        columns = list(zip(*commands))
+        order += commands
+        keys += columns[1]
+        shape = "".join("c" if column.count(column[0]) == len(column) else "v" for column in columns[2:])
+        argv += [name.name if isinstance(name, ReadFunction) else name, size - 2, len(commands), shape or "-"]
+        for kind, column in zip(shape, columns[2:]):
+            if kind == "c":
+                argv.append(column[0])
+            else:
+                argv += column
+    return order, keys, argv
+
+
+def _replies(client: Redis, order: list[Command], replies: list[Any]) -> dict[Command, Any]:
+    """Each command's reply, parsed by the client's response callback for the command as a pipeline would."""
+    callbacks = client.response_callbacks
+    results = {}
+    for command, reply in zip(order, replies):
+        name = command[0]
+        callback = name.parse if isinstance(name, ReadFunction) else callbacks.get(name)
+        results[command] = callback(reply) if callback and not isinstance(reply, Exception) else reply
+    return results
