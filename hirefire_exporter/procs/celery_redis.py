@@ -218,6 +218,6 @@ HEAD_STAMP = read_function(
     _HEAD_STAMP,
     cost=8,
     parse=_stamp_text,
-    fallback=lambda key: ("LINDEX", key, -1),
-    finish=message_stamp,
+    fallback=lambda key: [("LINDEX", key, -1)],
+    finish=lambda replies: message_stamp(replies[0]),
 )

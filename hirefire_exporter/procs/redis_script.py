@@ -63,15 +63,16 @@ class ReadFunction:
     """A read-only read with logic that runs on the server. ``lua`` is the body of a script over ``KEYS[1]`` and
     ``ARGV`` that returns no ``nil`` (``false`` instead); it runs as a function of :data:`READER` and, on the
     pipeline path without a ``fallback``, as a script of its own; ``parse`` turns its reply into the value a proc
-    gets. ``fallback`` is the plain command that reads the same on the pipeline path (given the key and arguments)
-    and ``finish`` turns that reply into the same value. ``cost``: cost units (:data:`CHUNK_COST`) per call."""
+    gets. ``fallback`` gives the plain commands that read the same on the pipeline path (given the key and
+    arguments) and ``finish`` turns their replies into the same value (an error reply among them is the value).
+    ``cost``: cost units (:data:`CHUNK_COST`) per call."""
 
     name: str
     lua: str
     cost: int = 4
     parse: Callable[[Any], Any] = _identity
-    fallback: Callable[..., Command] | None = None
-    finish: Callable[[Any], Any] = _identity
+    fallback: Callable[..., list[Command]] | None = None
+    finish: Callable[[list[Any]], Any] = _identity
     sha: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -104,29 +105,41 @@ def read_function(name: str, lua: str, **options: Any) -> ReadFunction:
 _READER_BODY = """
 local allowed = {%(allowed)s}
 local out, n, a, k = {}, 0, 1, 0
+local call = redis.pcall
 while a <= #ARGV do
   local name, nargs, count, shape = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), ARGV[a + 3]
   a = a + 4
-  local fixed, at = {}, {}
+  local fixed, at, varying = {}, {}, false
   for p = 1, nargs do
-    if string.byte(shape, p) == 99 then fixed[p] = ARGV[a]; a = a + 1 else at[p] = a; a = a + count end
+    if string.byte(shape, p) == 99 then fixed[p] = ARGV[a]; a = a + 1 else at[p] = a; a = a + count; varying = true end
   end
   local fn = F[name]
-  for i = 0, count - 1 do
-    k = k + 1
-    n = n + 1
-    local args = {}
-    for p = 1, nargs do args[p] = fixed[p] or ARGV[at[p] + i] end
-    if fn then
-      local ok, reply = pcall(fn, {KEYS[k]}, args)
+  if fn then
+    for i = 0, count - 1 do
+      local args = {}
+      for p = 1, nargs do args[p] = fixed[p] or ARGV[at[p] + i] end
+      local ok, reply = pcall(fn, {KEYS[k + i + 1]}, args)
       if not ok then reply = {err = tostring(type(reply) == 'table' and reply.err or reply)} end
-      out[n] = reply
-    elseif allowed[name] then
-      out[n] = redis.pcall(name, KEYS[k], unpack(args))
-    else
-      out[n] = {err = 'ERR not a command the reader runs: ' .. name}
+      out[n + i + 1] = reply
+    end
+  elseif not allowed[name] then
+    for i = 1, count do out[n + i] = {err = 'ERR not a command the reader runs: ' .. name} end
+  elseif nargs == 0 then
+    for i = 1, count do out[n + i] = call(name, KEYS[k + i]) end
+  elseif not varying then
+    for i = 1, count do out[n + i] = call(name, KEYS[k + i], unpack(fixed)) end
+  elseif nargs == 1 then
+    local first = at[1] - 1
+    for i = 1, count do out[n + i] = call(name, KEYS[k + i], ARGV[first + i]) end
+  else
+    for i = 0, count - 1 do
+      local args = {}
+      for p = 1, nargs do args[p] = fixed[p] or ARGV[at[p] + i] end
+      out[n + i + 1] = call(name, KEYS[k + i + 1], unpack(args))
     end
   end
+  n = n + count
+  k = k + count
 end
 return out
 """
@@ -172,21 +185,30 @@ def execute(client: Redis, plans: Sequence[Sequence[Command]]) -> list[list[Any]
     """Every plan's replies, in order, reading each distinct command once (all are read-only): a command asked for by
     several procs (Celery's shared ``unacked`` hash, two procs on one queue) is sent once. A connection failure
     raises; a command's error reply is returned in its place."""
-    unique = list(dict.fromkeys(command for plan in plans for command in plan))
+    unique = dict.fromkeys(command for plan in plans for command in plan)
     if not unique:
         return [[] for _ in plans]
     server = _server(client)
-    scripted = [] if server.refused else [c for c in unique if _scriptable(c)]
-    if scripted:
-        replies = _scripted(client, server, scripted, [c for c in unique if not _scriptable(c)])
-    else:
-        replies = _pipelined(client, unique)
+    scripted: list[Command] = []
+    plain: list[Command] = []
+    if not server.refused:
+        for command in unique:
+            name = command[0]
+            fits = len(command) > 1 and ((type(name) is str and name in SCRIPTABLE) or type(name) is ReadFunction)
+            (scripted if fits else plain).append(command)
+    replies = _scripted(client, server, scripted, plain) if scripted else _pipelined(client, list(unique))
     return [[replies[command] for command in plan] for plan in plans]
 
 
-def _scriptable(command: Command) -> bool:
+def plain_commands(command: Command) -> list[Command]:
+    """What ``command`` sends on the pipeline path: itself, a read function's fallback commands, or its own script
+    (``EVALSHA``, to be loaded first)."""
     name = command[0]
-    return len(command) > 1 and (isinstance(name, ReadFunction) or (isinstance(name, str) and name in SCRIPTABLE))
+    if not isinstance(name, ReadFunction):
+        return [command]
+    if name.fallback is not None:
+        return name.fallback(*command[1:])
+    return [("EVALSHA", name.sha, 1, *command[1:])]
 
 
 def _pipelined(client: Redis, commands: Sequence[Command]) -> dict[Command, Any]:
@@ -195,27 +217,25 @@ def _pipelined(client: Redis, commands: Sequence[Command]) -> dict[Command, Any]
     loads = {c[0].sha: c[0].lua for c in commands if isinstance(c[0], ReadFunction) and c[0].fallback is None}
     for lua in loads.values():
         pipe.execute_command("SCRIPT", "LOAD", lua)
-    for command in commands:
-        name = command[0]
-        if not isinstance(name, ReadFunction):
+    sent = [plain_commands(command) for command in commands]
+    for each in sent:
+        for command in each:
             pipe.execute_command(*command)
-        elif name.fallback is not None:
-            pipe.execute_command(*name.fallback(*command[1:]))
-        else:
-            pipe.execute_command("EVALSHA", name.sha, 1, *command[1:])
-    replies = pipe.execute(raise_on_error=False)[len(loads) :]
-    return {command: _finished(command, reply) for command, reply in zip(commands, replies)}
+    replies = iter(pipe.execute(raise_on_error=False)[len(loads) :])
+    return {command: _finished(command, [next(replies) for _ in each]) for command, each in zip(commands, sent)}
 
 
-def _finished(command: Command, reply: Any) -> Any:
+def _finished(command: Command, replies: list[Any]) -> Any:
+    """A command's reply from the replies to its :func:`plain_commands` (the first error, if any)."""
+    failed = next((reply for reply in replies if isinstance(reply, Exception)), None)
     name = command[0]
-    if isinstance(name, ReadFunction) and not isinstance(reply, Exception):
-        return name.parse(reply) if name.fallback is None else name.finish(reply)
-    return reply
+    if failed is not None or not isinstance(name, ReadFunction):
+        return failed or replies[0]
+    return name.parse(replies[0]) if name.fallback is None else name.finish(replies)
 
 
 def _scripted(
-    client: Redis, server: _Server, scripted: list[Command], plain: list[Command], retried: bool = False
+    client: Redis, server: _Server, scripted: list[Command], plain: list[Command], retries: int = 2
 ) -> dict[Command, Any]:
     """The scriptable commands in chunks of :data:`READER` calls and the others as themselves, in one pipeline. Falls
     back to :func:`_pipelined` (for good, on this server) when the server refuses the script."""
@@ -236,21 +256,21 @@ def _scripted(
             return _refused(client, server, loaded, scripted + plain)
         server.loaded = True
     results = dict(zip(plain, replies[len(chunks) :]))
-    for (order, _, _), reply in zip(chunks, replies):
-        if isinstance(reply, Exception):
-            problem = str(reply)
-            if retried or not (problem.startswith("NOSCRIPT") or _unknown(problem, server.command)):
-                if _transient(problem):  # the server is busy or starting: these commands fail this cycle only
-                    results.update(dict.fromkeys(order, reply))
-                    continue
-                return _refused(client, server, reply, scripted + plain)
-            # the script is gone (a restart, SCRIPT FLUSH), or the server predates EVALSHA_RO: once more
-            if problem.startswith("NOSCRIPT"):
-                server.loaded = False
-            else:
-                server.command = "EVALSHA"
-            return _scripted(client, server, scripted, plain, retried=True)
-        results.update(_replies(client, order, reply))
+    for (groups, _, _), reply in zip(chunks, replies):
+        if not isinstance(reply, Exception):
+            results.update(_replies(client, groups, reply))
+            continue
+        problem = str(reply)
+        if _transient(problem):  # the server is busy or starting: these commands fail this cycle only
+            results.update((command, reply) for group in groups for command in group)
+        elif retries and problem.startswith("NOSCRIPT"):  # the script is gone (a restart, SCRIPT FLUSH): reload it
+            server.loaded = False
+            return _scripted(client, server, scripted, plain, retries - 1)
+        elif retries and server.command == "EVALSHA_RO":  # before Redis 7, or an ACL that allows only EVALSHA
+            server.command = "EVALSHA"
+            return _scripted(client, server, scripted, plain, retries - 1)
+        else:
+            return _refused(client, server, reply, scripted + plain)
     return results
 
 
@@ -266,10 +286,6 @@ def _refused(client: Redis, server: _Server, error: Exception, commands: list[Co
         describe_error(error),
     )
     return _pipelined(client, commands)
-
-
-def _unknown(problem: str, command: str) -> bool:
-    return command == "EVALSHA_RO" and problem.lower().startswith("unknown command")
 
 
 def _transient(problem: str) -> bool:
@@ -290,34 +306,46 @@ def _chunks(commands: list[Command]) -> list[list[Command]]:
     return chunks
 
 
-def _packed(chunk: list[Command]) -> tuple[list[Command], list[Any], list[Any]]:
-    """A chunk as :data:`READER`'s KEYS and ARGV, and its commands in the order of the replies."""
-    groups: dict[tuple[Any, int], list[Command]] = {}
+_SHAPE = object()
+
+
+def _packed(chunk: list[Command]) -> tuple[list[list[Command]], list[Any], list[Any]]:
+    """A chunk as :data:`READER`'s KEYS and ARGV, and its commands in groups in the order of the replies."""
+    alike: dict[Command, list[Command]] = {}  # by name and arguments: all but the key in common, sent once
     for command in chunk:
-        groups.setdefault((command[0], len(command)), []).append(command)
-    order: list[Command] = []
+        alike.setdefault(command[:1] + command[2:], []).append(command)
+    groups: dict[Any, list[Command]] = {}  # commands that have nothing in common but their shape share a group
+    for same, commands in alike.items():
+        group = same if len(commands) > 1 else (_SHAPE, same[0], len(same))
+        groups.setdefault(group, []).extend(commands)
     keys: list[Any] = []
     argv: list[Any] = []
-    for (name, size), commands in groups.items():
+    for commands in groups.values():
         columns = list(zip(*commands))
-        order += commands
         keys += columns[1]
         shape = "".join("c" if column.count(column[0]) == len(column) else "v" for column in columns[2:])
-        argv += [name.name if isinstance(name, ReadFunction) else name, size - 2, len(commands), shape or "-"]
+        name = commands[0][0]
+        argv += [name.name if isinstance(name, ReadFunction) else name, len(columns) - 2, len(commands), shape or "-"]
         for kind, column in zip(shape, columns[2:]):
             if kind == "c":
                 argv.append(column[0])
             else:
                 argv += column
-    return order, keys, argv
+    return list(groups.values()), keys, argv
 
 
-def _replies(client: Redis, order: list[Command], replies: list[Any]) -> dict[Command, Any]:
+def _replies(client: Redis, groups: list[list[Command]], replies: list[Any]) -> dict[Command, Any]:
     """Each command's reply, parsed by the client's response callback for the command as a pipeline would."""
     callbacks = client.response_callbacks
-    results = {}
-    for command, reply in zip(order, replies):
-        name = command[0]
+    results: dict[Command, Any] = {}
+    start = 0
+    for commands in groups:
+        name = commands[0][0]
         callback = name.parse if isinstance(name, ReadFunction) else callbacks.get(name)
-        results[command] = callback(reply) if callback and not isinstance(reply, Exception) else reply
+        end = start + len(commands)
+        mine = replies[start:end]
+        if callback:
+            mine = [reply if isinstance(reply, Exception) else callback(reply) for reply in mine]
+        results.update(zip(commands, mine))
+        start = end
     return results

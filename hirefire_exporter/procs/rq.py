@@ -41,7 +41,7 @@ log = logging.getLogger("hirefire_exporter")
 
 #: The states that need a worker now or are on one: HireFire's count.
 COUNTED = frozenset({"queued", "started", "due"})
-#: depth_commands per queue, in this order: the counts, then whether RQ knows the queue.
+#: A queue's reply, in this order: the counts, then whether RQ knows the queue (then, read on the server, the walk).
 _STATES = ("queued", "intermediate", "started", "due", "scheduled", "deferred", "failed")
 _PER_QUEUE = len(_STATES) + 1
 _KNOWN = _PER_QUEUE - 1
@@ -70,6 +70,47 @@ end
 return {start, false, 0}
 """
 _FIRST_LIVE = read_function("rq_first_live_job", FIRST_LIVE_JOB, cost=6)
+
+#: KEYS[1]: a queue's id list; ARGV: the prefix, the queue's name, now, :data:`HEAD_SCAN_LIMIT`. One queue's reads, on
+#: the server: the commands of :func:`_queue_commands` and, for a non-empty queue, its walk (:data:`FIRST_LIVE_JOB`,
+#: or its error) after them. The other keys are derived from the name (Redis Cluster is not supported).
+QUEUE_READ = """
+local prefix, queue, now = ARGV[1], ARGV[2], ARGV[3]
+local scheduled = prefix .. ':scheduled:' .. queue
+local waiting = redis.call('LLEN', KEYS[1])
+local reply = {
+  waiting,
+  redis.call('LLEN', KEYS[1] .. ':intermediate'),
+  redis.call('ZCOUNT', prefix .. ':wip:' .. queue, now, '+inf'),
+  redis.call('ZCOUNT', scheduled, '-inf', now),
+  redis.call('ZCOUNT', scheduled, '(' .. now, '+inf'),
+  redis.call('ZCARD', prefix .. ':deferred:' .. queue),
+  redis.call('ZCARD', prefix .. ':failed:' .. queue),
+  redis.call('SISMEMBER', prefix .. ':queues', KEYS[1]),
+}
+if waiting > 0 then
+  local ok, walk = pcall(F.rq_first_live_job, KEYS, {prefix .. ':job:', ARGV[4]})
+  reply[9] = ok and walk or {err = tostring(walk)}
+end
+return reply
+"""
+
+
+def _queue_commands(key: str, p: str, q: str, now: float, limit: int) -> list[Command]:
+    """One queue's reads as plain commands (the pipeline path; no walk: :meth:`RQProc.latency_commands` asks)."""
+    return [
+        ("LLEN", key),
+        ("LLEN", f"{key}:intermediate"),
+        ("ZCOUNT", f"{p}:wip:{q}", now, "+inf"),
+        ("ZCOUNT", f"{p}:scheduled:{q}", "-inf", now),
+        ("ZCOUNT", f"{p}:scheduled:{q}", f"({now}", "+inf"),
+        ("ZCARD", f"{p}:deferred:{q}"),
+        ("ZCARD", f"{p}:failed:{q}"),
+        ("SISMEMBER", f"{p}:queues", key),
+    ]
+
+
+_QUEUE = read_function("rq_queue", QUEUE_READ, cost=14, fallback=_queue_commands)
 
 
 class RQProc(RedisProc, ClientProc):
@@ -102,37 +143,27 @@ class RQProc(RedisProc, ClientProc):
         return Queue(queue, connection=self.redis_client())
 
     def depth_commands(self, now: float) -> list[Command]:
+        """One :data:`QUEUE_READ` per queue (on the pipeline path its eight commands)."""
         p = self.prefix
-        commands: list[Command] = []
-        for q in self.queues:
-            commands += [
-                ("LLEN", f"{p}:queue:{q}"),
-                ("LLEN", f"{p}:queue:{q}:intermediate"),
-                ("ZCOUNT", f"{p}:wip:{q}", now, "+inf"),
-                ("ZCOUNT", f"{p}:scheduled:{q}", "-inf", now),
-                ("ZCOUNT", f"{p}:scheduled:{q}", f"({now}", "+inf"),
-                ("ZCARD", f"{p}:deferred:{q}"),
-                ("ZCARD", f"{p}:failed:{q}"),
-                ("SISMEMBER", f"{p}:queues", f"{p}:queue:{q}"),
-            ]
-        return commands
+        return [_QUEUE(f"{p}:queue:{q}", p, q, now, HEAD_SCAN_LIMIT) for q in self.queues]
 
     def latency_commands(self, depth: list[Any]) -> list[Command]:
-        """The first live job of each non-empty queue (:data:`FIRST_LIVE_JOB`: a function of the server-side reader,
-        or on the pipeline path a script of its own, loaded in the same pipeline)."""
+        """The first live job of each non-empty queue whose walk the server did not do already (the pipeline path):
+        :data:`FIRST_LIVE_JOB` as a script of its own, loaded in the same pipeline."""
         p = self.prefix  # once: it reads the environment
         return [
             _FIRST_LIVE(f"{p}:queue:{q}", f"{p}:job:", HEAD_SCAN_LIMIT)
-            for q, replies in zip(self.queues, _per_queue(depth))
-            if int(replies[0])
+            for q, replies in zip(self.queues, depth)
+            if int(replies[0]) and len(replies) == _PER_QUEUE
         ]
 
     def build_reading(self, depth: list[Any], latency: list[Any], now: float) -> Reading:
-        walks = iter(latency)  # one reply per non-empty queue, as latency_commands asked
+        walks = iter(latency)  # one reply per non-empty queue walked in a follow-up, as latency_commands asked
         queues = []
-        for q, r in zip(self.queues, _per_queue(depth)):  # replies in the order of _STATES, then rq:queues membership
+        for q, r in zip(self.queues, depth):  # replies in the order of _STATES, then rq:queues membership, then walk
             waiting = int(r[0])
-            expired, age = self._first_live(q, next(walks), waiting, now) if waiting else (0, 0.0)
+            walk = (r[_PER_QUEUE] if len(r) > _PER_QUEUE else next(walks)) if waiting else None
+            expired, age = self._first_live(q, walk, waiting, now) if waiting else (0, 0.0)
             counts = {
                 "queued": max(0, waiting - expired),
                 "started": int(r[1]) + int(r[2]),  # popped but not yet registered + running
@@ -175,11 +206,6 @@ class RQProc(RedisProc, ClientProc):
                 queue,
                 describe_error(error),
             )
-
-
-def _per_queue(depth: list[Any]) -> list[list[Any]]:
-    """The replies to :meth:`RQProc.depth_commands`, one list per queue."""
-    return [depth[i : i + _PER_QUEUE] for i in range(0, len(depth), _PER_QUEUE)]
 
 
 def _age(enqueued_at: Any, now: float) -> float | None:
