@@ -181,6 +181,11 @@ def _server(client: Redis) -> _Server:
         return _SERVERS.setdefault(key, _Server())
 
 
+def pipeline_only(client: Redis) -> None:
+    """Read ``client``'s server with plain pipelined commands from now on, as after a refusal (benchmarks, tests)."""
+    _server(client).refused = True
+
+
 def execute(client: Redis, plans: Sequence[Sequence[Command]]) -> list[list[Any]]:
     """Every plan's replies, in order, reading each distinct command once (all are read-only): a command asked for by
     several procs (Celery's shared ``unacked`` hash, two procs on one queue) is sent once. A connection failure
@@ -260,10 +265,9 @@ def _scripted(
         if not isinstance(reply, Exception):
             results.update(_replies(client, groups, reply))
             continue
-        problem = str(reply)
-        if _transient(problem):  # the server is busy or starting: these commands fail this cycle only
+        if _transient(reply):  # the server is busy or starting: these commands fail this cycle only
             results.update((command, reply) for group in groups for command in group)
-        elif retries and problem.startswith("NOSCRIPT"):  # the script is gone (a restart, SCRIPT FLUSH): reload it
+        elif retries and type(reply).__name__ == "NoScriptError":  # gone (a restart, SCRIPT FLUSH): reload it
             server.loaded = False
             return _scripted(client, server, scripted, plain, retries - 1)
         elif retries and server.command == "EVALSHA_RO":  # before Redis 7, or an ACL that allows only EVALSHA
@@ -288,8 +292,14 @@ def _refused(client: Redis, server: _Server, error: Exception, commands: list[Co
     return _pipelined(client, commands)
 
 
-def _transient(problem: str) -> bool:
-    return problem.split(" ", 1)[0] in ("BUSY", "LOADING", "TRYAGAIN", "MASTERDOWN", "OOM")
+def _transient(error: Exception) -> bool:
+    """An error of the moment, not a refusal: a script of someone else's running long (``BUSY``), a server loading its
+    data, a replica without its master, no memory left (redis-py's classes strip the error code)."""
+    from redis import exceptions
+
+    kinds = (exceptions.BusyLoadingError, exceptions.TryAgainError, exceptions.MasterDownError)
+    oom = getattr(exceptions, "OutOfMemoryError", ())
+    return isinstance(error, kinds + ((oom,) if oom else ())) or str(error).startswith("BUSY")
 
 
 def _chunks(commands: list[Command]) -> list[list[Command]]:
