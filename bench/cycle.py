@@ -111,11 +111,15 @@ class Bench:
     def write_commands(self, queues: int, prefix: str = "bench") -> None:
         """The raw kind's commands: exactly what RQProc asks for on these queues (the counts, then, for the queues
         found non-empty, the script that finds each one's oldest live job, loaded once)."""
-        from hirefire_exporter.procs.rq import RQProc
+        from hirefire_exporter.procs.redis_script import plain_commands
+        from hirefire_exporter.procs.rq import FIRST_LIVE_JOB, RQProc
 
         proc = RQProc("worker", queues=queue_names(queues, prefix))
-        depth = proc.depth_commands(time.time())
-        load, *walks = proc.latency_commands([1] * len(depth))  # every queue non-empty: one walk per queue
+        reads = proc.depth_commands(time.time())
+        depth = [command for read in reads for command in plain_commands(read)]
+        walks = proc.latency_commands([[1] * 8 for _ in reads])  # every queue non-empty: one walk per queue
+        walks = [command for walk in walks for command in plain_commands(walk)]
+        load = ("SCRIPT", "LOAD", FIRST_LIVE_JOB)
         self.commands_file.write_text(json.dumps({"depth": depth, "load": load, "walks": walks}))
 
     def measure(self, label: str, python: str, kind: str, queues: int, cycles: int, procs: int = 1, **kw) -> Row:

@@ -1,0 +1,136 @@
+"""Issue 13: the reads in a read-only server-side script, side by side with what they replace and what counts less.
+
+    /work/venv/bin/python bench/scripts.py            # ~3 minutes on an idle machine; --quick: ~1 minute
+
+On a private redis-server (bench/support.py), each figure a median over cycles run by bench/driver.py:
+
+- RQ at 1,000 and 10,000 queues (3 waiting, 1 running, 1 due job each): hirefire-exporter (script) against
+  hirefire-exporter reading with plain pipelined commands (as where scripts are refused), both alternating cycle by
+  cycle in one process; against the raw pipeline of the same commands; and against hirefire-resource's
+  ``job_queue_size`` (LLEN and the due ZCOUNT per queue: no running jobs, no latency) in its own venv, the two run in
+  alternating rounds of their own processes. With and without hiredis in our process (hirefire-resource's venv has
+  none unless installed there);
+- Celery, 100 queues with kombu's 4 priority lists holding stamped messages, a ``metric = "latency"`` proc: against a
+  bare pipeline of LLEN on every priority list (the counts alone, no latency);
+- how long Redis is held by one call at 10,000 RQ queues: SLOWLOG with a threshold of 0 over the cycles, the longest
+  entry and how many exceed 5 ms.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from alternatives import ALTERNATIVES, ensure  # noqa: E402
+from cycle import Bench  # noqa: E402
+from support import make_rq_queues, private_redis, queue_names  # noqa: E402
+
+HIREFIRE_RESOURCE = next(alt for alt in ALTERNATIVES if alt.key == "hirefire-resource")
+
+
+def rq_rows(bench: Bench, sizes: list[int], cycles: int, rounds: int) -> list[str]:
+    me = sys.executable
+    hr_python, status = ensure(HIREFIRE_RESOURCE)
+    if hr_python is None:
+        print(f"  skipping hirefire-resource: {status}", file=sys.stderr)
+    rows = []
+    for size in sizes:
+        bench.client.flushall()
+        make_rq_queues(bench.client, queue_names(size))
+        bench.write_commands(size)
+        print(f"  RQ, {size:,} queues ...", file=sys.stderr)
+        script, pipeline = bench.paired("ours", "ours-pipeline", size, cycles)
+        ours_raw, raw = bench.paired("ours", "raw", size, cycles)
+        plain, plain_pipeline = bench.paired("ours", "ours-pipeline", size, cycles, no_hiredis=True)
+        commands = bench.drive(me, "ours", size, 2)["stats"]
+        calls = commands.get("evalsha_ro", 0) / 2
+        rows.append(f"| {size:,} | script vs pipeline (hiredis) | {script / pipeline:.2f}x | {_ms(script)} |")
+        rows.append(f"| {size:,} | same, pure-Python parser | {plain / plain_pipeline:.2f}x | {_ms(plain)} |")
+        rows.append(f"| {size:,} | script vs raw pipeline of the same commands | {ours_raw / raw:.2f}x | |")
+        rows.append(f"| {size:,} | script calls per cycle (EVALSHA_RO, one round trip) | {calls:,.0f} | |")
+        if hr_python is None:
+            continue
+        ours_times, hr_times, bare_times = [], [], []
+        for _ in range(rounds):  # alternate whole processes: the two cannot share a venv
+            ours_times += bench.drive(me, "ours", size, cycles)["times"]
+            hr_times += bench.drive(str(hr_python), "hirefire-resource", size, cycles)["times"]
+            bare_times += bench.drive(me, "ours", size, cycles, no_hiredis=True)["times"]
+        hr = statistics.median(hr_times)
+        ours, bare = statistics.median(ours_times), statistics.median(bare_times)
+        rows.append(f"| {size:,} | script vs hirefire-resource | {ours / hr:.2f}x | {_ms(ours)} vs {_ms(hr)} |")
+        rows.append(f"| {size:,} | same, pure-Python parser | {bare / hr:.2f}x | {_ms(bare)} |")
+    return rows
+
+
+def celery_rows(bench: Bench, cycles: int) -> list[str]:
+    print("  Celery, 100 queues x 4 priority lists ...", file=sys.stderr)
+    bench.client.flushall()
+    names = queue_names(100, "celery")
+    pipe = bench.client.pipeline(transaction=False)
+    stamp = time.time() - 30
+    for name in names:
+        for key in (name, f"{name}\x06\x163", f"{name}\x06\x166", f"{name}\x06\x169"):
+            for _ in range(2):
+                message = {"body": "W1tdLCB7fSwge31d", "headers": {"hirefire_enqueued_at": stamp, "task": "t"}}
+                message["properties"] = {"delivery_tag": "x", "priority": 0}
+                pipe.lpush(key, json.dumps(message))
+    pipe.execute()
+    ours, raw = bench.paired("ours-celery", "raw-llen", 100, cycles, prefix="celery")
+    commands = bench.drive(sys.executable, "ours-celery", 100, 2, prefix="celery")["stats"]
+    per_cycle = ", ".join(f"{name} {n / 2:,.0f}" for name, n in sorted(commands.items()))
+    return [
+        f"| 100 x 4 | latency proc (script) vs LLEN pipeline | {ours / raw:.2f}x | {_ms(ours)} vs {_ms(raw)} |",
+        f"| 100 x 4 | commands per cycle (inside the script included) | {per_cycle} | |",
+    ]
+
+
+def slowlog_rows(bench: Bench, cycles: int) -> list[str]:
+    print("  SLOWLOG at 10,000 RQ queues ...", file=sys.stderr)
+    bench.client.flushall()
+    make_rq_queues(bench.client, queue_names(10_000))
+    bench.client.config_set("slowlog-log-slower-than", 0)
+    bench.client.config_set("slowlog-max-len", 100_000)
+    bench.client.slowlog_reset()
+    bench.drive(sys.executable, "ours", 10_000, cycles)
+    entries = [e for e in bench.client.slowlog_get(100_000) if e["command"][:7].upper().startswith(b"EVALSHA")]
+    bench.client.config_set("slowlog-log-slower-than", 10_000)
+    longest = max(e["duration"] for e in entries)
+    over = sum(e["duration"] > 5000 for e in entries)
+    median = statistics.median(e["duration"] for e in entries)
+    return [
+        f"| 10,000 | longest single call (SLOWLOG, {len(entries):,} calls over {cycles + 1} cycles) "
+        f"| {longest:,} µs | median {median:,.0f} µs, {over} above 5,000 µs |"
+    ]
+
+
+def _ms(seconds: float) -> str:
+    return f"{seconds * 1000:.1f} ms"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="fewer cycles and rounds (~1 minute)")
+    parser.add_argument("--sizes", default="1000,10000", help="RQ queue counts (default 1000,10000)")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",") if s]
+    cycles, rounds = (4, 2) if args.quick else (10, 3)
+    with private_redis() as port, tempfile.TemporaryDirectory() as tmp:
+        print(f"bench: private redis-server on 127.0.0.1:{port}", file=sys.stderr)
+        bench = Bench(port, tmp)
+        rows = rq_rows(bench, sizes, cycles, rounds)
+        rows += celery_rows(bench, 4 * cycles)
+        rows += slowlog_rows(bench, cycles // 2)
+    print("\n| queues | what | ratio or figure | medians |\n|---:|---|---:|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
