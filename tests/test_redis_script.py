@@ -233,3 +233,35 @@ def test_commands_the_script_does_not_run_are_sent_beside_it(private_redis):
     assert dict(reading.queues[0].jobs) == {"queued": 1, "bytes": 5}
     counts = command_counts(private_redis)
     assert (counts["hstrlen"], counts["llen"], counts["evalsha_ro"]) == (1, 1, 1)
+
+
+def test_every_command_the_script_runs_replies_as_in_a_pipeline(private_redis):
+    private_redis.rpush("list", "a", "b", "c")
+    private_redis.hset("hash", mapping={"f": "1", "g": "2"})
+    private_redis.sadd("set", "x", "y")
+    private_redis.zadd("zset", {"m": 1.5, "n": 3})
+    private_redis.set("string", "value", ex=600)
+    private_redis.xadd("stream", {"k": "v"})
+    commands = [
+        ("EXISTS", "list"), ("GET", "string"), ("HEXISTS", "hash", "f"), ("HGET", "hash", "g"), ("HGETALL", "hash"),
+        ("HKEYS", "hash"), ("HLEN", "hash"), ("HMGET", "hash", "f", "missing"), ("HVALS", "hash"),
+        ("LINDEX", "list", -1), ("LINDEX", "missing", -1), ("LLEN", "list"), ("LRANGE", "list", 0, -1),
+        ("PTTL", "list"), ("SCARD", "set"),
+        ("SISMEMBER", "set", "x"), ("SMEMBERS", "set"), ("SMISMEMBER", "set", "x", "z"), ("STRLEN", "string"),
+        ("TTL", "string"), ("TYPE", "zset"), ("XLEN", "stream"), ("ZCARD", "zset"), ("ZCOUNT", "zset", "-inf", 2),
+        ("ZRANGE", "zset", 0, -1), ("ZRANGEBYSCORE", "zset", 0, 2), ("ZSCORE", "zset", "m"), ("ZSCORE", "zset", "o"),
+        ("LLEN", "hash"),  # the wrong type: an error in its place
+    ]  # fmt: skip
+    assert {c[0] for c in commands} == redis_script.SCRIPTABLE
+    client = QueuesProc("worker", ["list"], url=url_of(private_redis)).redis_client()
+    private_redis.config_resetstat()
+
+    (scripted,) = redis_script.execute(client, [commands])
+    assert command_counts(private_redis).get("evalsha_ro") == 1
+    redis_script.pipeline_only(client)
+    (pipelined,) = redis_script.execute(client, [commands])
+
+    *same, error = scripted
+    assert same == pipelined[:-1]
+    assert type(error) is type(pipelined[-1]) and str(error).startswith("WRONGTYPE")
+    assert dict(zip(commands, scripted))["HGETALL", "hash"] == {b"f": b"1", b"g": b"2"}

@@ -2,13 +2,14 @@
 plain pipelined commands. The procs' commands and the replies they get are the same either way.
 
 Most of a pipelined cycle's time is spent in redis-py, packing each command and parsing each reply, not in Redis.
-:data:`READER`, one generic Lua script, runs a whitelisted set of read-only commands (:data:`SCRIPTABLE`) given
+:func:`reader`, one generic Lua script, runs a whitelisted set of read-only commands (:data:`SCRIPTABLE`) given
 compactly in ``ARGV`` (commands of one shape share one header, an argument every command has in common is sent once)
 and returns their replies as one flat array: one call per chunk of commands, all chunks in one pipeline, so one round
 trip as before. A command's error reply (a key of the wrong type) comes back in its place in the array, failing only
 the proc that asked for it.
 
-- ``EVALSHA_RO`` on Redis >= 7 (``EVALSHA`` before: ``EVALSHA_RO`` answers ``unknown command``); the script is loaded
+- ``EVALSHA_RO`` on Redis >= 7 (``EVALSHA`` where it is refused: an unknown command before 7, an ACL that allows only
+  ``EVALSHA``); the script is loaded
   (``SCRIPT LOAD``) in the first pipeline to each server and again after ``NOSCRIPT`` (a restart, ``SCRIPT FLUSH``);
 - chunks of at most :data:`CHUNK_COST` (about 1-2 ms of Redis time each), so that one call never holds Redis for
   long while other clients wait: a call is atomic;
@@ -61,7 +62,7 @@ def _identity(reply: Any) -> Any:
 @dataclass(frozen=True, eq=False)
 class ReadFunction:
     """A read-only read with logic that runs on the server. ``lua`` is the body of a script over ``KEYS[1]`` and
-    ``ARGV`` that returns no ``nil`` (``false`` instead); it runs as a function of :data:`READER` and, on the
+    ``ARGV`` that returns no ``nil`` (``false`` instead); it runs as a function of :func:`reader`'s script and, on the
     pipeline path without a ``fallback``, as a script of its own; ``parse`` turns its reply into the value a proc
     gets. ``fallback`` gives the plain commands that read the same on the pipeline path (given the key and
     arguments) and ``finish`` turns their replies into the same value (an error reply among them is the value).
@@ -90,7 +91,7 @@ _FUNCTIONS: dict[str, ReadFunction] = {}
 
 
 def read_function(name: str, lua: str, **options: Any) -> ReadFunction:
-    """Declare a :class:`ReadFunction` (at import time: :data:`READER` is built from all of them when first used)."""
+    """Declare a :class:`ReadFunction` (at import time: :func:`reader` is built from all of them when first used)."""
     function = ReadFunction(name, lua, **options)
     if name in _FUNCTIONS or not name.isidentifier():
         raise ValueError(f"read function {name!r}: the name must be a new identifier")
@@ -148,7 +149,7 @@ _reader: tuple[str, str] | None = None
 
 
 def reader() -> tuple[str, str]:
-    """:data:`READER`'s source and SHA1, built once from :data:`SCRIPTABLE` and the declared read functions."""
+    """The reader script's source and SHA1, built once from :data:`SCRIPTABLE` and the declared read functions."""
     global _reader
     if _reader is None:
         functions = "".join(
@@ -242,7 +243,7 @@ def _finished(command: Command, replies: list[Any]) -> Any:
 def _scripted(
     client: Redis, server: _Server, scripted: list[Command], plain: list[Command], retries: int = 2
 ) -> dict[Command, Any]:
-    """The scriptable commands in chunks of :data:`READER` calls and the others as themselves, in one pipeline. Falls
+    """The scriptable commands in chunks of :func:`reader` calls and the others as themselves, in one pipeline. Falls
     back to :func:`_pipelined` (for good, on this server) when the server refuses the script."""
     source, sha = reader()
     chunks = [_packed(chunk) for chunk in _chunks(scripted)]
@@ -292,6 +293,23 @@ def _refused(client: Redis, server: _Server, error: Exception, commands: list[Co
     return _pipelined(client, commands)
 
 
+def _resp2_callbacks(client: Redis) -> Any:
+    """The callbacks that parse RESP2 replies, which is what a script's replies are (Lua speaks RESP2 unless told
+    otherwise) even on a RESP3 connection (redis-py's default from 8.0): ``HGETALL`` is then a flat list to make a
+    dict of, as a RESP2 client does, not the map a pipeline gets on RESP3."""
+    global _RESP2
+    if _RESP2 is None:
+        try:
+            from redis._parsers.helpers import _RedisCallbacks, _RedisCallbacksRESP2
+        except ImportError:  # an older redis-py: RESP2 only, its callbacks are the client's
+            return client.response_callbacks
+        _RESP2 = {name.upper(): f for name, f in {**_RedisCallbacks, **_RedisCallbacksRESP2}.items()}
+    return _RESP2
+
+
+_RESP2: dict[str, Any] | None = None
+
+
 def _transient(error: Exception) -> bool:
     """An error of the moment, not a refusal: a script of someone else's running long (``BUSY``), a server loading its
     data, a replica without its master, no memory left (redis-py's classes strip the error code)."""
@@ -320,7 +338,7 @@ _SHAPE = object()
 
 
 def _packed(chunk: list[Command]) -> tuple[list[list[Command]], list[Any], list[Any]]:
-    """A chunk as :data:`READER`'s KEYS and ARGV, and its commands in groups in the order of the replies."""
+    """A chunk as the reader's KEYS and ARGV, and its commands in groups in the order of the replies."""
     alike: dict[Command, list[Command]] = {}  # by name and arguments: all but the key in common, sent once
     for command in chunk:
         alike.setdefault(command[:1] + command[2:], []).append(command)
@@ -345,8 +363,8 @@ def _packed(chunk: list[Command]) -> tuple[list[list[Command]], list[Any], list[
 
 
 def _replies(client: Redis, groups: list[list[Command]], replies: list[Any]) -> dict[Command, Any]:
-    """Each command's reply, parsed by the client's response callback for the command as a pipeline would."""
-    callbacks = client.response_callbacks
+    """Each command's reply, parsed by redis-py's response callback for the command as a pipeline would."""
+    callbacks = _resp2_callbacks(client)
     results: dict[Command, Any] = {}
     start = 0
     for commands in groups:
