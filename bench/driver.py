@@ -36,7 +36,7 @@ def ours(url: str, queues: list[str], procs: int, pipeline: bool = False) -> Cal
 
     size = -(-len(queues) // procs)
     rq_procs = [RQProc(f"worker{i}", queues=queues[i * size : (i + 1) * size], url=url) for i in range(procs)]
-    collection = Collection(rq_procs, max_age=0, timeout=60)  # 10,000 queues on a busy machine: seconds, not 0
+    collection = Collection(rq_procs, max_age=0, timeout=30)  # 10,000 queues on a busy machine: seconds, not 0
     if pipeline:
         pipeline_only(rq_procs[0].redis_client())
 
@@ -59,7 +59,7 @@ def ours_celery(url: str, queues: list[str], procs: int) -> Callable[[], Any]:
     from hirefire_exporter.collection import Collection
     from hirefire_exporter.procs.celery import CeleryProc
 
-    collection = Collection([CeleryProc("worker", queues=queues, url=url, metric="latency")], max_age=0, timeout=60)
+    collection = Collection([CeleryProc("worker", queues=queues, url=url, metric="latency")], max_age=0, timeout=30)
 
     def cycle() -> Any:
         snapshot = collection.collect()
