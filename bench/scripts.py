@@ -12,8 +12,8 @@ On a private redis-server (bench/support.py), each figure a median over cycles r
   none unless installed there);
 - Celery, 100 queues with kombu's 4 priority lists holding stamped messages, a ``metric = "latency"`` proc: against a
   bare pipeline of LLEN on every priority list (the counts alone, no latency);
-- how long Redis is held by one call at 10,000 RQ queues: SLOWLOG with a threshold of 0 over the cycles, the longest
-  entry and how many exceed 5 ms.
+- how long Redis is held by one call at 10,000 RQ queues: SLOWLOG (from 1 ms up) over the cycles, the longest call
+  and how many exceed 5 ms, and the mean call (INFO commandstats).
 """
 
 from __future__ import annotations
@@ -93,21 +93,24 @@ def celery_rows(bench: Bench, cycles: int) -> list[str]:
 
 
 def slowlog_rows(bench: Bench, cycles: int) -> list[str]:
+    """SLOWLOG from 1 ms up (the commands a script runs are logged too, each a few µs: a lower threshold would fill
+    the log with them), and the mean call from INFO commandstats."""
     print("  SLOWLOG at 10,000 RQ queues ...", file=sys.stderr)
     bench.client.flushall()
     make_rq_queues(bench.client, queue_names(10_000))
-    bench.client.config_set("slowlog-log-slower-than", 0)
-    bench.client.config_set("slowlog-max-len", 100_000)
+    bench.client.config_set("slowlog-log-slower-than", 1000)
+    bench.client.config_set("slowlog-max-len", 10_000)
     bench.client.slowlog_reset()
-    bench.drive(sys.executable, "ours", 10_000, cycles)
-    entries = [e for e in bench.client.slowlog_get(100_000) if e["command"][:7].upper().startswith(b"EVALSHA")]
+    out = bench.drive(sys.executable, "ours", 10_000, cycles)
+    entries = [e for e in bench.client.slowlog_get(10_000) if e["command"].upper().startswith(b"EVALSHA")]
     bench.client.config_set("slowlog-log-slower-than", 10_000)
-    longest = max(e["duration"] for e in entries)
+    calls = out["stats"].get("evalsha_ro", 0)
+    mean = out["usec"].get("evalsha_ro", 0) / max(calls, 1)
+    longest = max((e["duration"] for e in entries), default=0)
     over = sum(e["duration"] > 5000 for e in entries)
-    median = statistics.median(e["duration"] for e in entries)
     return [
-        f"| 10,000 | longest single call (SLOWLOG, {len(entries):,} calls over {cycles + 1} cycles) "
-        f"| {longest:,} µs | median {median:,.0f} µs, {over} above 5,000 µs |"
+        f"| 10,000 | longest single call (SLOWLOG over {cycles} cycles, {calls:,} calls) | {longest:,} µs "
+        f"| mean {mean:,.0f} µs, {len(entries)} above 1,000 µs, {over} above 5,000 µs |"
     ]
 
 

@@ -41,7 +41,7 @@ from ..settings_check import Boolean, Integer, OrNone, Seconds, did_you_mean
 from .base import ProcConfigError, QueueReading, Reading
 from .celery_inspect import METHODS, HeldTask, InspectIncomplete, Sightings, active_queues, inspect_tasks
 from .celery_rabbitmq import QueueCounts, declare_counts, management_counts, management_url_problem
-from .celery_redis import HEAD_STAMP, BindingTable, RedisKeys, Unacked, binding_table, parse_unacked
+from .celery_redis import LIST_READ, BindingTable, RedisKeys, Unacked, binding_table, parse_unacked
 from .celery_routing import Binding, declared_bindings, route
 from .redis_proc import Command, RedisProc, age_since, read_redis_procs
 
@@ -277,7 +277,7 @@ class CeleryProc(RedisProc):
         heads = self.metric == "latency"  # the oldest message's stamp, read on the server: only when HireFire wants it
         for queue in self.queues:
             for key in self._lists(queue):
-                commands += [("LLEN", key), HEAD_STAMP(key)] if heads else [("LLEN", key)]
+                commands.append(LIST_READ(key) if heads else ("LLEN", key))
             commands += [("SMEMBERS", key) for key in self._binding_keys(queue)]
         commands.append(("HVALS", self._keys.unacked))
         return commands
@@ -298,7 +298,7 @@ class CeleryProc(RedisProc):
         replies, heads = iter(depth), self.metric == "latency"
         queues = []
         for queue in self.queues:
-            lists = [(int(next(replies)), next(replies) if heads else None) for _ in self._lists(queue)]
+            lists = [next(replies) if heads else (int(next(replies)), None) for _ in self._lists(queue)]
             bound = [binding_table(next(replies), self._keys.sep) for _ in self._binding_keys(queue)]
             queued = sum(length for length, _ in lists)
             age = _oldest(lists, now) if heads else (None if queued else 0.0)  # size procs: known when empty

@@ -191,47 +191,51 @@ def message_stamp(head: Any) -> float | None:
     return enqueued_at(message) if isinstance(message, dict) else None
 
 
-#: KEYS[1]: a kombu list. The stamp of its oldest message (index -1) as :func:`message_stamp` reads it, as text
-#: (exact: the number as written, or 17 digits), so that no message crosses the wire; false for an empty list or a
-#: message without one. The header is found by its name in the text when it occurs once, followed by a number (kombu
-#: writes it in ``headers``; about 1 µs); otherwise the message is decoded (cjson, tens of µs) and read as
-#: :func:`message_stamp` does. A message naming neither the header nor ``timestamp`` is not decoded at all.
-_HEAD_STAMP = f"""
+#: KEYS[1]: a kombu list. ``{length}`` when it is empty, else ``{length, stamp}``: the stamp of its oldest message
+#: (index -1) as :func:`message_stamp` reads it, as text (exact: the number as written, or 17 digits), so that no
+#: message crosses the wire; false for a message without one. The header is found by its name in the text when it
+#: occurs once, followed by a number (kombu writes it in ``headers``; about 1 µs); otherwise the message is decoded
+#: (cjson, tens of µs) and read as :func:`message_stamp` does. A message naming neither the header nor ``timestamp``
+#: is not decoded at all.
+_LIST_READ = f"""
+local length = redis.call('LLEN', KEYS[1])
+if length == 0 then return {{0}} end
 local raw = redis.call('LINDEX', KEYS[1], -1)
-if not raw then return false end
+if not raw then return {{length, false}} end
 local name = '"{HEADER}"'
 local at = string.find(raw, name, 1, true)
 if at and not string.find(raw, name, at + 1, true) then
   local number = string.match(raw, '^%s*:%s*(-?%d+%.?%d*[eE]?[-+]?%d*)%s*[,}}]', at + #name)
-  if number then return number end
+  if number then return {{length, number}} end
 end
-if not at and not string.find(raw, '"timestamp"', 1, true) then return false end
+if not at and not string.find(raw, '"timestamp"', 1, true) then return {{length, false}} end
 local ok, message = pcall(cjson.decode, raw)
-if not ok or type(message) ~= 'table' then return false end
-for _, field in ipairs({{{{'headers', '{HEADER}'}}, {{'properties', 'timestamp'}}}}) do
-  local part = message[field[1]]
-  local value = type(part) == 'table' and part[field[2]]
-  if type(value) == 'number' then return string.format('%.17g', value) end
+if ok and type(message) == 'table' then
+  for _, field in ipairs({{{{'headers', '{HEADER}'}}, {{'properties', 'timestamp'}}}}) do
+    local part = message[field[1]]
+    local value = type(part) == 'table' and part[field[2]]
+    if type(value) == 'number' then return {{length, string.format('%.17g', value)}} end
+  end
 end
-return false
+return {{length, false}}
 """
-
 
 #: A JSON number (what the script's text match lets through may be none: then the message is not JSON either).
 _JSON_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?|-?(?:nan|inf)")
 
 
-def _stamp_text(reply: Any) -> float | None:
-    text = as_text(reply)
-    return float(text) if text is not None and _JSON_NUMBER.fullmatch(text) else None
+def _list_reply(reply: Any) -> tuple[int, float | None]:
+    text = as_text(reply[1]) if len(reply) > 1 else None
+    return int(reply[0]), float(text) if text is not None and _JSON_NUMBER.fullmatch(text) else None
 
 
-#: The oldest message's stamp of a list, read on the server (on the pipeline path: ``LINDEX -1``, parsed here).
-HEAD_STAMP = read_function(
-    "celery_head_stamp",
-    _HEAD_STAMP,
-    cost=3,
-    parse=_stamp_text,
-    fallback=lambda key: [("LINDEX", key, -1)],
-    finish=lambda replies: message_stamp(replies[0]),
+#: A list's length and its oldest message's stamp, read on the server (on the pipeline path: ``LLEN`` and
+#: ``LINDEX -1``, the message parsed here): ``(length, stamp or None)``.
+LIST_READ = read_function(
+    "celery_list",
+    _LIST_READ,
+    cost=4,
+    parse=_list_reply,
+    fallback=lambda key: [("LLEN", key), ("LINDEX", key, -1)],
+    finish=lambda replies: (int(replies[0]), message_stamp(replies[1]) if replies[0] else None),
 )
