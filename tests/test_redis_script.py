@@ -189,7 +189,7 @@ def test_ten_thousand_queues_are_read_in_several_small_calls_in_one_round_trip(p
     assert reading.quantity == sum(i % 3 for i in range(3_000))
     assert rq_reading.quantity == 0 and len(rq_reading.queues) == 10_000
     counts = command_counts(private_redis)
-    # calls of at most CHUNK_COST cost units each (a plain command costs 1, RQ's read of one queue 14): about 1-2 ms
+    # calls of at most CHUNK_COST cost units each (a plain command costs 1, RQ's read of one queue 14): about 1 ms
     # of Redis time per call, never one call of ~100 ms holding every other client of the server
     per_call = redis_script.CHUNK_COST // 14
     assert counts["evalsha_ro"] == math.ceil(10_000 / redis_script.CHUNK_COST) + math.ceil(10_000 / per_call)

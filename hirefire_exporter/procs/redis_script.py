@@ -11,7 +11,7 @@ the proc that asked for it.
 - ``EVALSHA_RO`` on Redis >= 7 (``EVALSHA`` where it is refused: an unknown command before 7, an ACL that allows only
   ``EVALSHA``); the script is loaded
   (``SCRIPT LOAD``) in the first pipeline to each server and again after ``NOSCRIPT`` (a restart, ``SCRIPT FLUSH``);
-- chunks of at most :data:`CHUNK_COST` (about 1-2 ms of Redis time each), so that one call never holds Redis for
+- chunks of at most :data:`CHUNK_COST` (about 1 ms of Redis time each), so that one call never holds Redis for
   long while other clients wait: a call is atomic;
 - keys are passed as ``KEYS`` (one per command; extra keys of a multi-key command would be ``ARGV``: Redis Cluster is
   not supported, the reads of one proc span many slots anyway). A :class:`ReadFunction` may read keys it finds
@@ -51,8 +51,9 @@ SCRIPTABLE = frozenset(
         "ZRANGE", "ZRANGEBYSCORE", "ZSCORE",
     }
 )  # fmt: skip
-#: Cost units per script call: a plain command is 1 (about 1 µs of Redis time measured, see docs/performance.md).
-CHUNK_COST = 1500
+#: Cost units per script call: a plain command is 1, about 1 µs of Redis time (so about 1 ms per call; measured in
+#: docs/performance.md).
+CHUNK_COST = 1000
 
 
 def _identity(reply: Any) -> Any:
