@@ -5,11 +5,9 @@
 On a private redis-server (bench/support.py), each figure a median over cycles run by bench/driver.py:
 
 - RQ at 1,000 and 10,000 queues (3 waiting, 1 running, 1 due job each): hirefire-exporter (script) against
-  hirefire-exporter reading with plain pipelined commands (as where scripts are refused), both alternating cycle by
-  cycle in one process; against the raw pipeline of the same commands; and against hirefire-resource's
-  ``job_queue_size`` (LLEN and the due ZCOUNT per queue: no running jobs, no latency) in its own venv, the two run in
-  alternating rounds of their own processes. With and without hiredis in our process (hirefire-resource's venv has
-  none unless installed there);
+  hirefire-exporter reading with plain pipelined commands (as where scripts are refused); against the raw pipeline of
+  the same commands; and against hirefire-resource's ``job_queue_size`` (LLEN and the due ZCOUNT per queue: no
+  running jobs, no latency), each pair alternating cycle by cycle in one process, with and without hiredis;
 - Celery, 100 queues with kombu's 4 priority lists holding stamped messages, a ``metric = "latency"`` proc: against a
   bare pipeline of LLEN on every priority list (the counts alone, no latency);
 - how long Redis is held by one call at 10,000 RQ queues: SLOWLOG (from 1 ms up) over the cycles, the longest call
@@ -20,7 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
+import os
 import sys
 import tempfile
 import time
@@ -29,18 +27,26 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from alternatives import ALTERNATIVES, ensure  # noqa: E402
+from alternatives import Alternative, ensure  # noqa: E402
 from cycle import Bench  # noqa: E402
 from support import make_rq_queues, private_redis, queue_names  # noqa: E402
 
-HIREFIRE_RESOURCE = next(alt for alt in ALTERNATIVES if alt.key == "hirefire-resource")
+#: hirefire-resource in a venv of its own with hiredis, where hirefire-exporter runs too (from this checkout: it needs
+#: nothing but redis-py to read): the two alternate cycle by cycle in one process, with the same redis-py, with and
+#: without hiredis.
+SIDE_BY_SIDE = Alternative(
+    "hirefire-resource-hiredis",
+    "hirefire-resource (rq macro) + hiredis",
+    ("hirefire-resource", "redis>=5", "hiredis"),
+    "hirefire_resource.macro.rq",
+)
 
 
-def rq_rows(bench: Bench, sizes: list[int], cycles: int, rounds: int) -> list[str]:
-    me = sys.executable
-    hr_python, status = ensure(HIREFIRE_RESOURCE)
+def rq_rows(bench: Bench, sizes: list[int], cycles: int) -> list[str]:
+    hr_python, status = ensure(SIDE_BY_SIDE)
     if hr_python is None:
         print(f"  skipping hirefire-resource: {status}", file=sys.stderr)
+    os.environ["PYTHONPATH"] = str(HERE.parent)  # hirefire-exporter from this checkout, in any venv
     rows = []
     for size in sizes:
         bench.client.flushall()
@@ -50,23 +56,19 @@ def rq_rows(bench: Bench, sizes: list[int], cycles: int, rounds: int) -> list[st
         script, pipeline = bench.paired("ours", "ours-pipeline", size, cycles)
         ours_raw, raw = bench.paired("ours", "raw", size, cycles)
         plain, plain_pipeline = bench.paired("ours", "ours-pipeline", size, cycles, no_hiredis=True)
-        commands = bench.drive(me, "ours", size, 2)["stats"]
-        calls = commands.get("evalsha_ro", 0) / 2
+        calls = bench.drive(sys.executable, "ours", size, 2)["stats"].get("evalsha_ro", 0) / 2
         rows.append(f"| {size:,} | script vs pipeline (hiredis) | {script / pipeline:.2f}x | {_ms(script)} |")
         rows.append(f"| {size:,} | same, pure-Python parser | {plain / plain_pipeline:.2f}x | {_ms(plain)} |")
         rows.append(f"| {size:,} | script vs raw pipeline of the same commands | {ours_raw / raw:.2f}x | |")
         rows.append(f"| {size:,} | script calls per cycle (EVALSHA_RO, one round trip) | {calls:,.0f} | |")
         if hr_python is None:
             continue
-        ours_times, hr_times, bare_times = [], [], []
-        for _ in range(rounds):  # alternate whole processes: the two cannot share a venv
-            ours_times += bench.drive(me, "ours", size, cycles)["times"]
-            hr_times += bench.drive(str(hr_python), "hirefire-resource", size, cycles)["times"]
-            bare_times += bench.drive(me, "ours", size, cycles, no_hiredis=True)["times"]
-        hr = statistics.median(hr_times)
-        ours, bare = statistics.median(ours_times), statistics.median(bare_times)
-        rows.append(f"| {size:,} | script vs hirefire-resource | {ours / hr:.2f}x | {_ms(ours)} vs {_ms(hr)} |")
-        rows.append(f"| {size:,} | same, pure-Python parser | {bare / hr:.2f}x | {_ms(bare)} |")
+        for parser, options in (("hiredis", {}), ("pure-Python parser", {"no_hiredis": True})):
+            ours, hr = bench.paired("ours", "hirefire-resource", size, cycles, python=str(hr_python), **options)
+            rows.append(
+                f"| {size:,} | script vs hirefire-resource, both {parser} | {ours / hr:.2f}x "
+                f"| {_ms(ours)} vs {_ms(hr)} |"
+            )
     return rows
 
 
@@ -124,11 +126,11 @@ def main() -> None:
     parser.add_argument("--sizes", default="1000,10000", help="RQ queue counts (default 1000,10000)")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
-    cycles, rounds = (4, 2) if args.quick else (10, 3)
+    cycles = 4 if args.quick else 10
     with private_redis() as port, tempfile.TemporaryDirectory() as tmp:
         print(f"bench: private redis-server on 127.0.0.1:{port}", file=sys.stderr)
         bench = Bench(port, tmp)
-        rows = rq_rows(bench, sizes, cycles, rounds)
+        rows = rq_rows(bench, sizes, cycles)
         rows += celery_rows(bench, 4 * cycles)
         rows += slowlog_rows(bench, cycles // 2)
     print("\n| queues | what | ratio or figure | medians |\n|---:|---|---:|---|")

@@ -257,12 +257,14 @@ def _scripted(
     for command in plain:
         pipe.execute_command(*command)
     replies = pipe.execute(raise_on_error=False)
+    results = dict(zip(plain, replies[len(chunks) + load :]))
     if load:
         loaded = replies.pop(0)
+        if isinstance(loaded, Exception) and _transient(loaded):  # a server starting: try again next cycle
+            return {**results, **dict.fromkeys(scripted, loaded)}
         if isinstance(loaded, Exception):
             return _refused(client, server, loaded, scripted + plain)
         server.loaded = True
-    results = dict(zip(plain, replies[len(chunks) :]))
     for (groups, _, _), reply in zip(chunks, replies):
         if not isinstance(reply, Exception):
             results.update(_replies(client, groups, reply))
@@ -282,8 +284,9 @@ def _scripted(
 
 def _refused(client: Redis, server: _Server, error: Exception, commands: list[Command]) -> dict[Command, Any]:
     server.refused = True
-    kwargs = client.connection_pool.connection_kwargs
-    where = kwargs.get("path") or f"{kwargs.get('host')}:{kwargs.get('port')}"
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    where = kwargs.get("path") or getattr(pool, "service_name", None) or f"{kwargs.get('host')}:{kwargs.get('port')}"
     log.warning(
         "Redis %s db %s refuses server-side scripts (%s): reading it with plain pipelined commands from now on"
         " (allow +evalsha_ro, +evalsha and +script|load for the faster reads)",
