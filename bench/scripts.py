@@ -133,6 +133,7 @@ def main() -> None:
         rows = rq_rows(bench, sizes, cycles)
         rows += celery_rows(bench, 4 * cycles)
         rows += slowlog_rows(bench, cycles // 2)
+    print(f"\nload average while it ran (1 min): {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
     print("\n| queues | what | ratio or figure | medians |\n|---:|---|---:|---|")
     print("\n".join(rows))
 
