@@ -109,8 +109,9 @@ class Bench:
         return statistics.median(out["times"]), statistics.median(out["times_paired"])
 
     def write_commands(self, queues: int, prefix: str = "bench") -> None:
-        """The raw kind's commands: exactly what RQProc asks for on these queues (the counts, then, for the queues
-        found non-empty, the script that finds each one's oldest live job, loaded once)."""
+        """The raw kind's commands: what RQProc reads on these queues as plain commands, as its pipeline path sends
+        them (the counts, then, for the queues found non-empty, the script that finds each one's oldest live job,
+        loaded once); hirefire-exporter itself sends the same reads in calls of its server-side script."""
         from hirefire_exporter.procs.redis_script import plain_commands
         from hirefire_exporter.procs.rq import FIRST_LIVE_JOB, RQProc
 

@@ -266,3 +266,21 @@ def test_every_command_the_script_runs_replies_as_in_a_pipeline(private_redis):
     assert same == pipelined[:-1]
     assert type(error) is type(pipelined[-1]) and str(error).startswith("WRONGTYPE")
     assert dict(zip(commands, scripted))["HGETALL", "hash"] == {b"f": b"1", b"g": b"2"}
+
+
+def test_a_read_function_declared_after_a_first_read_is_loaded_and_run(private_redis):
+    """A backend imported late (a proc module loaded after a first cycle) declares its reads then: the next read
+    loads the script with them, on both paths."""
+    private_redis.set("string", "12345")
+    client = QueuesProc("worker", ["q"], url=url_of(private_redis)).redis_client()
+    assert redis_script.execute(client, [[("STRLEN", "string")]]) == [[5]]
+    doubled = redis_script.read_function(
+        "test_doubled_strlen",
+        "return redis.call('STRLEN', KEYS[1]) * 2",
+        fallback=lambda key: [("STRLEN", key)],
+        finish=lambda replies: replies[0] * 2,
+    )
+
+    assert redis_script.execute(client, [[doubled("string")]]) == [[10]]
+    redis_script.pipeline_only(client)
+    assert redis_script.execute(client, [[doubled("string")]]) == [[10]]

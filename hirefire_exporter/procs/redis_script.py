@@ -92,11 +92,13 @@ _FUNCTIONS: dict[str, ReadFunction] = {}
 
 
 def read_function(name: str, lua: str, **options: Any) -> ReadFunction:
-    """Declare a :class:`ReadFunction` (at import time: :func:`reader` is built from all of them when first used)."""
+    """Declare a :class:`ReadFunction` (at import time; :func:`reader` is built from all of them)."""
+    global _reader
     function = ReadFunction(name, lua, **options)
     if name in _FUNCTIONS or not name.isidentifier():
         raise ValueError(f"read function {name!r}: the name must be a new identifier")
     _FUNCTIONS[name] = function
+    _reader = None  # declared after a first read (a backend imported late): the next read loads the new script
     return function
 
 

@@ -90,7 +90,7 @@ local reply = {
 }
 if waiting > 0 then
   local ok, walk = pcall(F.rq_first_live_job, KEYS, {prefix .. ':job:', ARGV[4]})
-  reply[9] = ok and walk or {err = tostring(walk)}
+  reply[9] = ok and walk or {err = tostring(type(walk) == 'table' and walk.err or walk)}
 end
 return reply
 """
