@@ -376,6 +376,8 @@ def _replies(client: Redis, groups: list[list[Command]], replies: list[Any]) -> 
     for commands in groups:
         name = commands[0][0]
         callback = name.parse if isinstance(name, ReadFunction) else callbacks.get(name)
+        if callback is _identity:
+            callback = None
         end = start + len(commands)
         mine = replies[start:end]
         if callback:
