@@ -110,8 +110,9 @@ def test_one_round_trip_per_server_with_rq_plus_one_for_follow_ups(private_redis
         "zcard": 3 + 2,  # + RQ's two
         "scard": 1,
         "hvals": 3,
-        "script|load": 1 + 1,  # + RQ's script
-        "evalsha": 3 + 1,
+        "script|load": 1 + 1,  # + the reader script that runs the plain reads of both procs on the server
+        "evalsha": 3,  # the head scripts
+        "evalsha_ro": 2,  # the reader script: one call per round trip (RQ's queue reads, its walk inside)
         "lindex": 3,
         "hget": 3 + 1,
         "smembers": 1,  # RQ's worker set of its queue
