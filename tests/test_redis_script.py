@@ -120,12 +120,12 @@ def test_the_script_and_the_pipeline_read_the_same_for_every_backend(private_red
     assert [q.jobs["queued"] for q in celery.queues] == [5, 2, 0]
     assert [q.latency is None for q in celery.queues] == [False, True, False]  # stamped, unstamped, empty
     assert 60 <= celery.queues[0].latency < 70
-    assert [q.latency for q in celery_size.queues] == [None, None]  # a size proc reads no message
+    assert [q.latency is None for q in celery_size.queues] == [False, True]  # a size proc's dashboards see it too
     assert (plain.quantity, priority.quantity, hot.quantity, queues.quantity) == (2, 2, 2, 3)
     assert 60 <= priority.latency < 70
 
 
-def test_a_celery_size_proc_reads_no_message_and_a_latency_proc_no_body_over_the_wire(private_redis):
+def test_celery_procs_read_the_oldest_stamp_on_the_server_no_body_over_the_wire(private_redis):
     q = unique("heads")
     app = app_for(url_of(private_redis), [[q, "", "direct", q, 0]])
     celery_latency.enable()
@@ -139,8 +139,8 @@ def test_a_celery_size_proc_reads_no_message_and_a_latency_proc_no_body_over_the
         counts = command_counts(private_redis)
         assert reading.quantity == 4
         assert counts["llen"] == 4  # the base list and 3 priority lists
-        assert counts.get("lindex", 0) == (1 if metric == "latency" else 0)  # the one non-empty list's, on the server
-    assert reading.latency is not None and reading.latency < 60
+        assert counts["lindex"] == 1  # the one non-empty list's, on the server: the reply is its stamp alone
+        assert reading.latency is not None and reading.latency < 60
 
 
 def test_a_user_denied_scripts_falls_back_once_with_one_log_line(private_redis, caplog):

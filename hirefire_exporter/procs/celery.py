@@ -331,10 +331,8 @@ class CeleryProc(TrackedProc):
 
     def depth_commands(self, now: float) -> list[Command]:
         commands: list[Command] = []
-        heads = self.metric == "latency"  # the oldest message's stamp, read on the server: only when HireFire wants it
-        for queue in self.queues:
-            for key in self._lists(queue):
-                commands.append(LIST_READ(key) if heads else ("LLEN", key))
+        for queue in self.queues:  # each list's length and its oldest message's stamp, read on the server
+            commands += [LIST_READ(key) for key in self._lists(queue)]
             commands += [("SMEMBERS", key) for key in self._binding_keys(queue)]
         commands.append(("HVALS", self._keys.unacked))
         return commands + self.tracker_commands(now)
@@ -368,13 +366,13 @@ class CeleryProc(TrackedProc):
             state = "scheduled" if entry.eta is not None and entry.eta > now else "reserved"
             for queue in _held_queues(entry, tables, self._declared):
                 held[queue, state] += 1
-        replies, heads = iter(depth), self.metric == "latency"
+        replies = iter(depth)
         queues = []
         for queue in self.queues:
-            lists = [next(replies) if heads else (int(next(replies)), None) for _ in self._lists(queue)]
+            lists = [next(replies) for _ in self._lists(queue)]
             bound = [binding_table(next(replies), self._keys.sep) for _ in self._binding_keys(queue)]
             queued = sum(length for length, _ in lists)
-            age = _oldest(lists, now) if heads else (None if queued else 0.0)  # size procs: known when empty
+            age = _oldest(lists, now)
             jobs = {"queued": queued, "reserved": held[queue, "reserved"], "scheduled": held[queue, "scheduled"]}
             for state, n in (tracked.jobs[queue] if tracked is not None else {}).items():
                 jobs[state] = jobs.get(state, 0) + n
