@@ -51,6 +51,16 @@ def test_collect_prints_the_hirefire_json_from_a_toml_config(tmp_path, redis_con
     assert out == [{"name": "worker", "value": 3, "quantity": 3}, {"name": "urgent", "value": 0.0, "quantity": 0.0}]
 
 
+def test_broker_urls_can_come_from_the_environment(tmp_path, redis_conn, redis_url, monkeypatch, capsys):
+    """A settings file in a ConfigMap names the variable; the URL and its password stay in a Secret."""
+    rq.Queue("default", connection=redis_conn).enqueue("rq_jobs.noop")
+    monkeypatch.setenv("WORKER_REDIS_URL", redis_url)
+    path = tmp_path / "exporter.toml"
+    path.write_text('[[procs]]\nname = "worker"\nbackend = "rq"\nurl_env = "WORKER_REDIS_URL"\nqueues = ["default"]\n')
+    assert main(["collect", "--config", str(path)]) == 0
+    assert json.loads(capsys.readouterr().out) == [{"name": "worker", "value": 1, "quantity": 1}]
+
+
 def test_collect_exits_non_zero_when_a_proc_failed(tmp_path, capsys):
     url = f"redis://:hunter2@127.0.0.1:{free_port()}/0"
     assert main(["collect", "--config", write_config(tmp_path, url), "--timeout", "2"]) == 1

@@ -10,7 +10,9 @@ import json
 import re
 import shutil
 import subprocess
+from importlib.util import module_from_spec, spec_from_file_location
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import pytest
@@ -26,6 +28,7 @@ DASHBOARD = DASHBOARDS / "hirefire-exporter.json"
 RULES = DASHBOARDS / "hirefire-exporter.rules.yml"
 RULE_TESTS = DASHBOARDS / "hirefire-exporter.rules.test.yml"
 KUBERNETES = ROOT / "examples" / "kubernetes"
+DEPLOY = ROOT / "deploy" / "kubernetes"
 
 #: The job label the alert rules and examples assume for the exporter's scrape config.
 JOB = "hirefire-exporter"
@@ -35,11 +38,11 @@ DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
 # --- helpers shared with test_prometheus_e2e.py -------------------------------------------------------------------
 
 
-def require_binary(name: str) -> str:
-    """Path of a Prometheus tool: a failure under CI, a skip elsewhere."""
+def require_binary(name: str, install: str = "Debian: apt-get install --no-install-recommends prometheus") -> str:
+    """Path of a tool (Prometheus's by default): a failure under CI, a skip elsewhere."""
     path = shutil.which(name)
     if path is None:
-        message = f"{name} is not installed (Debian: apt-get install --no-install-recommends prometheus)"
+        message = f"{name} is not installed ({install})"
         if CI:
             pytest.fail(message + " (CI=true: a missing tool is a failure, not a skip)")
         pytest.skip(message)
@@ -78,6 +81,27 @@ def keda_documents(name: str) -> dict[str, dict[str, Any]]:
     """The documents of a KEDA example, by kind."""
     documents = [d for d in yaml.safe_load_all((KUBERNETES / name).read_text()) if d]
     return {d["kind"]: d for d in documents}
+
+
+def example_secret() -> dict[str, Any]:
+    """The exporter's Secret as deploy/kubernetes/secret.example.yaml shows it."""
+    return yaml.safe_load((DEPLOY / "secret.example.yaml").read_text())
+
+
+def keda_token() -> str:
+    """The token KEDA's metrics-api example sends: what its TriggerAuthentication reads from the exporter's Secret."""
+    (ref,) = keda_documents("keda-metrics-api.yaml")["TriggerAuthentication"]["spec"]["secretTargetRef"]
+    secret = example_secret()
+    assert ref["name"] == secret["metadata"]["name"], ref
+    return secret["stringData"][ref["key"]]
+
+
+def rules_builder() -> ModuleType:
+    """deploy/build_prometheusrule.py (a script, not a package module), imported."""
+    spec = spec_from_file_location("build_prometheusrule", ROOT / "deploy" / "build_prometheusrule.py")
+    module = module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def label_values_query(query: str) -> tuple[str, str]:
@@ -382,8 +406,8 @@ def test_keda_busy_guard_example_never_scales_below_the_busy_workers():
 
 def test_keda_metrics_api_example_keeps_the_token_in_a_secret():
     documents = keda_documents("keda-metrics-api.yaml")
-    assert list(documents) == ["Secret", "TriggerAuthentication", "ScaledObject"]
-    secret, auth, scaled = documents["Secret"], documents["TriggerAuthentication"], documents["ScaledObject"]
+    assert list(documents) == ["TriggerAuthentication", "ScaledObject"]
+    secret, auth, scaled = example_secret(), documents["TriggerAuthentication"], documents["ScaledObject"]
     (trigger,) = scaled["spec"]["triggers"]
     assert trigger["type"] == "metrics-api"
     _metadata_is_strings(trigger)
@@ -392,5 +416,5 @@ def test_keda_metrics_api_example_keeps_the_token_in_a_secret():
     assert trigger["authenticationRef"]["name"] == auth["metadata"]["name"]
     (ref,) = auth["spec"]["secretTargetRef"]
     assert ref["parameter"] == "apiKey" and ref["name"] == secret["metadata"]["name"]
-    assert ref["key"] in secret["stringData"]
+    assert ref["key"] == "HIREFIRE_TOKEN" and ref["key"] in secret["stringData"]  # the exporter's own token
     assert "token" not in meta["url"].split("/")[-1]  # the path form would put the token in the ScaledObject

@@ -47,11 +47,13 @@ from test_dashboards import (
     alert_rules,
     exported_metric_names,
     keda_documents,
+    keda_token,
     label_values_query,
     load_dashboard,
     panel_targets,
     query_variables,
     require_binary,
+    rules_builder,
     used_metric_names,
 )
 from werkzeug.serving import WSGIRequestHandler, make_server
@@ -249,7 +251,7 @@ def stack(redis_server: tuple[str, int], tmp_path_factory: pytest.TempPathFactor
     rq.Queue("slow", connection=client).enqueue("rq_jobs.block_until", url, release_key, 120)
     processes = [start_rq_worker(url, "slow")]  # a real worker runs that job: one "started" job in queue "slow"
     proxy = TcpProxy((host, port))
-    token = keda_documents("keda-metrics-api.yaml")["Secret"]["stringData"]["token"]
+    token = keda_token()
     stopping = threading.Event()
     traffic_thread: threading.Thread | None = None
     requests: list[float] = []
@@ -502,7 +504,7 @@ def test_keda_busy_guard_queries_return_the_jobs_and_the_busy_workers(stack):
 def test_keda_metrics_api_value_location_resolves_against_the_hirefire_endpoint(stack):
     documents = keda_documents("keda-metrics-api.yaml")
     meta = documents["ScaledObject"]["spec"]["triggers"][0]["metadata"]
-    token = documents["Secret"]["stringData"][documents["TriggerAuthentication"]["spec"]["secretTargetRef"][0]["key"]]
+    token = keda_token()
     path = urlsplit(meta["url"]).path
     status, body = http(stack.exporter, path, {meta["keyParamName"]: token})
     assert status == 200, body
@@ -516,7 +518,13 @@ def test_every_alert_expression_returns_data_or_stays_quiet_while_the_exporters_
     rules = {rule["alert"]: rule["expr"] for rule in alert_rules()}
     absent = rules.pop("HireFireExporterAbsent")
     assert stack.instant(absent) == {}  # the exporters are scraped: nothing is absent
-    missing = absent.replace(f'job="{JOB}"', 'job="no-such-job"')  # what a user whose job label differs gets
+    builder = rules_builder()  # what a user whose job label differs gets, building the rules with --selector
+    (missing,) = [
+        rule["expr"]
+        for group in builder.configured(builder.load_groups(), selector='job="no-such-job"')
+        for rule in group["rules"]
+        if rule["alert"] == "HireFireExporterAbsent"
+    ]
     assert by(stack.instant(missing), "job") == {"no-such-job": 1}
     wait_for(lambda: time.time() > stack.proxy_closed + STALE_SECONDS + 2, 60, "the flaky reading to age")
     for name, expr in rules.items():
