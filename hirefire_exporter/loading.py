@@ -7,8 +7,6 @@ into a silent 0 on the first HireFire poll.
 
 from __future__ import annotations
 
-import os
-import re
 from collections.abc import Iterable, Mapping
 from importlib import import_module
 from typing import Any
@@ -28,9 +26,6 @@ BACKENDS = {
 }
 #: Broker names people write for ``backend`` (which names the job library).
 BROKERS = ("redis", "rabbitmq", "amqp", "sqlite", "beanstalkd")
-#: ``url_env = "REDIS_URL"`` in a ``[[procs]]`` table: the option ``url`` read from that environment variable.
-ENV_SUFFIX = "_env"
-_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def import_dotted(path: str, setting: str) -> Any:
@@ -91,22 +86,6 @@ def load_procs(specs: Iterable[Proc | type | str] | str, setting: str = "procs")
     return procs
 
 
-def urls_from_environment(options: Mapping[str, Any], environ: Mapping[str, str]) -> dict[str, Any]:
-    """``options`` with every ``<x>url_env = "NAME"`` replaced by ``<x>url`` = the value of ``$NAME``, so that a
-    settings file (a Kubernetes ConfigMap) can name broker URLs whose passwords live in the environment (a Secret)."""
-    out = dict(options)
-    for key in [key for key in options if key.endswith("url" + ENV_SUFFIX)]:
-        option, name = key.removesuffix(ENV_SUFFIX), out.pop(key)
-        if option in options:
-            raise ProcConfigError(f"give `{option}` or `{key}`, not both")
-        if not isinstance(name, str) or not _ENV_NAME.fullmatch(name):  # not quoted: it may be a URL (and password)
-            raise ProcConfigError(f"`{key}` must be the name of an environment variable (letters, digits, _)")
-        if not environ.get(name):
-            raise ProcConfigError(f"`{key}`: the environment variable {name} is not set")
-        out[option] = environ[name]
-    return out
-
-
 def proc_from_table(table: Mapping[str, Any], index: int) -> Proc:
     """A proc declared in TOML (``[[procs]]`` with ``name``, ``backend`` and the backend's options)."""
     where = f"[[procs]] #{index + 1}"
@@ -123,6 +102,6 @@ def proc_from_table(table: Mapping[str, Any], index: int) -> Proc:
         )
     cls = import_dotted(BACKENDS[backend], f"{where} backend {backend!r}")
     try:
-        return cls(**urls_from_environment(options, os.environ))
+        return cls(**options)
     except (ProcConfigError, TypeError) as exc:
         raise ProcConfigError(f"{where}: {exc}") from None

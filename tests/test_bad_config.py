@@ -76,20 +76,6 @@ CASES = {
     "database not a number": (rq_table(url=f"redis://:{PASSWORD}@host/zero"), "database in the Redis URL must be a"),
     "bad query option": (rq_table(url=f"redis://:{PASSWORD}@host/0?db=x"), "Invalid value for 'db'"),
     "broken IPv6": (rq_table(url=f"redis://:{PASSWORD}@[::1/0"), "bad Redis URL: its host cannot be parsed"),
-    # a URL read from the environment (`url_env`)
-    "url_env names an unset variable": (
-        '[[procs]]\nname = "worker"\nbackend = "rq"\nurl_env = "HIREFIRE_TEST_UNSET_URL"\n',
-        "[[procs]] #1: `url_env`: the environment variable HIREFIRE_TEST_UNSET_URL is not set",
-    ),
-    "url_env holds a URL instead of a name": (
-        f'[[procs]]\nname = "worker"\nbackend = "rq"\nurl_env = "redis://:{PASSWORD}@host/0"\n',
-        "`url_env` must be the name of an environment variable (letters, digits, _)",
-    ),
-    "url and url_env": (rq_table(extra='url_env = "REDIS_URL"'), "give `url` or `url_env`, not both"),
-    "management_url_env names an unset variable": (
-        '[[procs]]\nname = "worker"\nbackend = "celery"\nmanagement_url_env = "HIREFIRE_TEST_UNSET_URL"\n',
-        "`management_url_env`: the environment variable HIREFIRE_TEST_UNSET_URL is not set",
-    ),
     "huey bad URL": (
         f'[[procs]]\nname = "worker"\nbackend = "huey"\nstorage = "redis"\nurl = "redis://:{PASSWORD}@h:xx/0"\n',
         "its port is not a number from 0 to 65535",

@@ -56,7 +56,7 @@ def test_broker_urls_can_come_from_the_environment(tmp_path, redis_conn, redis_u
     rq.Queue("default", connection=redis_conn).enqueue("rq_jobs.noop")
     monkeypatch.setenv("WORKER_REDIS_URL", redis_url)
     path = tmp_path / "exporter.toml"
-    path.write_text('[[procs]]\nname = "worker"\nbackend = "rq"\nurl_env = "WORKER_REDIS_URL"\nqueues = ["default"]\n')
+    path.write_text('[[procs]]\nname = "worker"\nbackend = "rq"\nurl = "${WORKER_REDIS_URL}"\nqueues = ["default"]\n')
     assert main(["collect", "--config", str(path)]) == 0
     assert json.loads(capsys.readouterr().out) == [{"name": "worker", "value": 1, "quantity": 1}]
 

@@ -268,12 +268,14 @@ def test_the_configmap_settings_read_real_redis_with_the_secrets_variables(
     Redis), loads with the real loader and counts exactly; no password is in the ConfigMap."""
     (text,) = deploy("configmap")["data"].values()
     settings = tomllib.loads(text)
-    names = {key: value for table in settings["procs"] for key, value in table.items() if key.endswith("url_env")}
+    urls = [table["url"] for table in settings["procs"]]
+    names = {name for url in urls for name in re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", url)}
     secret = example_secret()["stringData"]
-    assert set(names.values()) <= set(secret), "every url_env must be a key of the Secret"
-    assert "url" not in {key for table in settings["procs"] for key in table} and "token" not in settings
+    assert names and all(re.fullmatch(r"\$\{[A-Za-z_][A-Za-z0-9_]*\}", url) for url in urls), "no URL in the file"
+    assert names <= set(secret), "every ${NAME} must be a key of the Secret"
+    assert "token" not in settings
     for name, value in secret.items():
-        monkeypatch.setenv(name, redis_url if name in names.values() else value)
+        monkeypatch.setenv(name, redis_url if name in names else value)
     for queue, count in (("high", 2), ("default", 1), ("low", 3)):
         for _ in range(count):
             rq.Queue(queue, connection=redis_conn).enqueue("rq_jobs.noop")
