@@ -41,10 +41,17 @@ from functools import cached_property
 from importlib import import_module
 from typing import Any
 
+from ..discovery import KeyScan, glob_escape
 from ..redaction import describe_error, register, register_url, url_problem
 from ..settings_check import OrNone, Seconds, Text
 from .base import ProcConfigError, QueueReading, Reading
-from .celery_rabbitmq import declare_counts, management_counts, management_url_problem
+from .celery_rabbitmq import (
+    NEEDS_MANAGEMENT,
+    declare_counts,
+    management_counts,
+    management_queues,
+    management_url_problem,
+)
 from .redis_proc import Command, RedisProc, age_since, as_text
 
 log = logging.getLogger("hirefire_exporter")
@@ -166,6 +173,39 @@ class DramatiqProc(RedisProc):
         if self.heartbeat_timeout is not None:
             return float(self.heartbeat_timeout) * 1000
         return float(getattr(self.dramatiq_broker(), "heartbeat_timeout", None) or DEFAULT_HEARTBEAT_TIMEOUT * 1000)
+
+    # Queue discovery
+
+    def discovery_problem(self) -> str | None:
+        if self._broker_kind() == "rabbitmq" and not self.management_url:
+            return NEEDS_MANAGEMENT
+        return None
+
+    def discover_queues(self) -> set[str] | None:
+        """The base names of dramatiq's queues (``q`` for ``q``, ``q.DQ`` and ``q.XQ``). Redis keeps no set of its
+        queues: they are found by their message hashes, ``<ns>:q.msgs``, ``<ns>:q.DQ.msgs`` and ``<ns>:q.XQ.msgs`` (a
+        budgeted SCAN; a queue with no message left has no key). RabbitMQ: the management API's queues of the vhost."""
+        if self._broker_kind() == "rabbitmq":
+            assert self.management_url
+            return {base_queue(q) for q in management_queues(self.management_url, self._vhost, self.socket_timeout)}
+        client = self.redis_client()
+        assert client is not None
+        keys = self._scan.step(client)
+        if keys is None:
+            return None
+        head, acks = f"{self.ns}:", f"{self.ns}:__acks__."
+        return {base_queue(key[len(head) : -len(".msgs")]) for key in keys if not key.startswith(acks)} - {""}
+
+    @cached_property
+    def _scan(self) -> KeyScan:
+        return KeyScan(glob_escape(self.ns) + ":*.msgs")
+
+    def queue_scope(self) -> Any:
+        """The Redis server and namespace, or the RabbitMQ host, port and vhost."""
+        if self._broker_kind() == "redis":
+            return (self.redis_scope(self.redis_client()), self.ns)
+        params = self._amqp_parameters()
+        return (self.redis_scope(None), params.host, params.port, params.virtual_host)
 
     # Redis
 
@@ -350,6 +390,11 @@ class DramatiqProc(RedisProc):
     def _vhost(self) -> str:
         with self._amqp_connection() as conn:
             return conn.virtual_host or "/"
+
+
+def base_queue(name: str) -> str:
+    """The queue a dramatiq queue name belongs to: ``q`` for its delay queue ``q.DQ`` and dead letters ``q.XQ``."""
+    return name[:-3] if name.endswith((".DQ", ".XQ")) else name
 
 
 def _per_queue(depth: list[Any]) -> list[list[Any]]:
