@@ -52,7 +52,9 @@ def track(
         def before_process_message(self, broker: Any, message: Any) -> None:
             self.account.running(message)
 
-        def after_process_message(self, broker: Any, message: Any, *, result: Any = None, exception: Any = None):
+        def after_process_message(
+            self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None
+        ) -> None:
             self.account.done(message)
 
         def after_skip_message(self, broker: Any, message: Any) -> None:
@@ -89,12 +91,12 @@ class _Account:
             if self._tracker is not None:
                 return  # a second Worker in this process: the first one's tracker stays
             self._worker, self._running = worker, {}
-            self._tracker = Tracker(
+            tracker = self._tracker = Tracker(
                 self.client, worker_id(f"dramatiq@{os.uname().nodename}"), self.held, lease=self.lease,
                 flush_every=self.flush_every,
             )  # fmt: skip
-        self._tracker.sync()  # registered at once, not one flush later
-        self._tracker.start()
+        tracker.sync()  # registered at once, not one flush later
+        tracker.start()
 
     def shutdown(self) -> None:
         with self._lock:
