@@ -45,3 +45,14 @@ def hold(name: str) -> None:
 def fail() -> None:
     """Raise: with no retries, the message is dead-lettered."""
     raise RuntimeError("meant to fail")
+
+
+@dramatiq.actor(queue_name=os.environ.get("DRQ_QUEUE", "drq-default"), max_retries=0)
+def noop() -> None:
+    """Return at once (bench/dramatiq_tracker.py)."""
+
+
+@dramatiq.actor(queue_name=os.environ.get("DRQ_QUEUE", "drq-default"), max_retries=0)
+def pause(seconds: float) -> None:
+    """Run ``seconds`` (bench/dramatiq_tracker.py)."""
+    time.sleep(seconds)
