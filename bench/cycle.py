@@ -109,15 +109,20 @@ class Bench:
         return statistics.median(out["times"]), statistics.median(out["times_paired"])
 
     def write_commands(self, queues: int, prefix: str = "bench") -> None:
-        """The raw kind's commands: exactly what RQProc asks for on these queues (the counts and the worker sets,
-        then, for the queues found non-empty, the script that finds each one's oldest live job, loaded once; the
-        benchmark's queues have no worker, so no worker hash is read)."""
-        from hirefire_exporter.procs.rq import _PER_QUEUE, RQProc
+        """The raw kind's commands: what RQProc reads on these queues as plain commands, as its pipeline path sends
+        them (the counts and the worker sets, then, for the queues found non-empty, the script that finds each one's
+        oldest live job, loaded once; the benchmark's queues have no worker, so no worker hash is read);
+        hirefire-exporter itself sends the same reads in calls of its server-side script."""
+        from hirefire_exporter.procs.redis_script import plain_commands
+        from hirefire_exporter.procs.rq import FIRST_LIVE_JOB, RQProc
 
         proc = RQProc("worker", queues=queue_names(queues, prefix))
-        depth = proc.depth_commands(time.time())
-        replies = [1] * (queues * _PER_QUEUE) + [[]] * queues  # every queue non-empty, no worker registered
-        load, *walks = proc.latency_commands(replies)  # one walk per queue
+        reads = proc.depth_commands(time.time())
+        depth = [command for read in reads for command in plain_commands(read)]
+        replies = [[1] * 8 for _ in range(queues)] + [[]] * queues  # every queue non-empty, no worker registered
+        walks = proc.latency_commands(replies)  # one walk per queue
+        walks = [command for walk in walks for command in plain_commands(walk)]
+        load = ("SCRIPT", "LOAD", FIRST_LIVE_JOB)
         self.commands_file.write_text(json.dumps({"depth": depth, "load": load, "walks": walks}))
 
     def measure(self, label: str, python: str, kind: str, queues: int, cycles: int, procs: int = 1, **kw) -> Row:

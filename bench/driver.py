@@ -28,19 +28,59 @@ def names(count: int, prefix: str) -> list[str]:
     return [f"{prefix}-{i:04d}" for i in range(count)]
 
 
-def ours(url: str, queues: list[str], procs: int) -> Callable[[], Any]:
+def ours(url: str, queues: list[str], procs: int, pipeline: bool = False) -> Callable[[], Any]:
     """hirefire-exporter: one Collection over ``procs`` RQProcs sharing the queues, as `serve` runs it."""
     from hirefire_exporter.collection import Collection
+    from hirefire_exporter.procs.redis_script import pipeline_only
     from hirefire_exporter.procs.rq import RQProc
 
     size = -(-len(queues) // procs)
     rq_procs = [RQProc(f"worker{i}", queues=queues[i * size : (i + 1) * size], url=url) for i in range(procs)]
-    collection = Collection(rq_procs, max_age=0)
+    collection = Collection(rq_procs, max_age=0, timeout=30)  # 10,000 queues on a busy machine: seconds, not 0
+    if pipeline:
+        pipeline_only(rq_procs[0].redis_client())
 
     def cycle() -> Any:
         snapshot = collection.collect()
         assert all(status.up for status in snapshot.procs), [s.error for s in snapshot.procs]
         return sum(status.reading.quantity for status in snapshot.procs)
+
+    return cycle
+
+
+def ours_pipeline(url: str, queues: list[str], procs: int) -> Callable[[], Any]:
+    """hirefire-exporter reading with plain pipelined commands, as it does where the server refuses scripts. Through
+    ``localhost``: what a server allows is kept per address, and a paired ``ours`` reads through 127.0.0.1."""
+    return ours(url.replace("127.0.0.1", "localhost"), queues, procs, pipeline=True)
+
+
+def ours_celery(url: str, queues: list[str], procs: int) -> Callable[[], Any]:
+    """hirefire-exporter: one CeleryProc (metric latency) over Celery queues with priority lists (bench/scripts.py)."""
+    from hirefire_exporter.collection import Collection
+    from hirefire_exporter.procs.celery import CeleryProc
+
+    collection = Collection([CeleryProc("worker", queues=queues, url=url, metric="latency")], max_age=0, timeout=30)
+
+    def cycle() -> Any:
+        snapshot = collection.collect()
+        assert all(status.up for status in snapshot.procs), [s.error for s in snapshot.procs]
+        return snapshot.procs[0].reading.quantity
+
+    return cycle
+
+
+def raw_llen(url: str, queues: list[str], procs: int) -> Callable[[], Any]:
+    """The counts alone: one bare pipeline of LLEN on every list of kombu's default priority steps."""
+    import redis
+
+    client = redis.Redis.from_url(url, socket_timeout=5.0)
+    lists = [name for q in queues for name in (q, f"{q}\x06\x163", f"{q}\x06\x166", f"{q}\x06\x169")]
+
+    def cycle() -> Any:
+        pipe = client.pipeline(transaction=False)
+        for name in lists:
+            pipe.execute_command("LLEN", name)
+        return sum(pipe.execute())
 
     return cycle
 
@@ -119,6 +159,9 @@ COMMANDS_FILE = ""
 #: The distribution each kind measures, for the table's footnote.
 DISTRIBUTIONS = {
     "ours": "hirefire-exporter",
+    "ours-pipeline": "hirefire-exporter",
+    "ours-celery": "hirefire-exporter",
+    "raw-llen": "redis",
     "raw": "redis",
     "hirefire11": "HireFire",
     "hirefire-resource": "hirefire-resource",
@@ -130,7 +173,7 @@ def versions(kind: str) -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     found = []
-    for dist in dict.fromkeys((DISTRIBUTIONS[kind], "rq", "redis")):
+    for dist in dict.fromkeys((DISTRIBUTIONS[kind], "rq", "redis", "hiredis")):
         try:
             found.append(f"{dist} {version(dist)}")
         except PackageNotFoundError:
@@ -140,6 +183,9 @@ def versions(kind: str) -> str:
 
 KINDS = {
     "ours": ours,
+    "ours-pipeline": ours_pipeline,
+    "ours-celery": ours_celery,
+    "raw-llen": raw_llen,
     "raw": raw,
     "hirefire11": hirefire11,
     "hirefire-resource": hirefire_resource,
@@ -193,7 +239,10 @@ def main() -> None:
     parser.add_argument("--paired-prefix", help="queue name prefix of the paired kind (default: --prefix)")
     parser.add_argument("--paired-procs", type=int, help="procs of the paired kind (default: --procs)")
     parser.add_argument("--commands", help="JSON file of the raw kind's depth commands")
+    parser.add_argument("--no-hiredis", action="store_true", help="make redis-py use its pure-Python parser")
     args = parser.parse_args()
+    if args.no_hiredis:
+        sys.modules["hiredis"] = None  # type: ignore[assignment]  # redis-py then finds no hiredis
     global COMMANDS_FILE
     COMMANDS_FILE = args.commands or ""
     counter = Counter()

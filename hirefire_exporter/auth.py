@@ -33,8 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .redaction import register
-from .settings_check import fail, refuse_unknown, shown
+from .settings_check import Token, fail, refuse_unknown, shown
 
 #: A bcrypt hash as exporter-toolkit accepts it (``htpasswd -B`` writes ``$2y$``, Python's bcrypt ``$2b$``).
 BCRYPT_HASH = re.compile(r"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
@@ -124,29 +123,15 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
-class BearerToken:
-    """The ``metrics_token`` setting: printable ASCII without spaces, at least :data:`MIN_TOKEN` characters; never
-    quoted (registered as a secret before anything could quote it)."""
+class BearerToken(Token):
+    """The ``metrics_token`` setting: printable ASCII without spaces, at least :data:`MIN_TOKEN` characters."""
 
-    metavar: str = "TOKEN"
-
-    def check(self, value: Any, where: str) -> str | None:
-        if value is None:
-            return None
-        if not isinstance(value, str):
-            fail(f"{where} must be a string, got {type(value).__name__}")
-        register(value)
-        token = value.strip()
-        if not token:
-            return None
+    def problem(self, token: str) -> str | None:
         if not token.isascii() or not all(char.isprintable() and not char.isspace() for char in token):
-            fail(f"{where}: a bearer token may hold only printable ASCII characters without spaces")
+            return "a bearer token may hold only printable ASCII characters without spaces"
         if len(token) < MIN_TOKEN:
-            fail(f"{where}: a bearer token needs at least {MIN_TOKEN} characters (try `openssl rand -hex 32`)")
-        return token
-
-    def parse(self, text: str, where: str) -> str | None:
-        return self.check(text, where)
+            return f"a bearer token needs at least {MIN_TOKEN} characters (try `openssl rand -hex 32`)"
+        return None
 
 
 WEB_CONFIG = WebConfig()

@@ -217,7 +217,8 @@ TOKEN_CHARACTERS = frozenset(string.ascii_letters + string.digits + "-._~!$&'()*
 @dataclass(frozen=True)
 class Token:
     """The HireFire token: a string of :data:`TOKEN_CHARACTERS`; empty or ``None`` means none. Errors never quote
-    it, nor any character of it."""
+    it, nor any character of it (it is registered as a secret before anything could quote it). Other tokens
+    (``/metrics``' bearer token) subclass it with a :meth:`problem` of their own."""
 
     metavar: str = "TOKEN"
 
@@ -230,16 +231,23 @@ class Token:
         token = value.strip()
         if not token:
             return None
-        problem = _token_problem(token)
+        problem = self.problem(token)
         if problem:
-            fail(
-                f"{where}: HireFire sends the token in a URL path and in the HireFire-Token header, so it may hold only"
-                f" ASCII letters, digits and -._~!$&'()*+,;=:@; this one {problem}"
-            )
+            fail(f"{where}: {problem}")
         return token
 
     def parse(self, text: str, where: str) -> str | None:
         return self.check(text, where)
+
+    def problem(self, token: str) -> str | None:
+        """Why ``token`` cannot be used, never quoting it; ``None`` when it can."""
+        problem = _token_problem(token)
+        if problem is None:
+            return None
+        return (
+            "HireFire sends the token in a URL path and in the HireFire-Token header, so it may hold only ASCII"
+            f" letters, digits and -._~!$&'()*+,;=:@; this one {problem}"
+        )
 
 
 def _token_problem(token: str) -> str | None:

@@ -290,7 +290,7 @@ def test_all_queues_of_a_proc_cost_one_round_trip(redis_conn, redis_url, monkeyp
     reading = Collection([proc]).collect().procs[0].reading
 
     assert reading.quantity == 20
-    assert len(sends) == 1  # 20 queues x 4 priority lists (LLEN + LINDEX) and the unacked hash: one pipeline
+    assert len(sends) == 1  # 20 queues x 4 priority lists (LLEN) and the unacked hash: one round trip
 
 
 def test_malformed_unacked_entries_and_bindings_are_skipped_and_logged_once(redis_conn, redis_url, caplog):

@@ -178,7 +178,7 @@ class NotAReading(RQProc):
     """A custom Redis proc whose parsing returns a bare count instead of a Reading."""
 
     def build_reading(self, depth, latency, now):
-        return int(depth[0])
+        return int(depth[0][0])  # the first queue's reply: its length first
 
 
 class MalformedReading(Proc):

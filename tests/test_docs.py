@@ -32,6 +32,7 @@ from test_dashboards import require_binary
 
 from hirefire_exporter import cli
 from hirefire_exporter.app import create_app
+from hirefire_exporter.procs import redis_script
 from hirefire_exporter.procs.base import PROC_NAME
 
 RUNNER = Path(__file__).with_name("docs_runner.py")
@@ -423,6 +424,7 @@ def test_the_read_only_redis_user_lets_every_redis_backend_read(private_redis, p
         assert snapshot.procs[0].reading.latency > 0  # the RQ head-job script runs under the ACL too
         assert snapshot.value(snapshot.procs[6]) == 2  # Dramatiq's scripts too: one waiting message, one due
         assert snapshot.procs[6].reading.latency > 0
+        assert not redis_script._server(procs[0].redis_client()).refused  # read in the server-side script
     finally:
         private_redis.execute_command("ACL", "DELUSER", user)
 

@@ -103,6 +103,9 @@ def test_one_round_trip_per_server_with_rq_plus_one_for_follow_ups(private_redis
     counts = command_counts(private_redis)
     # dramatiq: 1 ZRANGEBYSCORE of live brokers; per queue LLEN, 2 HLEN, ZCARD; one SCARD per live broker of a queue
     # with fetched messages; per queue HVALS of the delay queue and the head script (LINDEX, HGET)
+    # the scripts are loaded at most once each: the head script, and the reader script that runs the plain reads of
+    # both procs on the server (once per server and process: an earlier test may have loaded it)
+    assert 1 <= counts.pop("script|load") <= 2
     assert {k: v for k, v in counts.items() if k not in ("zcount", "sismember", "lrange")} == {
         "zrangebyscore": 1,
         "llen": 3 + 2,  # + RQ's two
@@ -110,8 +113,8 @@ def test_one_round_trip_per_server_with_rq_plus_one_for_follow_ups(private_redis
         "zcard": 3 + 2,  # + RQ's two
         "scard": 1,
         "hvals": 3,
-        "script|load": 1 + 1,  # + RQ's script
-        "evalsha": 3 + 1,
+        "evalsha": 3,  # the head scripts
+        "evalsha_ro": 2,  # the reader script: one call per round trip (RQ's queue reads, its walk inside)
         "lindex": 3,
         "hget": 3 + 1,
         "smembers": 1,  # RQ's worker set of its queue

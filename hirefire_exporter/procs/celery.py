@@ -57,7 +57,7 @@ from .celery_rabbitmq import (
     management_queues,
     management_url_problem,
 )
-from .celery_redis import BindingTable, RedisKeys, Unacked, binding_table, head_age, parse_unacked
+from .celery_redis import LIST_READ, BindingTable, RedisKeys, Unacked, binding_table, parse_unacked
 from .celery_routing import Binding, declared_bindings, route
 from .redis_proc import Command, age_since, pipelined, read_redis_procs
 from .tracked import TrackedProc
@@ -338,9 +338,8 @@ class CeleryProc(TrackedProc):
 
     def depth_commands(self, now: float) -> list[Command]:
         commands: list[Command] = []
-        for queue in self.queues:
-            for key in self._lists(queue):
-                commands += [("LLEN", key), ("LINDEX", key, -1)]
+        for queue in self.queues:  # each list's length and its oldest message's stamp, read on the server
+            commands += [LIST_READ(key) for key in self._lists(queue)]
             commands += [("SMEMBERS", key) for key in self._binding_keys(queue)]
         commands.append(("HVALS", self._keys.unacked))
         return commands + self.tracker_commands(now)
@@ -377,11 +376,10 @@ class CeleryProc(TrackedProc):
         replies = iter(depth)
         queues = []
         for queue in self.queues:
-            lists = [(int(next(replies)), next(replies)) for _ in self._lists(queue)]
+            lists = [next(replies) for _ in self._lists(queue)]
             bound = [binding_table(next(replies), self._keys.sep) for _ in self._binding_keys(queue)]
             queued = sum(length for length, _ in lists)
-            ages = [head_age(head, now) for length, head in lists if length]
-            age = 0.0 if not ages else (None if None in ages else max(ages))  # type: ignore[type-var]
+            age = _oldest(lists, now)
             jobs = {"queued": queued, "reserved": held[queue, "reserved"], "scheduled": held[queue, "scheduled"]}
             for state, n in (tracked.jobs[queue] if tracked is not None else {}).items():
                 jobs[state] = jobs.get(state, 0) + n
@@ -689,3 +687,13 @@ def _held_queues(entry: Unacked, tables: dict[str, BindingTable], declared: list
         return route(declared, entry.exchange, entry.routing_key)
     fanout = any(b.type == "fanout" for b in declared if b.exchange == entry.exchange)
     return table.route(entry.routing_key, fanout)
+
+
+def _oldest(lists: list[tuple[int, float | None]], now: float) -> float | None:
+    """The age of a queue's oldest message over its lists (length, oldest message's stamp): 0.0 when every list is
+    empty, None when a non-empty list's oldest message has no stamp."""
+    stamps = [stamp for length, stamp in lists if length]
+    if None in stamps:
+        return None
+    ages = [age_since(stamp, now) for stamp in stamps]  # type: ignore[arg-type]
+    return 0.0 if not ages else (None if None in ages else max(ages))  # type: ignore[type-var]

@@ -1,11 +1,13 @@
-"""Procs that read Redis: they declare the commands they need, and whoever reads them pipelines the commands.
+"""Procs that read Redis: they declare the commands they need, and whoever reads them batches the commands.
 
 A :class:`RedisProc` never talks to Redis itself. It says which read-only commands measure its queues
 (:meth:`~RedisProc.depth_commands`), optionally which follow-up commands find the oldest job's age or read what the
 first replies named, such as RQ's worker hashes (:meth:`~RedisProc.latency_commands`), and how to turn the replies
 into a :class:`Reading`. :func:`read_redis_procs` sends the commands of any number of procs that share one Redis
-server in one pipelined round trip (plus one more for the follow-ups), so the cost of a cycle is one round trip per
-server, not one per queue or per proc.
+server in one round trip (plus one more for the follow-ups), so the cost of a cycle is one round trip per server, not
+one per queue or per proc: in a few calls of a read-only server-side script where the server allows it, else
+pipelined (:mod:`~hirefire_exporter.procs.redis_script`). A command is a tuple ``("LLEN", key)``, or a
+:class:`~hirefire_exporter.procs.redis_script.ReadFunction` and its arguments for a read with logic on the server.
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from urllib.parse import urlsplit
 from ..redaction import describe_error, register, register_url, url_problem
 from ..settings_check import Seconds
 from .base import Proc, ProcConfigError, Reading
+from .redis_script import execute
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -182,13 +185,13 @@ def server_key(client: Redis) -> tuple[Any, ...]:
 
 
 def read_redis_procs(client: Redis, procs: Sequence[RedisProc], now: float) -> list[Reading | Exception]:
-    """Read every proc in one pipelined round trip (plus one for latency lookups, when any proc needs them).
+    """Read every proc in one round trip (plus one for latency lookups, when any proc needs them).
 
     A connection failure raises (it concerns every proc on the server). A bad reply (a key of the wrong type, a
     command the server refuses) fails only the proc it belongs to.
     """
     plans = [proc.depth_commands(now) for proc in procs]
-    depth = _pipelined(client, plans)
+    depth = execute(client, plans)
     follow_ups: list[list[Command]] = []
     failures: list[Exception | None] = []
     for proc, replies in zip(procs, depth):
@@ -201,7 +204,7 @@ def read_redis_procs(client: Redis, procs: Sequence[RedisProc], now: float) -> l
             failed = exc
         follow_ups.append(commands)
         failures.append(failed)
-    latency = _pipelined(client, follow_ups) if any(follow_ups) else [[] for _ in procs]
+    latency = execute(client, follow_ups)
 
     results: list[Reading | Exception] = []
     for proc, failed, replies, lat in zip(procs, failures, depth, latency):
@@ -216,27 +219,13 @@ def read_redis_procs(client: Redis, procs: Sequence[RedisProc], now: float) -> l
 
 
 def pipelined(client: Redis, commands: list[Command]) -> list[Any]:
-    """Send ``commands`` in one pipeline and return the replies. Raises on a connection failure, and with the first
+    """Read ``commands`` in one round trip and return the replies. Raises on a connection failure, and with the first
     refused command's error (a key of the wrong type): for a proc that reads two servers, either failure is its own."""
-    replies = _pipelined(client, [commands])[0]
+    replies = execute(client, [commands])[0]
     failed = next((r for r in replies if isinstance(r, Exception)), None)
     if failed is not None:
         raise failed
     return replies
-
-
-def _pipelined(client: Redis, plans: list[list[Command]]) -> list[list[Any]]:
-    """Send every plan's commands in one pipeline and split the replies per plan. A command asked for by several
-    procs (Celery's shared ``unacked`` hash, two procs on one queue) is sent once: all commands are read-only."""
-    pipe = client.pipeline(transaction=False)
-    index: dict[Command, int] = {}
-    for commands in plans:
-        for command in commands:
-            if command not in index:
-                index[command] = len(index)
-                pipe.execute_command(*command)
-    replies = pipe.execute(raise_on_error=False) if index else []
-    return [[replies[index[command]] for command in commands] for commands in plans]
 
 
 def as_text(value: Any) -> str | None:

@@ -31,9 +31,9 @@ job ends, recreating it without ``birth`` and without a TTL. A worker that shut 
 sets and stamped ``death`` on its hash: not online either. ``state`` ``busy`` means it runs a job. An RQ worker
 runs one job at a time (``rq worker-pool`` starts separate workers, each registered on its own), so it has one slot.
 A worker serving several of a proc's queues counts once. The sets cost one SMEMBERS per queue in the first round
-trip, the hashes one HMGET per worker in the follow-up round trip (the one that finds the oldest jobs); when the
-sets cannot be read (an ACL that denies them, a key of the wrong type) the proc's job counts are still served and its
-workers are unknown.
+trip, the hashes one HMGET per worker in a follow-up round trip (with the oldest-job walks on the pipeline path);
+when the sets cannot be read (an ACL that denies them, a key of the wrong type) the proc's job counts are still
+served and its workers are unknown.
 
 RQ's own ``registry.count`` runs a cleanup that writes to Redis and moves jobs to the failed registry, so this
 module never calls it: it reads with LLEN, ZCOUNT, ZCARD, SISMEMBER, SMEMBERS and HMGET, and the script with LRANGE,
@@ -42,7 +42,6 @@ HGET and EXISTS.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from dataclasses import replace
@@ -53,12 +52,13 @@ from ..redaction import describe_error
 from ..settings_check import OrNone, Text
 from .base import ClientProc, QueueReading, Reading, Workers
 from .redis_proc import Command, RedisProc, age_since, as_text, parse_utc
+from .redis_script import read_function
 
 log = logging.getLogger("hirefire_exporter")
 
 #: The states that need a worker now or are on one: HireFire's count.
 COUNTED = frozenset({"queued", "started", "due"})
-#: depth_commands per queue, in this order: the counts, then whether RQ knows the queue.
+#: A queue's reply, in this order: the counts, then whether RQ knows the queue (then, read on the server, the walk).
 _STATES = ("queued", "intermediate", "started", "due", "scheduled", "deferred", "failed")
 _PER_QUEUE = len(_STATES) + 1
 _KNOWN = _PER_QUEUE - 1
@@ -86,7 +86,48 @@ while start < limit do
 end
 return {start, false, 0}
 """
-_SCRIPT_SHA = hashlib.sha1(FIRST_LIVE_JOB.encode()).hexdigest()
+_FIRST_LIVE = read_function("rq_first_live_job", FIRST_LIVE_JOB, cost=6)
+
+#: KEYS[1]: a queue's id list; ARGV: the prefix, the queue's name, now, :data:`HEAD_SCAN_LIMIT`. One queue's reads, on
+#: the server: the commands of :func:`_queue_commands` and, for a non-empty queue, its walk (:data:`FIRST_LIVE_JOB`,
+#: or its error) after them. The other keys are derived from the name (Redis Cluster is not supported).
+QUEUE_READ = """
+local prefix, queue, now = ARGV[1], ARGV[2], ARGV[3]
+local scheduled = prefix .. ':scheduled:' .. queue
+local waiting = redis.call('LLEN', KEYS[1])
+local reply = {
+  waiting,
+  redis.call('LLEN', KEYS[1] .. ':intermediate'),
+  redis.call('ZCOUNT', prefix .. ':wip:' .. queue, now, '+inf'),
+  redis.call('ZCOUNT', scheduled, '-inf', now),
+  redis.call('ZCOUNT', scheduled, '(' .. now, '+inf'),
+  redis.call('ZCARD', prefix .. ':deferred:' .. queue),
+  redis.call('ZCARD', prefix .. ':failed:' .. queue),
+  redis.call('SISMEMBER', prefix .. ':queues', KEYS[1]),
+}
+if waiting > 0 then
+  local ok, walk = pcall(F.rq_first_live_job, KEYS, {prefix .. ':job:', ARGV[4]})
+  reply[9] = ok and walk or {err = tostring(type(walk) == 'table' and walk.err or walk)}
+end
+return reply
+"""
+
+
+def _queue_commands(key: str, p: str, q: str, now: float, limit: int) -> list[Command]:
+    """One queue's reads as plain commands (the pipeline path; no walk: :meth:`RQProc.latency_commands` asks)."""
+    return [
+        ("LLEN", key),
+        ("LLEN", f"{key}:intermediate"),
+        ("ZCOUNT", f"{p}:wip:{q}", now, "+inf"),
+        ("ZCOUNT", f"{p}:scheduled:{q}", "-inf", now),
+        ("ZCOUNT", f"{p}:scheduled:{q}", f"({now}", "+inf"),
+        ("ZCARD", f"{p}:deferred:{q}"),
+        ("ZCARD", f"{p}:failed:{q}"),
+        ("SISMEMBER", f"{p}:queues", key),
+    ]
+
+
+_QUEUE = read_function("rq_queue", QUEUE_READ, cost=14, fallback=_queue_commands)
 
 
 class RQProc(RedisProc, ClientProc):
@@ -131,45 +172,36 @@ class RQProc(RedisProc, ClientProc):
         return (super().queue_scope(), self.prefix)
 
     def depth_commands(self, now: float) -> list[Command]:
+        """One :data:`QUEUE_READ` per queue (on the pipeline path its eight commands), then the queues' worker sets."""
         p = self.prefix
-        commands: list[Command] = []
-        for q in self.queues:
-            commands += [
-                ("LLEN", f"{p}:queue:{q}"),
-                ("LLEN", f"{p}:queue:{q}:intermediate"),
-                ("ZCOUNT", f"{p}:wip:{q}", now, "+inf"),
-                ("ZCOUNT", f"{p}:scheduled:{q}", "-inf", now),
-                ("ZCOUNT", f"{p}:scheduled:{q}", f"({now}", "+inf"),
-                ("ZCARD", f"{p}:deferred:{q}"),
-                ("ZCARD", f"{p}:failed:{q}"),
-                ("SISMEMBER", f"{p}:queues", f"{p}:queue:{q}"),
-            ]
-        return commands + [("SMEMBERS", f"{p}:workers:{q}") for q in self.queues]
+        reads: list[Command] = [_QUEUE(f"{p}:queue:{q}", p, q, now, HEAD_SCAN_LIMIT) for q in self.queues]
+        return reads + [("SMEMBERS", f"{p}:workers:{q}") for q in self.queues]
 
     def failure(self, depth: list[Any]) -> Exception | None:
         """Only the job counts' replies fail the proc: without the worker sets its workers are unknown."""
-        return super().failure(depth[: len(self.queues) * _PER_QUEUE])
+        return super().failure(depth[: len(self.queues)])
 
     def latency_commands(self, depth: list[Any]) -> list[Command]:
-        """The first live job of each non-empty queue (:data:`FIRST_LIVE_JOB`), the script loaded first in the same
-        pipeline (sent once per pipeline, however many procs ask: the pipeline sends a command once)."""
+        """The first live job of each non-empty queue whose walk the server did not do already (the pipeline path):
+        :data:`FIRST_LIVE_JOB` as a script of its own; then the hashes of the workers the sets named."""
         p = self.prefix  # once: it reads the environment
         walks: list[Command] = [
-            ("EVALSHA", _SCRIPT_SHA, 1, f"{p}:queue:{q}", f"{p}:job:", HEAD_SCAN_LIMIT)
-            for q, replies in zip(self.queues, _per_queue(depth))
-            if int(replies[0])
+            _FIRST_LIVE(f"{p}:queue:{q}", f"{p}:job:", HEAD_SCAN_LIMIT)
+            for q, replies in zip(self.queues, depth)
+            if int(replies[0]) and len(replies) == _PER_QUEUE
         ]
         workers: list[Command] = [("HMGET", key, "birth", "state", "death") for key in self._worker_keys(depth) or ()]
-        return ([("SCRIPT", "LOAD", FIRST_LIVE_JOB), *walks] if walks else []) + workers
+        return walks + workers
 
     def build_reading(self, depth: list[Any], latency: list[Any], now: float) -> Reading:
         keys = self._worker_keys(depth)
         split = len(latency) - len(keys or ())  # the worker hashes come last, as latency_commands asked
-        walks = iter(latency[1:split])  # after SCRIPT LOAD: one reply per non-empty queue
+        walks = iter(latency[:split])  # one reply per non-empty queue walked in a follow-up
         queues = []
-        for q, r in zip(self.queues, _per_queue(depth)):  # replies in the order of _STATES, then rq:queues membership
+        for q, r in zip(self.queues, depth):  # replies in the order of _STATES, then rq:queues membership, then walk
             waiting = int(r[0])
-            expired, age = self._first_live(q, next(walks), waiting, now) if waiting else (0, 0.0)
+            walk = (r[_PER_QUEUE] if len(r) > _PER_QUEUE else next(walks)) if waiting else None
+            expired, age = self._first_live(q, walk, waiting, now) if waiting else (0, 0.0)
             counts = {
                 "queued": max(0, waiting - expired),
                 "started": int(r[1]) + int(r[2]),  # popped but not yet registered + running
@@ -188,7 +220,7 @@ class RQProc(RedisProc, ClientProc):
     def _worker_keys(self, depth: list[Any]) -> list[str] | None:
         """The keys of the workers registered on any of the proc's queues, each once; ``None`` when a set could not
         be read."""
-        sets = depth[len(self.queues) * _PER_QUEUE :]
+        sets = depth[len(self.queues) :]
         failed = next((reply for reply in sets if isinstance(reply, Exception)), None)
         if failed is not None:
             self._warn_once("workers", "cannot read RQ's worker registry, its workers are unknown", failed)
@@ -235,11 +267,6 @@ class RQProc(RedisProc, ClientProc):
         if kind not in self._warned:
             self._warned = self._warned | {kind}
             log.warning("proc %r: %s: %s", self.name, problem, describe_error(error))
-
-
-def _per_queue(depth: list[Any]) -> list[list[Any]]:
-    """The replies to :meth:`RQProc.depth_commands`, one list per queue."""
-    return [depth[i : i + _PER_QUEUE] for i in range(0, len(depth), _PER_QUEUE)]
 
 
 def _age(enqueued_at: Any, now: float) -> float | None:

@@ -1,0 +1,387 @@
+"""How a server's command plans are sent: in a read-only server-side script where the server allows it, else as
+plain pipelined commands. The procs' commands and the replies they get are the same either way.
+
+Most of a pipelined cycle's time is spent in redis-py, packing each command and parsing each reply, not in Redis.
+:func:`reader`, one generic Lua script, runs a whitelisted set of read-only commands (:data:`SCRIPTABLE`) given
+compactly in ``ARGV`` (commands of one shape share one header, an argument every command has in common is sent once)
+and returns their replies as one flat array: one call per chunk of commands, all chunks in one pipeline, so one round
+trip as before. A command's error reply (a key of the wrong type) comes back in its place in the array, failing only
+the proc that asked for it.
+
+- ``EVALSHA_RO`` on Redis >= 7 (``EVALSHA`` where it is refused: an unknown command before 7, an ACL that allows only
+  ``EVALSHA``); the script is loaded
+  (``SCRIPT LOAD``) in the first pipeline to each server and again after ``NOSCRIPT`` (a restart, ``SCRIPT FLUSH``);
+- chunks of at most :data:`CHUNK_COST` (about 1 ms of Redis time each), so that one call never holds Redis for
+  long while other clients wait: a call is atomic;
+- keys are passed as ``KEYS`` (one per command; extra keys of a multi-key command would be ``ARGV``: Redis Cluster is
+  not supported, the reads of one proc span many slots anyway). A :class:`ReadFunction` may read keys it finds
+  (RQ's job hashes), which only a single-node Redis allows;
+- a server that refuses scripts (an ACL without ``+evalsha_ro``/``+evalsha`` or ``+script|load``, a managed Redis
+  that disables them, a renamed command) is read with plain pipelined commands from then on, said once in the log.
+
+A :class:`ReadFunction` is a read that needs logic on the server (find the first live job, the stamp inside a
+message): a proc declares it like a command, ``(function, key, *args)``. In the script it is a Lua function; on the
+pipeline path it is its plain ``fallback`` command finished in Python, or, with no fallback, its Lua run as a script
+of its own (``EVALSHA``, loaded in the same pipeline).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..redaction import describe_error
+
+if TYPE_CHECKING:
+    from redis import Redis
+
+    from .redis_proc import Command
+
+log = logging.getLogger("hirefire_exporter")
+
+#: Read-only commands the script runs (each with its key first). Any other command goes in the pipeline beside it.
+SCRIPTABLE = frozenset(
+    {
+        "EXISTS", "GET", "HEXISTS", "HGET", "HGETALL", "HKEYS", "HLEN", "HMGET", "HVALS", "LINDEX", "LLEN", "LRANGE",
+        "PTTL", "SCARD", "SISMEMBER", "SMEMBERS", "SMISMEMBER", "STRLEN", "TTL", "TYPE", "XLEN", "ZCARD", "ZCOUNT",
+        "ZRANGE", "ZRANGEBYSCORE", "ZSCORE",
+    }
+)  # fmt: skip
+#: Cost units per script call: a plain command is 1, about 1 µs of Redis time (so about 1 ms per call; measured in
+#: docs/performance.md).
+CHUNK_COST = 1000
+
+
+def _identity(reply: Any) -> Any:
+    return reply
+
+
+@dataclass(frozen=True, eq=False)
+class ReadFunction:
+    """A read-only read with logic that runs on the server. ``lua`` is the body of a script over ``KEYS[1]`` and
+    ``ARGV`` that returns no ``nil`` (``false`` instead); it runs as a function of :func:`reader`'s script and, on the
+    pipeline path without a ``fallback``, as a script of its own; ``parse`` turns its reply into the value a proc
+    gets. ``fallback`` gives the plain commands that read the same on the pipeline path (given the key and
+    arguments) and ``finish`` turns their replies into the same value (an error reply among them is the value).
+    ``cost``: cost units (:data:`CHUNK_COST`) per call."""
+
+    name: str
+    lua: str
+    cost: int = 4
+    parse: Callable[[Any], Any] = _identity
+    fallback: Callable[..., list[Command]] | None = None
+    finish: Callable[[list[Any]], Any] = _identity
+    sha: str = field(init=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "sha", hashlib.sha1(self.lua.encode()).hexdigest())
+
+    def __call__(self, key: str, *args: Any) -> Command:
+        """The command a proc declares: ``(self, key, *args)``."""
+        return (self, key, *args)
+
+    def __repr__(self) -> str:
+        return f"ReadFunction({self.name})"
+
+
+_FUNCTIONS: dict[str, ReadFunction] = {}
+
+
+def read_function(name: str, lua: str, **options: Any) -> ReadFunction:
+    """Declare a :class:`ReadFunction` (at import time; :func:`reader` is built from all of them)."""
+    global _reader
+    function = ReadFunction(name, lua, **options)
+    if name in _FUNCTIONS or not name.isidentifier():
+        raise ValueError(f"read function {name!r}: the name must be a new identifier")
+    _FUNCTIONS[name] = function
+    _reader = None  # declared after a first read (a backend imported late): the next read loads the new script
+    return function
+
+
+#: ARGV, per group of commands of one name and arity: name, number of arguments after the key, number of commands,
+#: shape (per argument ``c``: one value for all, sent once; ``v``: one value per command), then the values argument by
+#: argument. KEYS: one key per command, in order. Returns one reply per command, in order; an error reply in place of
+#: a command that failed.
+_READER_BODY = """
+local allowed = {%(allowed)s}
+local out, n, a, k = {}, 0, 1, 0
+local call = redis.pcall
+while a <= #ARGV do
+  local name, nargs, count, shape = ARGV[a], tonumber(ARGV[a + 1]), tonumber(ARGV[a + 2]), ARGV[a + 3]
+  a = a + 4
+  local fixed, at, varying = {}, {}, false
+  for p = 1, nargs do
+    if string.byte(shape, p) == 99 then fixed[p] = ARGV[a]; a = a + 1 else at[p] = a; a = a + count; varying = true end
+  end
+  local fn = F[name]
+  if fn then
+    for i = 0, count - 1 do
+      local args = {}
+      for p = 1, nargs do args[p] = fixed[p] or ARGV[at[p] + i] end
+      local ok, reply = pcall(fn, {KEYS[k + i + 1]}, args)
+      if not ok then reply = {err = tostring(type(reply) == 'table' and reply.err or reply)} end
+      out[n + i + 1] = reply
+    end
+  elseif not allowed[name] then
+    for i = 1, count do out[n + i] = {err = 'ERR not a command the reader runs: ' .. name} end
+  elseif nargs == 0 then
+    for i = 1, count do out[n + i] = call(name, KEYS[k + i]) end
+  elseif not varying then
+    for i = 1, count do out[n + i] = call(name, KEYS[k + i], unpack(fixed)) end
+  elseif nargs == 1 then
+    local first = at[1] - 1
+    for i = 1, count do out[n + i] = call(name, KEYS[k + i], ARGV[first + i]) end
+  else
+    for i = 0, count - 1 do
+      local args = {}
+      for p = 1, nargs do args[p] = fixed[p] or ARGV[at[p] + i] end
+      out[n + i + 1] = call(name, KEYS[k + i + 1], unpack(args))
+    end
+  end
+  n = n + count
+  k = k + count
+end
+return out
+"""
+
+_reader: tuple[str, str] | None = None
+
+
+def reader() -> tuple[str, str]:
+    """The reader script's source and SHA1, built once from :data:`SCRIPTABLE` and the declared read functions."""
+    global _reader
+    if _reader is None:
+        functions = "".join(
+            f"F[{name!r}] = function(KEYS, ARGV)\n{function.lua}\nend\n" for name, function in _FUNCTIONS.items()
+        )
+        allowed = ", ".join(f"{name}=true" for name in sorted(SCRIPTABLE))
+        source = "local F = {}\n" + functions + _READER_BODY % {"allowed": allowed}
+        _reader = (source, hashlib.sha1(source.encode()).hexdigest())
+    return _reader
+
+
+@dataclass
+class _Server:
+    """What one server allows, learnt from its replies."""
+
+    command: str = "EVALSHA_RO"
+    loaded: bool = False
+    refused: bool = False
+
+
+_SERVERS: dict[Any, _Server] = {}
+_LOCK = threading.Lock()
+
+
+def _server(client: Redis) -> _Server:
+    from .redis_proc import server_key
+
+    key = server_key(client)
+    with _LOCK:
+        return _SERVERS.setdefault(key, _Server())
+
+
+def pipeline_only(client: Redis) -> None:
+    """Read ``client``'s server with plain pipelined commands from now on, as after a refusal (benchmarks, tests)."""
+    _server(client).refused = True
+
+
+def execute(client: Redis, plans: Sequence[Sequence[Command]]) -> list[list[Any]]:
+    """Every plan's replies, in order, reading each distinct command once (all are read-only): a command asked for by
+    several procs (Celery's shared ``unacked`` hash, two procs on one queue) is sent once. A connection failure
+    raises; a command's error reply is returned in its place."""
+    unique = dict.fromkeys(command for plan in plans for command in plan)
+    if not unique:
+        return [[] for _ in plans]
+    server = _server(client)
+    scripted: list[Command] = []
+    plain: list[Command] = []
+    if not server.refused:
+        for command in unique:
+            name = command[0]
+            fits = len(command) > 1 and ((type(name) is str and name in SCRIPTABLE) or type(name) is ReadFunction)
+            (scripted if fits else plain).append(command)
+    replies = _scripted(client, server, scripted, plain) if scripted else _pipelined(client, list(unique))
+    return [[replies[command] for command in plan] for plan in plans]
+
+
+def plain_commands(command: Command) -> list[Command]:
+    """What ``command`` sends on the pipeline path: itself, a read function's fallback commands, or its own script
+    (``EVALSHA``, to be loaded first)."""
+    name = command[0]
+    if not isinstance(name, ReadFunction):
+        return [command]
+    if name.fallback is not None:
+        return name.fallback(*command[1:])
+    return [("EVALSHA", name.sha, 1, *command[1:])]
+
+
+def _pipelined(client: Redis, commands: Sequence[Command]) -> dict[Command, Any]:
+    """The commands in one plain pipeline; read functions as their fallback (or their own script, loaded first)."""
+    pipe = client.pipeline(transaction=False)
+    loads = {c[0].sha: c[0].lua for c in commands if isinstance(c[0], ReadFunction) and c[0].fallback is None}
+    for lua in loads.values():
+        pipe.execute_command("SCRIPT", "LOAD", lua)
+    sent = [plain_commands(command) for command in commands]
+    for each in sent:
+        for command in each:
+            pipe.execute_command(*command)
+    replies = iter(pipe.execute(raise_on_error=False)[len(loads) :])
+    return {command: _finished(command, [next(replies) for _ in each]) for command, each in zip(commands, sent)}
+
+
+def _finished(command: Command, replies: list[Any]) -> Any:
+    """A command's reply from the replies to its :func:`plain_commands` (the first error, if any)."""
+    failed = next((reply for reply in replies if isinstance(reply, Exception)), None)
+    name = command[0]
+    if failed is not None or not isinstance(name, ReadFunction):
+        return failed or replies[0]
+    return name.parse(replies[0]) if name.fallback is None else name.finish(replies)
+
+
+def _scripted(
+    client: Redis, server: _Server, scripted: list[Command], plain: list[Command], retries: int = 2
+) -> dict[Command, Any]:
+    """The scriptable commands in chunks of :func:`reader` calls and the others as themselves, in one pipeline. Falls
+    back to :func:`_pipelined` (for good, on this server) when the server refuses the script."""
+    source, sha = reader()
+    chunks = [_packed(chunk) for chunk in _chunks(scripted)]
+    pipe = client.pipeline(transaction=False)
+    load = not server.loaded
+    if load:
+        pipe.execute_command("SCRIPT", "LOAD", source)
+    for _, keys, argv in chunks:
+        pipe.execute_command(server.command, sha, len(keys), *keys, *argv)
+    for command in plain:
+        pipe.execute_command(*command)
+    replies = pipe.execute(raise_on_error=False)
+    results = dict(zip(plain, replies[len(chunks) + load :]))
+    if load:
+        loaded = replies.pop(0)
+        if isinstance(loaded, Exception) and _transient(loaded):  # a server starting: try again next cycle
+            return {**results, **dict.fromkeys(scripted, loaded)}
+        if isinstance(loaded, Exception):
+            return _refused(client, server, loaded, scripted + plain)
+        server.loaded = True
+    for (groups, _, _), reply in zip(chunks, replies):
+        if not isinstance(reply, Exception):
+            results.update(_replies(client, groups, reply))
+            continue
+        if _transient(reply):  # the server is busy or starting: these commands fail this cycle only
+            results.update((command, reply) for group in groups for command in group)
+        elif retries and type(reply).__name__ == "NoScriptError":  # gone (a restart, SCRIPT FLUSH): reload it
+            server.loaded = False
+            return _scripted(client, server, scripted, plain, retries - 1)
+        elif retries and server.command == "EVALSHA_RO":  # before Redis 7, or an ACL that allows only EVALSHA
+            server.command = "EVALSHA"
+            return _scripted(client, server, scripted, plain, retries - 1)
+        else:
+            return _refused(client, server, reply, scripted + plain)
+    return results
+
+
+def _refused(client: Redis, server: _Server, error: Exception, commands: list[Command]) -> dict[Command, Any]:
+    server.refused = True
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    where = kwargs.get("path") or getattr(pool, "service_name", None) or f"{kwargs.get('host')}:{kwargs.get('port')}"
+    log.warning(
+        "Redis %s db %s refuses server-side scripts (%s): reading it with plain pipelined commands from now on"
+        " (allow +evalsha_ro, +evalsha and +script|load for the faster reads)",
+        where,
+        kwargs.get("db", 0),
+        describe_error(error),
+    )
+    return _pipelined(client, commands)
+
+
+def _resp2_callbacks(client: Redis) -> Any:
+    """The callbacks that parse RESP2 replies, which is what a script's replies are (Lua speaks RESP2 unless told
+    otherwise) even on a RESP3 connection (redis-py's default from 8.0): ``HGETALL`` is then a flat list to make a
+    dict of, as a RESP2 client does, not the map a pipeline gets on RESP3."""
+    global _RESP2
+    if _RESP2 is None:
+        try:
+            from redis._parsers.helpers import _RedisCallbacks, _RedisCallbacksRESP2
+        except ImportError:  # an older redis-py: RESP2 only, its callbacks are the client's
+            return client.response_callbacks
+        _RESP2 = {name.upper(): f for name, f in {**_RedisCallbacks, **_RedisCallbacksRESP2}.items()}
+    return _RESP2
+
+
+_RESP2: dict[str, Any] | None = None
+
+
+def _transient(error: Exception) -> bool:
+    """An error of the moment, not a refusal: a script of someone else's running long (``BUSY``), a server loading its
+    data, a replica without its master, no memory left (redis-py's classes strip the error code)."""
+    from redis import exceptions
+
+    kinds = (exceptions.BusyLoadingError, exceptions.TryAgainError, exceptions.MasterDownError)
+    oom = getattr(exceptions, "OutOfMemoryError", ())
+    return isinstance(error, kinds + ((oom,) if oom else ())) or str(error).startswith("BUSY")
+
+
+def _chunks(commands: list[Command]) -> list[list[Command]]:
+    chunks: list[list[Command]] = [[]]
+    cost = 0
+    for command in commands:
+        name = command[0]
+        weight = name.cost if isinstance(name, ReadFunction) else 1
+        if cost + weight > CHUNK_COST and chunks[-1]:
+            chunks.append([])
+            cost = 0
+        chunks[-1].append(command)
+        cost += weight
+    return chunks
+
+
+_SHAPE = object()
+
+
+def _packed(chunk: list[Command]) -> tuple[list[list[Command]], list[Any], list[Any]]:
+    """A chunk as the reader's KEYS and ARGV, and its commands in groups in the order of the replies."""
+    alike: dict[Command, list[Command]] = {}  # by name and arguments: all but the key in common, sent once
+    for command in chunk:
+        alike.setdefault(command[:1] + command[2:], []).append(command)
+    groups: dict[Any, list[Command]] = {}  # commands that have nothing in common but their shape share a group
+    for same, commands in alike.items():
+        group = same if len(commands) > 1 else (_SHAPE, same[0], len(same))
+        groups.setdefault(group, []).extend(commands)
+    keys: list[Any] = []
+    argv: list[Any] = []
+    for commands in groups.values():
+        columns = list(zip(*commands))
+        keys += columns[1]
+        shape = "".join("c" if column.count(column[0]) == len(column) else "v" for column in columns[2:])
+        name = commands[0][0]
+        argv += [name.name if isinstance(name, ReadFunction) else name, len(columns) - 2, len(commands), shape or "-"]
+        for kind, column in zip(shape, columns[2:]):
+            if kind == "c":
+                argv.append(column[0])
+            else:
+                argv += column
+    return list(groups.values()), keys, argv
+
+
+def _replies(client: Redis, groups: list[list[Command]], replies: list[Any]) -> dict[Command, Any]:
+    """Each command's reply, parsed by redis-py's response callback for the command as a pipeline would."""
+    callbacks = _resp2_callbacks(client)
+    results: dict[Command, Any] = {}
+    start = 0
+    for commands in groups:
+        name = commands[0][0]
+        callback = name.parse if isinstance(name, ReadFunction) else callbacks.get(name)
+        if callback is _identity:
+            callback = None
+        end = start + len(commands)
+        mine = replies[start:end]
+        if callback:
+            mine = [reply if isinstance(reply, Exception) else callback(reply) for reply in mine]
+        results.update(zip(commands, mine))
+        start = end
+    return results

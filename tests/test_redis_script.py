@@ -1,0 +1,287 @@
+"""Reading Redis in a read-only server-side script: the same readings as plain pipelined commands, in calls small
+enough not to hold Redis, recovering from a flushed script cache and falling back once when scripts are refused."""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from datetime import timedelta
+
+import pytest
+from celery_app_support import Blocker, app_for, unique
+from support import command_counts
+
+from hirefire_exporter import celery_latency
+from hirefire_exporter.collection import Collection
+from hirefire_exporter.procs import redis_script
+from hirefire_exporter.procs.base import QueueReading, Reading
+from hirefire_exporter.procs.celery import CeleryProc
+from hirefire_exporter.procs.hotqueue import HotQueueProc
+from hirefire_exporter.procs.huey import HueyProc
+from hirefire_exporter.procs.queues import QueuesProc
+from hirefire_exporter.procs.redis_proc import RedisProc, read_redis_procs
+from hirefire_exporter.procs.rq import RQProc
+
+rq = pytest.importorskip("rq")
+huey = pytest.importorskip("huey")
+hotqueue = pytest.importorskip("hotqueue")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_servers(monkeypatch):
+    """What each server allows is learnt per process: each test starts from nothing learnt."""
+    monkeypatch.setattr(redis_script, "_SERVERS", {})
+
+
+def url_of(client, user: str = "") -> str:
+    kwargs = client.connection_pool.connection_kwargs
+    return f"redis://{user}{kwargs['host']}:{kwargs['port']}/0"
+
+
+def fill_every_backend(client) -> list[RedisProc]:
+    """Jobs in every state each backend reports, and one proc per backend reading them."""
+    url = url_of(client)
+    queue = rq.Queue("default", connection=client)
+    client.delete(queue.enqueue("rq_jobs.noop").key)  # an expired id at the head
+    for _ in range(3):
+        queue.enqueue("rq_jobs.noop")
+    queue.enqueue_in(timedelta(hours=1), "rq_jobs.noop")
+    client.zadd("rq:wip:default", {"running": time.time() + 300, "dead-worker": time.time() - 30})
+    client.zadd("rq:scheduled:default", {"due": time.time() - 5})
+
+    celery_latency.enable()
+    try:
+        q, unstamped = unique("prio"), unique("unstamped")
+        app = app_for(url, [[q, "", "direct", q, 0], [unstamped, "", "direct", unstamped, 0]])
+        blocker = Blocker(app, client)
+        for priority in (9, 0, 3, 6, 9):
+            blocker.send(queue=q, priority=priority)
+    finally:
+        celery_latency.disable()
+    Blocker(app, client).send(2, queue=unstamped)
+
+    plain, priority = huey.RedisHuey("plain", url=url), huey.PriorityRedisHuey("prio", url=url)
+    for instance in (plain, priority):
+
+        @instance.task()
+        def add(a, b):
+            return a + b
+
+        add(1, 2)
+        add(3, 4)
+        instance.add_schedule(add.s(2, 2, delay=86400))
+
+    hotqueue.HotQueue("emails", host=client.connection_pool.connection_kwargs["host"],
+                      port=client.connection_pool.connection_kwargs["port"]).put({"a": 1}, {"b": 2})  # fmt: skip
+    client.rpush("plain-list", "x", "y", "z")
+    return [
+        RQProc("rq", queues=["default", "missing"], url=url, metric="latency"),
+        CeleryProc("celery", queues=[q, unstamped, unique("empty")], app=app, metric="latency"),
+        CeleryProc("celery-size", queues=[q, unstamped], app=app),
+        HueyProc("huey", huey=plain),
+        HueyProc("huey-priority", huey=priority, metric="latency"),
+        HotQueueProc("hotqueue", queues=["emails", "nothing"], url=url),
+        QueuesProc("queues", queues=["plain-list", "nothing"], url=url),
+    ]
+
+
+def read_all(procs: list[RedisProc], now: float) -> list[Reading | Exception]:
+    """What one collection reads: every proc on the server in one batch, through the first one's client."""
+    for proc in procs:
+        proc.validate()
+    return read_redis_procs(procs[0].redis_client(), procs, now)
+
+
+def test_the_script_and_the_pipeline_read_the_same_for_every_backend(private_redis):
+    procs = fill_every_backend(private_redis)
+    now = time.time() + 60
+    private_redis.config_resetstat()
+
+    scripted = read_all(procs, now)
+    assert command_counts(private_redis).get("evalsha_ro") == 1  # all of it in one call (loaded first)
+    redis_script.pipeline_only(procs[0].redis_client())
+    private_redis.config_resetstat()
+    pipelined = read_all(procs, now)
+    assert "evalsha_ro" not in command_counts(private_redis)
+
+    assert scripted == pipelined
+    rq_reading, celery, celery_size, plain, priority, hot, queues = scripted
+    assert dict(rq_reading.queues[0].jobs) == {
+        "queued": 3,
+        "started": 1,
+        "due": 1,
+        "scheduled": 1,
+        "deferred": 0,
+        "failed": 0,
+        "expired": 1,
+    }
+    assert 60 <= rq_reading.latency < 70 and rq_reading.queues[1].found is False
+    assert [q.jobs["queued"] for q in celery.queues] == [5, 2, 0]
+    assert [q.latency is None for q in celery.queues] == [False, True, False]  # stamped, unstamped, empty
+    assert 60 <= celery.queues[0].latency < 70
+    assert [q.latency is None for q in celery_size.queues] == [False, True]  # a size proc's dashboards see it too
+    assert (plain.quantity, priority.quantity, hot.quantity, queues.quantity) == (2, 2, 2, 3)
+    assert 60 <= priority.latency < 70
+
+
+def test_celery_procs_read_the_oldest_stamp_on_the_server_no_body_over_the_wire(private_redis):
+    q = unique("heads")
+    app = app_for(url_of(private_redis), [[q, "", "direct", q, 0]])
+    celery_latency.enable()
+    try:
+        Blocker(app, private_redis).send(4, queue=q, priority=9)
+    finally:
+        celery_latency.disable()
+    for metric in ("size", "latency"):
+        private_redis.config_resetstat()
+        (reading,) = read_all([CeleryProc("worker", queues=[q], app=app, metric=metric)], time.time())
+        counts = command_counts(private_redis)
+        assert reading.quantity == 4
+        assert counts["llen"] == 4  # the base list and 3 priority lists
+        assert counts["lindex"] == 1  # the one non-empty list's, on the server: the reply is its stamp alone
+        assert reading.latency is not None and reading.latency < 60
+
+
+def test_a_user_denied_scripts_falls_back_once_with_one_log_line(private_redis, caplog):
+    private_redis.execute_command(
+        "ACL", "SETUSER", "noscripts", "on", ">sekret-pw", "~*", "&*", "+@all", "-eval", "-evalsha", "-evalsha_ro"
+    )
+    try:
+        private_redis.rpush("default", "a", "b")
+        queue = rq.Queue("jobs", connection=private_redis)
+        queue.enqueue("rq_jobs.noop")
+        url = url_of(private_redis, "noscripts:sekret-pw@")
+        procs = [QueuesProc("queues", ["default"], url=url), RQProc("rq", ["jobs"], url=url)]
+        collection = Collection(procs, max_age=0)
+        with caplog.at_level(logging.WARNING, logger="hirefire_exporter"):
+            first = collection.collect()
+            private_redis.config_resetstat()
+            second = collection.collect()
+        collection.close()
+    finally:
+        private_redis.execute_command("ACL", "DELUSER", "noscripts")
+
+    for snapshot in (first, second):
+        assert [(s.up, s.reading.quantity) for s in snapshot.procs] == [(True, 2), (True, 1)]
+        assert snapshot.procs[1].reading.latency is None  # RQ's walk is a script too: its latency is unknown
+    counts = command_counts(private_redis)
+    assert counts["llen"] == 3 and "evalsha_ro" not in counts  # the second cycle tried no script
+    refusals = [r.getMessage() for r in caplog.records if "refuses server-side scripts" in r.getMessage()]
+    assert len(refusals) == 1, refusals
+    assert "NoPermissionError" in refusals[0]
+    assert "sekret-pw" not in caplog.text
+
+
+def test_ten_thousand_queues_are_read_in_several_small_calls_in_one_round_trip(private_redis):
+    names = [f"q{i}" for i in range(10_000)]
+    pipe = private_redis.pipeline(transaction=False)
+    for i, name in enumerate(names[:3_000]):
+        if i % 3:
+            pipe.rpush(name, *range(i % 3))
+    pipe.execute()
+    proc = QueuesProc("worker", queues=names, url=url_of(private_redis))
+    rq_proc = RQProc("rq", queues=names, url=url_of(private_redis))
+    private_redis.config_resetstat()
+
+    (reading, rq_reading) = read_all([proc, rq_proc], time.time())
+
+    assert reading.quantity == sum(i % 3 for i in range(3_000))
+    assert rq_reading.quantity == 0 and len(rq_reading.queues) == 10_000
+    counts = command_counts(private_redis)
+    # calls of at most CHUNK_COST cost units each (a plain command costs 1, RQ's read of one queue 14): about 1 ms
+    # of Redis time per call, never one call of ~100 ms holding every other client of the server. Plain commands:
+    # an LLEN per queue of the queues proc, an SMEMBERS per queue of the RQ proc (its worker sets)
+    per_call = redis_script.CHUNK_COST // 14
+    assert counts["evalsha_ro"] == math.ceil(20_000 / redis_script.CHUNK_COST) + math.ceil(10_000 / per_call)
+    assert counts["llen"] == 10_000 + 2 * 10_000
+
+
+def test_a_flushed_script_cache_is_reloaded_and_read_through(private_redis):
+    private_redis.rpush("default", "a", "b")
+    proc = QueuesProc("worker", ["default"], url=url_of(private_redis))
+    assert read_all([proc], time.time())[0].quantity == 2
+    private_redis.script_flush()  # what a restart or a SCRIPT FLUSH does
+    private_redis.rpush("default", "c")
+    private_redis.config_resetstat()
+
+    assert read_all([proc], time.time())[0].quantity == 3
+
+    counts = command_counts(private_redis)
+    assert counts["script|load"] == 1 and counts["llen"] == 1
+    assert not redis_script._server(proc.redis_client()).refused  # still on the script path
+
+
+class CustomProc(RedisProc):
+    """A proc declaring a command the script does not run (HSTRLEN) next to one it does."""
+
+    queues = ["q"]
+
+    def depth_commands(self, now):
+        return [("HSTRLEN", "h", "field"), ("LLEN", "q")]
+
+    def build_reading(self, depth, latency, now):
+        length, waiting = depth
+        return Reading.from_queues([QueueReading("q", {"queued": int(waiting), "bytes": int(length)})])
+
+
+def test_commands_the_script_does_not_run_are_sent_beside_it(private_redis):
+    private_redis.hset("h", "field", "12345")
+    private_redis.rpush("q", "job")
+    private_redis.config_resetstat()
+
+    (reading,) = read_all([CustomProc("custom", url=url_of(private_redis))], time.time())
+
+    assert dict(reading.queues[0].jobs) == {"queued": 1, "bytes": 5}
+    counts = command_counts(private_redis)
+    assert (counts["hstrlen"], counts["llen"], counts["evalsha_ro"]) == (1, 1, 1)
+
+
+def test_every_command_the_script_runs_replies_as_in_a_pipeline(private_redis):
+    private_redis.rpush("list", "a", "b", "c")
+    private_redis.hset("hash", mapping={"f": "1", "g": "2"})
+    private_redis.sadd("set", "x", "y")
+    private_redis.zadd("zset", {"m": 1.5, "n": 3})
+    private_redis.set("string", "value", ex=600)
+    private_redis.xadd("stream", {"k": "v"})
+    commands = [
+        ("EXISTS", "list"), ("GET", "string"), ("HEXISTS", "hash", "f"), ("HGET", "hash", "g"), ("HGETALL", "hash"),
+        ("HKEYS", "hash"), ("HLEN", "hash"), ("HMGET", "hash", "f", "missing"), ("HVALS", "hash"),
+        ("LINDEX", "list", -1), ("LINDEX", "missing", -1), ("LLEN", "list"), ("LRANGE", "list", 0, -1),
+        ("PTTL", "list"), ("SCARD", "set"),
+        ("SISMEMBER", "set", "x"), ("SMEMBERS", "set"), ("SMISMEMBER", "set", "x", "z"), ("STRLEN", "string"),
+        ("TTL", "string"), ("TYPE", "zset"), ("XLEN", "stream"), ("ZCARD", "zset"), ("ZCOUNT", "zset", "-inf", 2),
+        ("ZRANGE", "zset", 0, -1), ("ZRANGEBYSCORE", "zset", 0, 2), ("ZSCORE", "zset", "m"), ("ZSCORE", "zset", "o"),
+        ("LLEN", "hash"),  # the wrong type: an error in its place
+    ]  # fmt: skip
+    assert {c[0] for c in commands} == redis_script.SCRIPTABLE
+    client = QueuesProc("worker", ["list"], url=url_of(private_redis)).redis_client()
+    private_redis.config_resetstat()
+
+    (scripted,) = redis_script.execute(client, [commands])
+    assert command_counts(private_redis).get("evalsha_ro") == 1
+    redis_script.pipeline_only(client)
+    (pipelined,) = redis_script.execute(client, [commands])
+
+    *same, error = scripted
+    assert same == pipelined[:-1]
+    assert type(error) is type(pipelined[-1]) and str(error).startswith("WRONGTYPE")
+    assert dict(zip(commands, scripted))["HGETALL", "hash"] == {b"f": b"1", b"g": b"2"}
+
+
+def test_a_read_function_declared_after_a_first_read_is_loaded_and_run(private_redis):
+    """A backend imported late (a proc module loaded after a first cycle) declares its reads then: the next read
+    loads the script with them, on both paths."""
+    private_redis.set("string", "12345")
+    client = QueuesProc("worker", ["q"], url=url_of(private_redis)).redis_client()
+    assert redis_script.execute(client, [[("STRLEN", "string")]]) == [[5]]
+    doubled = redis_script.read_function(
+        "test_doubled_strlen",
+        "return redis.call('STRLEN', KEYS[1]) * 2",
+        fallback=lambda key: [("STRLEN", key)],
+        finish=lambda replies: replies[0] * 2,
+    )
+
+    assert redis_script.execute(client, [[doubled("string")]]) == [[10]]
+    redis_script.pipeline_only(client)
+    assert redis_script.execute(client, [[doubled("string")]]) == [[10]]
