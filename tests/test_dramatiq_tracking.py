@@ -103,9 +103,8 @@ def test_a_worker_killed_with_sigkill_drops_out_within_its_lease(redis_conn, red
     wait_until(lambda: reading(proc).workers == NOBODY, timeout=lease + 1, what="the killed worker to drop out")
 
 
-def test_the_tracker_on_another_redis_than_the_broker(redis_conn, redis_url, private_redis, tmp_path, workers):
-    kwargs = private_redis.connection_pool.connection_kwargs
-    store = f"redis://{kwargs['host']}:{kwargs['port']}/0"
+def test_the_tracker_on_another_redis_than_the_broker(redis_conn, redis_url, killable_redis, tmp_path, workers):
+    store = killable_redis.url
     q = unique_queue()
     workers.append(DramatiqWorker("redis", redis_url, q, tmp_path, threads=1, track=store))
     proc = DramatiqProc("worker", queues=[q], url=redis_url, tracker_url=store)
@@ -113,7 +112,7 @@ def test_the_tracker_on_another_redis_than_the_broker(redis_conn, redis_url, pri
     send(RedisBroker(url=redis_url), q, "a", "b", "c")
     wait_started(tmp_path, "a")
     one_busy = Workers(online=1, slots=1, busy_slots=1, busy=1)
-    wait_until(lambda: reading(proc).workers == one_busy, what="the running message in the other store")
+    wait_until(lambda: reading(proc).workers == one_busy, what=f"the running message in the other store: {store}")
     assert jobs(proc)[q]["started"] + jobs(proc)[q]["queued"] == 3
     assert reading(proc).quantity == 3
     assert tracker_keys(redis_conn) == []  # nothing in the broker's Redis
