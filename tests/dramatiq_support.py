@@ -20,7 +20,19 @@ def unique_queue() -> str:
 class DramatiqWorker:
     """``dramatiq dramatiq_actors``: one process of ``threads`` threads consuming ``queue`` and its delay queue."""
 
-    def __init__(self, broker: str, url: str, queue: str, flags: Path, threads: int = 1, heartbeat_ms: int = 60000):
+    def __init__(
+        self,
+        broker: str,
+        url: str,
+        queue: str,
+        flags: Path,
+        threads: int = 1,
+        heartbeat_ms: int = 60000,
+        track: str | None = None,
+        lease: float = 15.0,
+    ):
+        """``track``: run the tracker, writing to this Redis URL (``""``: the broker's Redis); ``lease``: its lease."""
+        tracking = {} if track is None else {"DRQ_TRACK": track, "DRQ_LEASE": str(lease)}
         env = {
             **os.environ,
             "PYTHONPATH": str(TESTS) + os.pathsep + os.environ.get("PYTHONPATH", ""),
@@ -29,6 +41,7 @@ class DramatiqWorker:
             "DRQ_QUEUE": queue,
             "DRQ_FLAG_DIR": str(flags),
             "DRQ_HEARTBEAT_MS": str(heartbeat_ms),
+            **tracking,
         }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "dramatiq", "dramatiq_actors", "--processes", "1", "--threads", str(threads)],
@@ -45,6 +58,12 @@ class DramatiqWorker:
         except ProcessLookupError:
             pass
         self.process.wait(10)
+
+    def terminate(self, timeout: float = 30) -> int:
+        """A clean stop: SIGTERM to the main process, which passes it on to its worker process (once: a second one
+        would kill it); the worker finishes its running messages first. Returns the exit code."""
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(timeout)
 
     def stop(self) -> None:
         if self.process.poll() is None:

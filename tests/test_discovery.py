@@ -273,8 +273,9 @@ def test_patterns_from_toml_dotted_paths_and_keywords(tmp_path, redis_url):
             r" queues\): set it, or name the queues$",
         ),
         (
-            lambda: DramatiqProc("worker", queues="*", url="redis://127.0.0.1:6379/8"),
-            r"^procs: proc 'worker': queues '\*': DramatiqProc cannot discover queues: name them$",
+            lambda: DramatiqProc("worker", queues="*", url="amqp://guest:guest@127.0.0.1:5672/%2F"),
+            r"^procs: proc 'worker': queues '\*': discovery on RabbitMQ needs `management_url` \(AMQP cannot list"
+            r" queues\): set it, or name the queues$",
         ),
         (
             lambda: HueyProc("worker", queues="*", huey=MemoryHuey("x")),

@@ -49,7 +49,14 @@ from ..settings_check import Boolean, Integer, OrNone, Seconds, did_you_mean
 from ..tracking.keys import Tracked
 from .base import ProcConfigError, QueueReading, Reading
 from .celery_inspect import METHODS, HeldTask, InspectIncomplete, Sightings, active_queues, inspect_tasks
-from .celery_rabbitmq import QueueCounts, declare_counts, management_counts, management_url_problem
+from .celery_rabbitmq import (
+    NEEDS_MANAGEMENT,
+    QueueCounts,
+    declare_counts,
+    management_counts,
+    management_queues,
+    management_url_problem,
+)
 from .celery_redis import LIST_READ, BindingTable, RedisKeys, Unacked, binding_table, parse_unacked
 from .celery_routing import Binding, declared_bindings, route
 from .redis_proc import Command, age_since, pipelined, read_redis_procs
@@ -252,7 +259,7 @@ class CeleryProc(TrackedProc):
         if self._redis() is not None or self.management_url:
             return None
         if self._scheme() in AMQP_SCHEMES:
-            return "discovery on RabbitMQ needs `management_url` (AMQP cannot list queues): set it, or name the queues"
+            return NEEDS_MANAGEMENT
         return f"the Celery {self._scheme() or 'broker'} transport cannot list its queues: name them"
 
     def discover_queues(self) -> set[str] | None:
@@ -262,7 +269,7 @@ class CeleryProc(TrackedProc):
         client = self._redis()
         if client is None:
             assert self.management_url
-            names: Iterable[str] = management_counts(self.management_url, self._vhost, self.socket_timeout)
+            names: Iterable[str] = management_queues(self.management_url, self._vhost, self.socket_timeout)
         else:
             tables = self._binding_scan.step(client)
             if tables is None:
@@ -273,7 +280,7 @@ class CeleryProc(TrackedProc):
             names = {row.queue for reply in pipe.execute() for row in binding_table(reply, self._keys.sep).rows}
         conf = self.celery_app().conf
         pidbox, events = f".{self._control_exchange()}.pidbox", f"{conf.event_queue_prefix or 'celeryev'}."
-        return {q for q in names if not (q.endswith(pidbox) or q.startswith(events) or q.startswith("amq."))}
+        return {q for q in names if not (q.endswith(pidbox) or q.startswith(events))}
 
     @cached_property
     def _binding_scan(self) -> KeyScan:

@@ -103,8 +103,18 @@ def management_counts(management_url: str, vhost: str, timeout: float) -> dict[s
     return out
 
 
+def management_queues(management_url: str, vhost: str, timeout: float) -> set[str]:
+    """The queues of ``vhost`` the management API lists (queue discovery), RabbitMQ's own ``amq.`` queues left
+    out."""
+    return {name for name in management_counts(management_url, vhost, timeout) if not name.startswith("amq.")}
+
+
 def _is_count(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+#: Why a proc on RabbitMQ without ``management_url`` cannot discover its queues (see ``Proc.discovery_problem``).
+NEEDS_MANAGEMENT = "discovery on RabbitMQ needs `management_url` (AMQP cannot list queues): set it, or name the queues"
 
 
 def management_url_problem(url: Any) -> str | None:

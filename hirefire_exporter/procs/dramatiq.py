@@ -29,6 +29,15 @@ ready (``queued``) and unacknowledged (``started``) messages of ``q``, every mes
 later cannot be told apart without reading them, so none count) and ``q.XQ`` (``dead``). Without it, a passive
 declare per queue sees ready messages only: messages held by workers (running, prefetched, delayed) are invisible.
 Dramatiq sets no AMQP timestamp, so latency is unknown on RabbitMQ.
+
+**Tracker** (``tracker`` / ``tracker_url``, the workers running :func:`hirefire_exporter.tracking.dramatiq.track`):
+the reading gains the workers (online, slots = threads, busy). The broker's figures win where they see more than the
+tracker's running messages, so nothing counts twice: on Redis the counts stay the ack sets' (running and
+prefetched), on RabbitMQ with ``management_url`` ``started`` stays the unacknowledged messages; on RabbitMQ without
+it, ``started`` is the tracker's running messages.
+
+**Discovery** (``queues = "*"``): the base names of the message hashes ``<ns>:*.msgs`` found by a budgeted SCAN on
+Redis, of the vhost's queues listed by the management API on RabbitMQ (``q.DQ`` and ``q.XQ`` are ``q``).
 """
 
 from __future__ import annotations
@@ -37,15 +46,25 @@ import hashlib
 import json
 import logging
 import time
+from dataclasses import replace
 from functools import cached_property
 from importlib import import_module
 from typing import Any
 
+from ..discovery import KeyScan, glob_escape
 from ..redaction import describe_error, register, register_url, url_problem
 from ..settings_check import OrNone, Seconds, Text
 from .base import ProcConfigError, QueueReading, Reading
-from .celery_rabbitmq import declare_counts, management_counts, management_url_problem
-from .redis_proc import Command, RedisProc, age_since, as_text
+from .celery_rabbitmq import (
+    NEEDS_MANAGEMENT,
+    QueueCounts,
+    declare_counts,
+    management_counts,
+    management_queues,
+    management_url_problem,
+)
+from .redis_proc import Command, age_since, as_text, read_redis_procs
+from .tracked import TrackedProc
 
 log = logging.getLogger("hirefire_exporter")
 
@@ -71,7 +90,7 @@ return redis.call('HGET', KEYS[2], id)
 _HEAD_SHA = hashlib.sha1(HEAD_BODY.encode()).hexdigest()
 
 
-class DramatiqProc(RedisProc):
+class DramatiqProc(TrackedProc):
     """A proc for Dramatiq queues.
 
     ``DramatiqProc("worker", queues=["default"], url="redis://localhost:6379/0")`` (or ``amqp://...``), or
@@ -94,6 +113,8 @@ class DramatiqProc(RedisProc):
         "namespace": OrNone(Text("a Redis key namespace", exact=True)),
         "heartbeat_timeout": OrNone(Seconds(positive=True)),
     }
+
+    tracked_states = ("started",)
 
     _resolved: Any = None
     _warned: frozenset[str] = frozenset()
@@ -167,6 +188,39 @@ class DramatiqProc(RedisProc):
             return float(self.heartbeat_timeout) * 1000
         return float(getattr(self.dramatiq_broker(), "heartbeat_timeout", None) or DEFAULT_HEARTBEAT_TIMEOUT * 1000)
 
+    # Queue discovery
+
+    def discovery_problem(self) -> str | None:
+        if self._broker_kind() == "rabbitmq" and not self.management_url:
+            return NEEDS_MANAGEMENT
+        return None
+
+    def discover_queues(self) -> set[str] | None:
+        """The base names of dramatiq's queues (``q`` for ``q``, ``q.DQ`` and ``q.XQ``). Redis keeps no set of its
+        queues: they are found by their message hashes, ``<ns>:q.msgs``, ``<ns>:q.DQ.msgs`` and ``<ns>:q.XQ.msgs`` (a
+        budgeted SCAN; a queue with no message left has no key). RabbitMQ: the management API's queues of the vhost."""
+        if self._broker_kind() == "rabbitmq":
+            assert self.management_url
+            return {base_queue(q) for q in management_queues(self.management_url, self._vhost, self.socket_timeout)}
+        client = self.broker_redis()
+        assert client is not None
+        keys = self._scan.step(client)
+        if keys is None:
+            return None
+        head, acks = f"{self.ns}:", f"{self.ns}:__acks__."
+        return {base_queue(key[len(head) : -len(".msgs")]) for key in keys if not key.startswith(acks)} - {""}
+
+    @cached_property
+    def _scan(self) -> KeyScan:
+        return KeyScan(glob_escape(self.ns) + ":*.msgs")
+
+    def queue_scope(self) -> Any:
+        """The Redis server and namespace, or the RabbitMQ host, port and vhost."""
+        if self._broker_kind() == "redis":
+            return (self.redis_scope(self.broker_redis()), self.ns)
+        params = self._amqp_parameters()
+        return (self.redis_scope(None), params.host, params.port, params.virtual_host)
+
     # Redis
 
     def depth_commands(self, now: float) -> list[Command]:
@@ -179,12 +233,13 @@ class DramatiqProc(RedisProc):
                 ("HLEN", f"{ns}:{q}.DQ.msgs"),
                 ("ZCARD", f"{ns}:{q}.XQ"),
             ]
-        return commands
+        return commands + self.tracker_commands(now)
 
     def latency_commands(self, depth: list[Any]) -> list[Command]:
         """Per queue: the live workers' ack sets (when messages are held), the delay queue's bodies (when messages are
         delayed, up to the limit) and the head message's body (when messages wait: the script, loaded first in the
         same pipeline)."""
+        depth, _ = self.split_tracked(depth)
         ns, workers = self.ns, _worker_ids(depth[0])
         reads: list[Command] = []
         heads: list[Command] = []
@@ -198,6 +253,11 @@ class DramatiqProc(RedisProc):
         return reads + ([("SCRIPT", "LOAD", HEAD_BODY), *heads] if heads else [])
 
     def build_reading(self, depth: list[Any], latency: list[Any], now: float) -> Reading:
+        depth, tracked = self.split_tracked(depth)
+        reading = self._redis_reading(depth, latency, now)
+        return reading if tracked is None else replace(reading, workers=tracked.workers)
+
+    def _redis_reading(self, depth: list[Any], latency: list[Any], now: float) -> Reading:
         workers = _worker_ids(depth[0])
         replies = iter(latency)  # in the order latency_commands asked: per queue SCARDs and HVALS, then the heads
         per_queue = [[int(n) for n in r] for r in _per_queue(depth)]
@@ -256,29 +316,30 @@ class DramatiqProc(RedisProc):
 
     # RabbitMQ
 
+    def redis_client(self) -> Any:
+        """The broker's Redis, on which the collection batches this proc; None (read on its own) on RabbitMQ, or when
+        the tracker's store is another server."""
+        return self.broker_redis() if not self.tracked() or self.tracker_inline() else None
+
     def read(self, cache: dict[str, Any]) -> Reading:
-        if self._broker_kind() == "redis":
+        if self.redis_client() is not None:
             return super().read(cache)
-        names = [name for q in self.queues for name in (q, f"{q}.DQ", f"{q}.XQ")]
-        if self.management_url:
-            stats = management_counts(self.management_url, self._vhost, self.socket_timeout)
-            unknown = [n for n in names if n in stats and stats[n] is None]
-            if unknown:
-                raise LookupError(
-                    f"the RabbitMQ management API lists {', '.join(map(repr, unknown))} without message counts"
-                    " (statistics not collected yet, or disabled by management_agent.disable_metrics_collector)"
-                )
-            counts = dict(stats)
-        else:
-            with self._amqp_connection() as conn:
-                conn.ensure_connection(max_retries=1, interval_start=0)
-                counts = dict(declare_counts(conn, names, {}))
+        if self._broker_kind() == "redis":  # the tracker's store is another server: the broker's read on its own
+            result = read_redis_procs(self.broker_redis(), [self], time.time())[0]
+            if isinstance(result, BaseException):
+                raise result
+            return replace(result, workers=self.read_tracker(time.time()).workers)
+        counts = self._rabbitmq_counts()
+        # the tracker read after the broker: a message taken in between counts twice for a moment, never not at all
+        tracked = self.read_tracker(time.time()) if self.tracked() else None
         queues = []
         for q in self.queues:
             main, delay, dead = (counts.get(n) for n in (q, f"{q}.DQ", f"{q}.XQ"))
             jobs = {"queued": main.ready if main else 0}
-            if self.management_url:
+            if self.management_url:  # unacknowledged: running and prefetched, so the API wins over the tracker
                 jobs["started"] = (main.unacked or 0) if main else 0
+            elif tracked is not None:
+                jobs["started"] = tracked.jobs[q]["started"]
             jobs["delayed"] = (delay.ready + (delay.unacked or 0)) if delay else 0
             jobs["dead"] = dead.ready if dead else 0
             found = bool(main and main.found)  # not listed by the API, or 404 to a passive declare
@@ -288,7 +349,26 @@ class DramatiqProc(RedisProc):
             elif not jobs["queued"]:
                 latency = 0.0
             queues.append(QueueReading(q, jobs, COUNTED, latency, found))
-        return Reading.from_queues(queues)
+        reading = Reading.from_queues(queues)
+        return reading if tracked is None else replace(reading, workers=tracked.workers)
+
+    def _rabbitmq_counts(self) -> dict[str, QueueCounts]:
+        """The counts of every queue's three RabbitMQ queues, from the management API or passive declares."""
+        names = [name for q in self.queues for name in (q, f"{q}.DQ", f"{q}.XQ")]
+        if self.management_url:
+            stats = management_counts(self.management_url, self._vhost, self.socket_timeout)
+            unknown = [n for n in names if n in stats and stats[n] is None]
+            if unknown:
+                raise LookupError(
+                    f"the RabbitMQ management API lists {', '.join(map(repr, unknown))} without message counts"
+                    " (statistics not collected yet, or disabled by management_agent.disable_metrics_collector)"
+                )
+            counts: dict[str, QueueCounts] = {n: c for n, c in stats.items() if c is not None}
+        else:
+            with self._amqp_connection() as conn:
+                conn.ensure_connection(max_retries=1, interval_start=0)
+                counts = dict(declare_counts(conn, names, {}))
+        return counts
 
     def _amqp_connection(self) -> Any:
         """A kombu connection (not connected) to the server and vhost of :meth:`_amqp_parameters`."""
@@ -350,6 +430,11 @@ class DramatiqProc(RedisProc):
     def _vhost(self) -> str:
         with self._amqp_connection() as conn:
             return conn.virtual_host or "/"
+
+
+def base_queue(name: str) -> str:
+    """The queue a dramatiq queue name belongs to: ``q`` for its delay queue ``q.DQ`` and dead letters ``q.XQ``."""
+    return name[:-3] if name.endswith((".DQ", ".XQ")) else name
 
 
 def _per_queue(depth: list[Any]) -> list[list[Any]]:

@@ -3,7 +3,8 @@ under a lease they renew, so that the exporter counts it exactly without broadca
 
 - :mod:`.keys`: the key layout and the exporter's read (commands and parsing, no I/O);
 - :mod:`.store`: the core every task library shares (a worker process's holdings mirrored by one thread);
-- :mod:`.celery`: ``track(app)`` for Celery workers; :mod:`.huey`: ``track(huey)`` for Huey consumers.
+- :mod:`.celery`: ``track(app)`` for Celery workers; :mod:`.huey`: ``track(huey)`` for Huey consumers;
+  :mod:`.dramatiq`: ``track(broker)`` for Dramatiq workers.
 
 See docs/worker-tracking.md.
 """

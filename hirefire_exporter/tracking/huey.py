@@ -13,7 +13,16 @@ import os
 import threading
 from typing import Any
 
-from .store import DEFAULT_FLUSH_EVERY, DEFAULT_LEASE, Held, Tracker, check_timing, store_client, worker_id
+from .store import (
+    DEFAULT_FLUSH_EVERY,
+    DEFAULT_LEASE,
+    Held,
+    Tracker,
+    check_timing,
+    client_like,
+    store_client,
+    worker_id,
+)
 
 HOOK = "hirefire_tracker"
 
@@ -39,15 +48,7 @@ def _storage_store(huey: Any) -> Any:
             f"hirefire tracker: {type(storage).__name__} is not Redis: give track(huey, store='redis://...'), a Redis"
             " the exporter reads as the proc's tracker_url"
         )
-    from redis import ConnectionPool, Redis
-
-    from ..redaction import register
-    from .store import STORE_TIMEOUT
-
-    pool = storage.conn.connection_pool
-    kwargs = {**pool.connection_kwargs, "socket_timeout": STORE_TIMEOUT, "socket_connect_timeout": STORE_TIMEOUT}
-    register(kwargs.get("password"))  # kept out of the tracker's log lines
-    return Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class, **kwargs))
+    return client_like(storage.conn)
 
 
 class _Consumer:

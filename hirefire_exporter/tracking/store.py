@@ -61,6 +61,19 @@ def store_client(store: Any, label: str = "hirefire tracker") -> Redis:
     return build_client(label, store, socket_timeout=STORE_TIMEOUT)
 
 
+def client_like(client: Redis) -> Redis:
+    """A new client on the server of a library's own ``client`` (its credentials kept out of log lines), with the
+    tracker's short socket timeouts: the library's client may wait for ever on a stalled server."""
+    from redis import ConnectionPool, Redis
+
+    from ..redaction import register
+
+    pool = client.connection_pool
+    kwargs = {**pool.connection_kwargs, "socket_timeout": STORE_TIMEOUT, "socket_connect_timeout": STORE_TIMEOUT}
+    register(kwargs.get("password"))
+    return Redis(connection_pool=ConnectionPool(connection_class=pool.connection_class, **kwargs))
+
+
 def check_timing(lease: float, flush_every: float) -> None:
     """Refuse a lease the heartbeat cannot renew in time (one line, at start-up)."""
     if not (isinstance(lease, int | float) and isinstance(flush_every, int | float) and 0 < flush_every < lease / 3):

@@ -1,0 +1,125 @@
+"""Dramatiq workers record the messages they run: one line next to the broker, ``track(broker)``.
+
+On RabbitMQ a message a worker runs is unacknowledged, which AMQP does not count (only the management API does);
+and no broker says which worker processes are alive and how many threads they run. ``track`` adds a dramatiq
+middleware: ``before_process_message`` notes a message as running, ``after_process_message`` (raised or not) and
+``after_skip_message`` forget it, all in memory on the worker thread. Each worker process starts one tracker thread
+when it boots (:mod:`hirefire_exporter.tracking.store`), registered for the queues it consumes with as many slots as
+worker threads, and removes its entries after a clean shutdown (once its threads finished their messages).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from typing import Any
+
+from .store import (
+    DEFAULT_FLUSH_EVERY,
+    DEFAULT_LEASE,
+    Held,
+    Tracker,
+    check_timing,
+    client_like,
+    store_client,
+    worker_id,
+)
+
+
+def track(
+    broker: Any, store: Any = None, *, lease: float = DEFAULT_LEASE, flush_every: float = DEFAULT_FLUSH_EVERY
+) -> None:
+    """Make every worker process of ``broker`` record its running messages per queue in ``store`` (a Redis URL or
+    ``redis.Redis``; by default the ``RedisBroker``'s own Redis; a ``RabbitmqBroker`` needs one). Call it once,
+    where the broker is made: it does no I/O and starts nothing in producers."""
+    from dramatiq import Middleware
+
+    check_timing(lease, flush_every)
+    client = store_client(store if store is not None else _broker_store(broker))
+
+    class HireFireTracker(Middleware):
+        """Running messages in memory; the tracker started and stopped with the worker."""
+
+        def __init__(self) -> None:
+            self.account = _Account(client, lease, flush_every)
+
+        def after_worker_boot(self, broker: Any, worker: Any) -> None:
+            self.account.boot(worker)
+
+        def after_worker_shutdown(self, broker: Any, worker: Any) -> None:
+            self.account.shutdown()
+
+        def before_process_message(self, broker: Any, message: Any) -> None:
+            self.account.running(message)
+
+        def after_process_message(
+            self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None
+        ) -> None:
+            self.account.done(message)
+
+        def after_skip_message(self, broker: Any, message: Any) -> None:
+            self.account.done(message)
+
+    broker.add_middleware(HireFireTracker())
+
+
+def _broker_store(broker: Any) -> Any:
+    """A client on the ``RedisBroker``'s Redis, with the tracker's own short socket timeouts."""
+    client = getattr(broker, "client", None)
+    if not callable(getattr(client, "pipeline", None)):
+        raise ValueError(
+            f"hirefire tracker: the {type(broker).__name__} is not Redis: give track(broker, store='redis://...'), a"
+            " Redis the exporter reads as the proc's tracker_url"
+        )
+    return client_like(client)
+
+
+class _Account:
+    """One worker process's running messages and its tracker."""
+
+    def __init__(self, client: Any, lease: float, flush_every: float) -> None:
+        self.client = client
+        self.lease = lease
+        self.flush_every = flush_every
+        self._lock = threading.Lock()
+        self._running: dict[str, str] = {}  # message id -> its queue
+        self._worker: Any = None
+        self._tracker: Tracker | None = None
+
+    def boot(self, worker: Any) -> None:
+        with self._lock:
+            if self._tracker is not None:
+                return  # a second Worker in this process: the first one's tracker stays
+            self._worker, self._running = worker, {}
+            tracker = self._tracker = Tracker(
+                self.client, worker_id(f"dramatiq@{os.uname().nodename}"), self.held, lease=self.lease,
+                flush_every=self.flush_every,
+            )  # fmt: skip
+        tracker.sync()  # registered at once, not one flush later
+        tracker.start()
+
+    def shutdown(self) -> None:
+        with self._lock:
+            tracker, self._tracker = self._tracker, None
+        if tracker is not None:
+            tracker.stop()
+
+    def running(self, message: Any) -> None:
+        from dramatiq.common import q_name
+
+        with self._lock:
+            self._running[message.message_id] = q_name(message.queue_name)
+
+    def done(self, message: Any) -> None:
+        with self._lock:
+            self._running.pop(message.message_id, None)
+
+    def held(self) -> Held:
+        """The running messages, and the queues the worker consumes (its consumers: ``q`` and ``q.DQ`` are ``q``)."""
+        from dramatiq.common import q_name
+
+        with self._lock:
+            tasks = {message: (queue, "started") for message, queue in self._running.items()}
+            worker = self._worker
+        queues = sorted({q_name(name) for name in list(worker.consumers)})  # a copy: consumers are added meanwhile
+        return Held(tasks, queues, worker.worker_threads)
