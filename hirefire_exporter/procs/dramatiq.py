@@ -54,6 +54,7 @@ from typing import Any
 from ..discovery import KeyScan, glob_escape
 from ..redaction import describe_error, register, register_url, url_problem
 from ..settings_check import OrNone, Seconds, Text
+from ..tracking.keys import RUNNING
 from .base import ProcConfigError, QueueReading, Reading
 from .celery_rabbitmq import (
     NEEDS_MANAGEMENT,
@@ -114,7 +115,7 @@ class DramatiqProc(TrackedProc):
         "heartbeat_timeout": OrNone(Seconds(positive=True)),
     }
 
-    tracked_states = ("started",)
+    tracked_states = RUNNING
 
     _resolved: Any = None
     _warned: frozenset[str] = frozenset()

@@ -25,7 +25,7 @@ from typing import Any
 from ..discovery import KeyScan
 from ..redaction import describe_error
 from ..settings_check import Choice, OrNone, Text, did_you_mean
-from ..tracking.keys import Tracked
+from ..tracking.keys import RUNNING, Tracked
 from .base import ProcConfigError, QueueReading, Reading
 from .redis_proc import Command, age_since, pipelined
 from .tracked import TrackedProc
@@ -47,7 +47,7 @@ class HueyProc(TrackedProc):
     filename: str | None = None
     option_checks = {"storage": OrNone(Choice(tuple(STORAGES))), "filename": OrNone(Text("a file name"))}
     #: A Huey consumer holds nothing but the tasks it runs.
-    tracked_states = ("started",)
+    tracked_states = RUNNING
 
     _instance: Any = None
 

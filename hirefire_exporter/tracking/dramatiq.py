@@ -14,6 +14,7 @@ import os
 import threading
 from typing import Any
 
+from .keys import RUNNING
 from .store import (
     DEFAULT_FLUSH_EVERY,
     DEFAULT_LEASE,
@@ -93,7 +94,7 @@ class _Account:
             self._worker, self._running = worker, {}
             tracker = self._tracker = Tracker(
                 self.client, worker_id(f"dramatiq@{os.uname().nodename}"), self.held, lease=self.lease,
-                flush_every=self.flush_every,
+                flush_every=self.flush_every, states=RUNNING,
             )  # fmt: skip
         tracker.sync()  # registered at once, not one flush later
         tracker.start()

@@ -13,6 +13,7 @@ import os
 import threading
 from typing import Any
 
+from .keys import RUNNING
 from .store import (
     DEFAULT_FLUSH_EVERY,
     DEFAULT_LEASE,
@@ -88,7 +89,7 @@ class _Consumer:
             if self._tracker is None:
                 self._tracker = Tracker(
                     self.client, worker_id(f"huey-{self.queue}@{os.uname().nodename}"), self.held, lease=self.lease,
-                    flush_every=self.flush_every,
+                    flush_every=self.flush_every, states=RUNNING,
                 )  # fmt: skip
                 self._tracker.start()
 

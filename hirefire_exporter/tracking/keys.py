@@ -27,6 +27,8 @@ from ..procs.base import Workers
 PREFIX = "hirefire_exporter:tracker"
 #: What a worker can hold, in the order a task moves through them.
 STATES = ("reserved", "scheduled", "started")
+#: What the trackers of libraries whose brokers show held tasks themselves (Huey, Dramatiq) report: running tasks.
+RUNNING = ("started",)
 #: A key expires this many leases after the last write to it (each heartbeat writes it again).
 KEY_TTL_LEASES = 3
 

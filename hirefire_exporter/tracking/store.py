@@ -99,6 +99,7 @@ class Tracker:
         *,
         lease: float = DEFAULT_LEASE,
         flush_every: float = DEFAULT_FLUSH_EVERY,
+        states: tuple[str, ...] = keys.STATES,
     ) -> None:
         check_timing(lease, flush_every)
         self.client = client
@@ -106,6 +107,8 @@ class Tracker:
         self.snapshot = snapshot
         self.lease = lease
         self.flush_every = flush_every
+        #: The states the library's adapter reports (the keys the heartbeat tidies).
+        self.states = states
         #: What the store may hold of this process: entry -> the expiry it was written with.
         self._placed: dict[Entry, float] = {}
         self._last_beat = -float("inf")
@@ -167,7 +170,7 @@ class Tracker:
             pipe.zrem(key, *members)
         if beat:
             for queue in held.queues:
-                for key in (*(keys.task_key(queue, state) for state in keys.STATES), keys.workers_key(queue)):
+                for key in (*(keys.task_key(queue, state) for state in self.states), keys.workers_key(queue)):
                     pipe.zremrangebyscore(key, "-inf", now - self.lease)
                     pipe.pexpire(key, ttl)
         self._placed.update(dict.fromkeys(adds, expiry))
