@@ -7,7 +7,7 @@ import pytest
 from hirefire_exporter.loading import load_proc, proc_from_table
 from hirefire_exporter.procs.base import ProcConfigError
 from hirefire_exporter.procs.celery import CeleryProc
-from hirefire_exporter.procs.celery_inspect import Sightings
+from hirefire_exporter.procs.celery.inspect import Sightings
 
 
 def test_old_api_defaults():

@@ -14,8 +14,8 @@ from kombu import Connection
 from hirefire_exporter import celery_latency
 from hirefire_exporter.collection import Collection
 from hirefire_exporter.procs.celery import CeleryProc
-from hirefire_exporter.procs.celery_inspect import InspectIncomplete
-from hirefire_exporter.procs.celery_rabbitmq import declare_counts
+from hirefire_exporter.procs.celery.inspect import InspectIncomplete
+from hirefire_exporter.procs.rabbitmq import declare_counts
 
 
 def jobs(reading, queue):
@@ -102,7 +102,7 @@ def test_only_reply_code_404_reads_as_a_queue_not_found():
     an ACCESS_REFUSED quoting a queue named NOT_FOUND is still a refusal."""
     from amqp.exceptions import AccessRefused, NotFound, ResourceLocked
 
-    from hirefire_exporter.procs.celery_rabbitmq import reply_code
+    from hirefire_exporter.procs.rabbitmq import reply_code
 
     with Connection("memory://") as conn:
         missing = unique("missing")

@@ -15,9 +15,9 @@ from support import count_round_trips
 from hirefire_exporter import celery_latency
 from hirefire_exporter.collection import Collection
 from hirefire_exporter.loading import proc_from_table
-from hirefire_exporter.procs import celery_inspect
 from hirefire_exporter.procs.celery import CeleryProc
-from hirefire_exporter.procs.celery_inspect import InspectIncomplete
+from hirefire_exporter.procs.celery import inspect as celery_inspect
+from hirefire_exporter.procs.celery.inspect import InspectIncomplete
 from hirefire_exporter.procs.redis_proc import read_redis_procs
 
 

@@ -56,7 +56,7 @@ from ..redaction import describe_error, register, register_url, url_problem
 from ..settings_check import OrNone, Seconds, Text
 from ..tracking.keys import RUNNING
 from .base import ProcConfigError, QueueReading, Reading
-from .celery_rabbitmq import (
+from .rabbitmq import (
     NEEDS_MANAGEMENT,
     QueueCounts,
     declare_counts,

@@ -96,7 +96,7 @@ class _Account:
         info = request.delivery_info or {}
         key = (info.get("exchange"), info.get("routing_key"))
         if key not in self._queues:
-            from ..procs.celery_routing import queue_bindings, route
+            from ..procs.celery.routing import queue_bindings, route
 
             reached = route(queue_bindings(consumed.values()), key[0] or "", key[1] or "") & set(self._consumed)
             if reached:

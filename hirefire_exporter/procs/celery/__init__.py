@@ -43,13 +43,12 @@ from importlib import import_module
 from typing import Any
 from urllib.parse import urlsplit
 
-from ..discovery import KeyScan, glob_escape
-from ..redaction import describe_error, register_url, url_problem
-from ..settings_check import Boolean, Integer, OrNone, Seconds, did_you_mean
-from ..tracking.keys import Tracked
-from .base import ProcConfigError, QueueReading, Reading
-from .celery_inspect import METHODS, HeldTask, InspectIncomplete, Sightings, active_queues, inspect_tasks
-from .celery_rabbitmq import (
+from ...discovery import KeyScan, glob_escape
+from ...redaction import describe_error, register_url, url_problem
+from ...settings_check import Boolean, Integer, OrNone, Seconds, did_you_mean
+from ...tracking.keys import Tracked
+from ..base import ProcConfigError, QueueReading, Reading
+from ..rabbitmq import (
     NEEDS_MANAGEMENT,
     QueueCounts,
     declare_counts,
@@ -57,10 +56,11 @@ from .celery_rabbitmq import (
     management_queues,
     management_url_problem,
 )
-from .celery_redis import LIST_READ, BindingTable, RedisKeys, Unacked, binding_table, parse_unacked
-from .celery_routing import Binding, declared_bindings, route
-from .redis_proc import Command, age_since, pipelined, read_redis_procs
-from .tracked import TrackedProc
+from ..redis_proc import Command, age_since, pipelined, read_redis_procs
+from ..tracked import TrackedProc
+from .inspect import METHODS, HeldTask, InspectIncomplete, Sightings, active_queues, inspect_tasks
+from .redis import LIST_READ, BindingTable, RedisKeys, Unacked, binding_table, parse_unacked
+from .routing import Binding, declared_bindings, route
 
 log = logging.getLogger("hirefire_exporter")
 

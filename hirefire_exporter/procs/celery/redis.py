@@ -13,10 +13,10 @@ from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
-from ..celery_latency import HEADER, enqueued_at
-from ..settings_check import Integer, OrNone, Text, fail, shown
-from .redis_proc import as_text, parse_utc
-from .redis_script import read_function
+from ...celery_latency import HEADER, enqueued_at
+from ...settings_check import Integer, OrNone, Text, fail, shown
+from ..redis_proc import as_text, parse_utc
+from ..redis_script import read_function
 
 _STEP = Integer(0, 255, "a priority")
 _TEXT = Text(exact=True)

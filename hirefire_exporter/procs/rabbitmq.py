@@ -1,4 +1,5 @@
-"""Celery queue depth on RabbitMQ (and any other kombu transport that is not Redis).
+"""Queue depth on RabbitMQ, for the Celery and Dramatiq procs (and, for Celery, any other kombu transport that is not
+Redis).
 
 Two ways, both read-only (never ``basic_get`` + requeue, which marks the message redelivered and reorders it):
 

@@ -16,8 +16,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
-from ..counts import COUNTS_KEY
-from .celery_routing import Binding
+from ...counts import COUNTS_KEY
+from .routing import Binding
 
 METHODS = ("active", "reserved", "scheduled")
 _CACHE_KEY = "hirefire_exporter.celery.inspect"
