@@ -60,8 +60,9 @@ class Discovery:
     #: The queues discovery added (beyond the proc's named ones), and when (unix time) it last completed.
     found: tuple[str, ...] = ()
     done_at: float | None = None
-    #: Patterns already warned about as adding no queue (once per process).
+    #: Patterns already warned about as adding no queue, and whether unreadable names were (once per process).
     idle_warned: set[str] = field(default_factory=set)
+    unreadable_warned: bool = False
 
     def due(self, every: float, now: float) -> bool:
         """Whether to discover at unix time ``now`` (a clock set back makes it due too)."""
@@ -88,7 +89,7 @@ def assign_claims(procs: Sequence[Proc]) -> None:
         if discovery is None:
             continue
         same = [other for j, other in enumerate(procs) if j != index and scopes[j] == scopes[index]]
-        discovery.claimed = frozenset(q for other in same for q in other.named_queues())
+        discovery.claimed = frozenset(other.stored_name(q) for other in same for q in other.named_queues())
         discovery.earlier = tuple(
             pattern
             for j, other in enumerate(procs[:index])
@@ -132,6 +133,22 @@ class KeyScan:
 def glob_escape(text: str) -> str:
     """``text`` matched literally by a Redis glob (``SCAN MATCH``): a key prefix may hold ``*``, ``?`` or ``[``."""
     return "".join("\\" + char if char in "*?[]\\" else char for char in text)
+
+
+def readable_names(names: Iterable[str]) -> tuple[set[str], int]:
+    """The names that are text (:func:`key_text` keeps other bytes as surrogates, which no command can send), and how
+    many were not: one such key must not fail every proc on its server."""
+    names = set(names)
+    readable = {name for name in names if _encodes(name)}
+    return readable, len(names) - len(readable)
+
+
+def _encodes(name: str) -> bool:
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def key_text(value: Any) -> str:

@@ -150,10 +150,13 @@ def private_url(client) -> str:
 
 
 def cost(client, collection: Collection) -> dict[str, int]:
-    """The commands one cycle of ``collection`` sends to the private server of ``client``."""
+    """The commands one cycle of ``collection`` sends to the private server of ``client``, but the loading of the
+    reader script (once per server and process: whichever cycle comes first)."""
     client.config_resetstat()
     collection.collect()
-    return command_counts(client)
+    counts = command_counts(client)
+    counts.pop("script|load", None)
+    return counts
 
 
 def test_rediscovery_costs_one_smembers_and_nothing_in_between(private_redis):
@@ -422,3 +425,54 @@ def test_sqlite_huey_queues_are_found_in_its_tables(tmp_path):
     proc = HueyProc("worker", storage="sqlite", filename=filename, queues="*")
     reading = Collection([proc]).collect().procs[0].reading
     assert [(q.name, q.jobs["queued"]) for q in reading.queues] == [("dsc_a", 2), ("dsc_b", 1)]
+
+
+def test_a_discovered_name_holding_glob_characters_is_a_name_not_a_new_pattern(private_redis):
+    """A queue called ``dsc-we*ird`` found by ``dsc-*`` must not turn into a pattern of its own: that would drop what
+    the proc knows of the others' claims and count ``dsc-high-1`` in both procs."""
+    url = private_url(private_redis)
+    enqueue(private_redis, "dsc-high-1", 5)
+    enqueue(private_redis, "dsc-we*ird", 1)
+    clock = Clock()
+    high = RQProc("high", queues=["dsc-high-*"], url=url, discover_every=60)
+    other = RQProc("other", queues=["dsc-*"], url=url, discover_every=60)
+    collection = Collection([high, other], clock=clock, max_age=0)
+    private_redis.config_resetstat()
+    for _ in range(3):
+        snapshot = collection.collect()
+        assert [(s.name, s.reading.quantity) for s in snapshot.procs] == [("high", 5), ("other", 1)]
+        assert [q.name for q in snapshot.procs[1].reading.queues] == ["dsc-we*ird"]
+        clock.now += 1
+    assert other.discovery.patterns == ("dsc-*",)
+    smembers_rq_queues = 2  # one discovery per proc in the first cycle, none after: discover_every holds
+    assert command_counts(private_redis)["smembers"] == smembers_rq_queues + 3 * 2  # + the worker sets, per cycle
+
+
+def test_a_queue_name_that_is_not_text_is_left_out_not_fatal_to_the_server(private_redis, caplog):
+    url = private_url(private_redis)
+    enqueue(private_redis, "dsc-default", 2)
+    private_redis.sadd("rq:queues", b"rq:queue:dsc-bad\xff")
+    procs = [RQProc("web", queues=["dsc-default"], url=url), RQProc("other", queues="dsc-*", url=url)]
+    with caplog.at_level(logging.WARNING, logger="hirefire_exporter"):
+        snapshot = Collection(procs).collect()
+    assert [(s.name, s.up, s.reading.quantity) for s in snapshot.procs] == [("web", True, 2), ("other", True, 0)]
+    assert "1 queue name(s) on the broker are not UTF-8 text" in caplog.text
+
+
+def test_a_huey_instance_named_with_a_dash_is_not_discovered_again_by_another_proc(private_redis):
+    """Huey stores ``dsc-my-app`` as ``dscmyapp`` (its ``clean_name``): the claim must be compared as stored."""
+    huey = pytest.importorskip("huey")
+    pool = private_redis.connection_pool
+    named = huey.RedisHuey("dsc-my-app", connection_pool=pool)
+
+    @named.task()
+    def noop():
+        return None
+
+    for _ in range(4):
+        noop()
+    assert private_redis.llen("huey.redis.dscmyapp") == 4
+    finder = huey.RedisHuey("x", connection_pool=pool)
+    procs = [HueyProc("worker", huey=named), HueyProc("other", huey=finder, queues="*")]
+    snapshot = Collection(procs).collect()
+    assert [(s.name, s.reading.quantity) for s in snapshot.procs] == [("worker", 4), ("other", 0)]

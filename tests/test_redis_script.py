@@ -173,6 +173,35 @@ def test_a_user_denied_scripts_falls_back_once_with_one_log_line(private_redis, 
     assert "sekret-pw" not in caplog.text
 
 
+def test_a_key_outside_the_users_acl_fails_its_own_proc_and_keeps_the_scripts(private_redis, caplog):
+    """Redis checks a script's KEYS against the ACL before it runs: one key the user may not read refuses the call.
+    That is no refusal of scripts: the neighbours stay on the script path and only the denied key's proc fails."""
+    private_redis.execute_command(
+        "ACL", "SETUSER", "somekeys", "on", ">sekret-pw", "~mine:*", "+@read", "+@connection", "+evalsha_ro",
+        "+evalsha", "+script|load",
+    )  # fmt: skip
+    try:
+        private_redis.rpush("mine:a", "1", "2")
+        private_redis.rpush("theirs:b", "1")
+        url = url_of(private_redis, "somekeys:sekret-pw@")
+        procs = [QueuesProc("mine", ["mine:a"], url=url), QueuesProc("theirs", ["theirs:b"], url=url)]
+        collection = Collection(procs, max_age=0)
+        with caplog.at_level(logging.WARNING, logger="hirefire_exporter"):
+            first = collection.collect()
+            private_redis.config_resetstat()
+            second = collection.collect()
+        collection.close()
+    finally:
+        private_redis.execute_command("ACL", "DELUSER", "somekeys")
+
+    for snapshot in (first, second):
+        assert [s.up for s in snapshot.procs] == [True, False]
+        assert snapshot.procs[0].reading.quantity == 2
+        assert "NoPermissionError" in snapshot.procs[1].error
+    assert "evalsha_ro" in command_counts(private_redis)  # the second cycle still tried the script
+    assert not any("refuses server-side scripts" in r.getMessage() for r in caplog.records)
+
+
 def test_ten_thousand_queues_are_read_in_several_small_calls_in_one_round_trip(private_redis):
     names = [f"q{i}" for i in range(10_000)]
     pipe = private_redis.pipeline(transaction=False)

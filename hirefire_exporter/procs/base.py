@@ -15,7 +15,7 @@ from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..discovery import Discovery, DiscoveryPending, is_pattern
+from ..discovery import Discovery, DiscoveryPending, is_pattern, readable_names
 from ..redaction import scrub
 from ..settings_check import Choice, Seconds, refuse_unknown
 
@@ -186,7 +186,8 @@ class Proc:
         """Move the patterns of ``queues`` into the proc's discovery state: ``queues`` keeps the names it measures."""
         if isinstance(self.queues, str):
             self.queues = [self.queues]
-        patterns = [q for q in self.queues if isinstance(q, str) and is_pattern(q)]
+        found = set(self._discovery.found) if self._discovery else set()  # discovered: names, whatever they hold
+        patterns = [q for q in self.queues if isinstance(q, str) and is_pattern(q) and q not in found]
         if patterns:
             self.queues = [q for q in self.queues if q not in patterns]
             known = self._discovery.patterns if self._discovery else ()
@@ -205,6 +206,10 @@ class Proc:
     def configured_queues(self) -> list[str]:
         """``queues`` as configured: the names, then the patterns."""
         return [*self.named_queues(), *(self._discovery.patterns if self._discovery else ())]
+
+    def stored_name(self, queue: str) -> str:
+        """How the broker stores the name of ``queue``, as :meth:`discover_queues` finds it (Huey cleans names)."""
+        return queue
 
     def discover_queues(self) -> Iterable[str] | None:
         """Every queue the broker knows for this backend (I/O; names, whether or not they match the patterns), or
@@ -239,8 +244,17 @@ class Proc:
             if discovery.done_at is None:
                 raise DiscoveryPending("discovering queues: no complete list of the broker's queues yet")
             return
+        found, unreadable = readable_names(found)
+        if unreadable and not discovery.unreadable_warned:
+            discovery.unreadable_warned = True
+            log.warning(
+                "proc %r: %d queue name(s) on the broker are not UTF-8 text: left out (no library of ours can have"
+                " made them)",
+                self.name,
+                unreadable,
+            )
         named = self.named_queues()
-        mine, idle = discovery.select(found, named)
+        mine, idle = discovery.select(found, [self.stored_name(q) for q in named])
         self.queues = [*named, *mine]
         discovery.found = tuple(mine)
         discovery.done_at = now

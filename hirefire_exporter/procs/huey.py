@@ -149,9 +149,12 @@ class HueyProc(TrackedProc):
     def redis_client(self) -> Any:
         return self.broker_redis() if not self.tracked() or self.tracker_inline() else None
 
+    def stored_name(self, queue: str) -> str:
+        """The name in Huey's Redis keys (``clean_name``: ``my-app`` is ``myapp``)."""
+        return self._storage().clean_name(queue) if self._is_redis() else queue
+
     def tracker_queues(self) -> list[str]:
-        clean = getattr(self._storage(), "clean_name", None)
-        return [clean(q) for q in self.queues] if clean and self._is_redis() else list(self.queues)
+        return [self.stored_name(q) for q in self.queues]
 
     def _due_threshold(self) -> float:
         """Now, on the clock Huey scores its schedule with (naive UTC or local time, read as local time)."""

@@ -267,12 +267,15 @@ def _scripted(
         if isinstance(loaded, Exception):
             return _refused(client, server, loaded, scripted + plain)
         server.loaded = True
+    denied: list[Command] = []
     for (groups, _, _), reply in zip(chunks, replies):
         if not isinstance(reply, Exception):
             results.update(_replies(client, groups, reply))
             continue
         if _transient(reply):  # the server is busy or starting: these commands fail this cycle only
             results.update((command, reply) for group in groups for command in group)
+        elif _key_denied(reply):  # an ACL without one of the chunk's keys: scripts are fine, that key is not
+            denied += [command for group in groups for command in group]
         elif retries and type(reply).__name__ == "NoScriptError":  # gone (a restart, SCRIPT FLUSH): reload it
             server.loaded = False
             return _scripted(client, server, scripted, plain, retries - 1)
@@ -281,7 +284,15 @@ def _scripted(
             return _scripted(client, server, scripted, plain, retries - 1)
         else:
             return _refused(client, server, reply, scripted + plain)
+    if denied:  # one more round trip, so that only the commands on a denied key fail, each its own proc
+        results.update(_pipelined(client, denied))
     return results
+
+
+def _key_denied(error: Exception) -> bool:
+    """Redis checks a script's KEYS against the user's ACL before running it: one key the user may not read refuses
+    the whole call, while the user may well run scripts."""
+    return type(error).__name__ == "NoPermissionError" and "keys" in str(error)
 
 
 def _refused(client: Redis, server: _Server, error: Exception, commands: list[Command]) -> dict[Command, Any]:
