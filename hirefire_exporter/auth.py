@@ -10,10 +10,13 @@ exporter of a fleet::
 The bearer token (``metrics_token``) is for places with nothing but environment variables (Heroku config vars).
 Either one admits a request; with neither configured ``/metrics`` is open, as before.
 
-Every check takes the same path whatever the credentials: an unknown user is checked against a dummy hash of the
-same cost (no early exit telling which users exist), tokens are compared with :func:`hmac.compare_digest`. A bcrypt
-check costs ~100 ms or more by design, so successful checks are remembered (as exporter-toolkit does), keyed by an
-HMAC of the credentials under a key of this process (no password is kept), in a bounded table. A malformed
+Every check takes the same path whatever the credentials: an unknown user is checked against a dummy hash as costly
+as the costliest real one, and a refusal for a user with a cheaper hash is padded with that check too (no timing
+tells which users exist); tokens are compared with :func:`hmac.compare_digest`. A bcrypt check costs ~100 ms or more
+by design, so successful checks are remembered (as exporter-toolkit does), keyed by an HMAC of the credentials under
+a key of this process (no password is kept), in a bounded table, and only one check runs at a time: a request that
+finds one running is refused at once, so a flood of wrong passwords never holds the threads that serve HireFire and
+the probes. A malformed
 ``Authorization`` header (bad base64, no colon, not UTF-8, too long) is a refusal, never an error. No credential is
 logged or quoted in an error.
 """
@@ -35,8 +38,9 @@ from typing import Any
 
 from .settings_check import Token, fail, refuse_unknown, shown
 
-#: A bcrypt hash as exporter-toolkit accepts it (``htpasswd -B`` writes ``$2y$``, Python's bcrypt ``$2b$``).
-BCRYPT_HASH = re.compile(r"^\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}$")
+#: A bcrypt hash as exporter-toolkit accepts it (``htpasswd -B`` writes ``$2y$``, Python's bcrypt ``$2b$``); match
+#: it with ``fullmatch`` (``$`` would let a trailing newline in, and the right password would then never match).
+BCRYPT_HASH = re.compile(r"\$2[aby]\$(\d\d)\$[./A-Za-z0-9]{53}")
 #: The longest ``Authorization`` header looked at; a longer one is refused unread.
 MAX_HEADER = 4096
 #: bcrypt uses at most this many bytes of a password (longer ones are refused, as Go's bcrypt does).
@@ -94,7 +98,7 @@ def read_web_config(path: str, where: str) -> dict[str, bytes]:
     for user, hashed in users.items():
         if not isinstance(user, str) or not user or ":" in user:
             fail(f"{where}: basic_auth_users: a user name must be a non-empty string without ':'")
-        match = BCRYPT_HASH.match(hashed) if isinstance(hashed, str) else None
+        match = BCRYPT_HASH.fullmatch(hashed) if isinstance(hashed, str) else None
         if match is None or not 4 <= int(match.group(1)) <= 31:
             fail(
                 f"{where}: basic_auth_users: {user!r} needs a bcrypt hash ($2y$10$ and 53 more characters, from"
@@ -146,9 +150,15 @@ class Auth:
         self.token = token.encode("ascii") if token else None
         self._bcrypt = _bcrypt() if self.users else None
         self._dummy = b""
+        #: The users whose hash is cheaper than the costliest: their refusals are padded to its cost.
+        self._cheaper: frozenset[str] = frozenset()
         if self.users:  # as costly as the costliest real hash: an unknown user takes as long as a known one
-            cost = max(int(BCRYPT_HASH.match(h.decode()).group(1)) for h in self.users.values())  # type: ignore[union-attr]
-            self._dummy = self._bcrypt.hashpw(secrets.token_bytes(16), self._bcrypt.gensalt(cost))
+            costs = {user: int(h[4:6]) for user, h in self.users.items()}  # $2y$<cost>$, checked at reading
+            self._dummy = self._bcrypt.hashpw(secrets.token_bytes(16), self._bcrypt.gensalt(max(costs.values())))
+            self._cheaper = frozenset(user for user, cost in costs.items() if cost < max(costs.values()))
+        #: One bcrypt check at a time: a flood of wrong passwords costs one core, never every thread that serves
+        #: HireFire and the probes (a check that finds another running refuses at once).
+        self._checking = threading.Lock()
         self._key = secrets.token_bytes(32)  # of this process: the cache's keys say nothing outside it
         self._verified: OrderedDict[bytes, None] = OrderedDict()
         self._lock = threading.Lock()
@@ -193,7 +203,14 @@ class Auth:
                 return True
         hashed = self.users.get(user)
         assert self._bcrypt is not None
-        ok = self._bcrypt.checkpw(secret[:MAX_PASSWORD], hashed if hashed is not None else self._dummy)
+        if not self._checking.acquire(blocking=False):
+            return False
+        try:
+            ok = self._bcrypt.checkpw(secret[:MAX_PASSWORD], hashed if hashed is not None else self._dummy)
+            if not ok and user in self._cheaper:  # as long as any other refusal: the timing tells no user apart
+                self._bcrypt.checkpw(secret[:MAX_PASSWORD], self._dummy)
+        finally:
+            self._checking.release()
         if not ok or hashed is None or len(secret) > MAX_PASSWORD:
             return False
         with self._lock:

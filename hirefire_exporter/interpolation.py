@@ -46,7 +46,7 @@ def _value(value: Any, path: tuple[str | int, ...], environ: Mapping[str, str], 
 
 def _string(text: str, path: tuple[str | int, ...], environ: Mapping[str, str], where: str) -> str:
     def replace(match: re.Match[str]) -> str:
-        if match.group("bad") is not None:
+        if match.group("bad") is not None or "${" in (match.group("default") or ""):  # no nesting: ${A:-${B}}
             fail(
                 f"{where}{key(path)}: '${{' must start ${{NAME}} or ${{NAME:-default}} (NAME: letters, digits and _, "
                 "not starting with a digit); write $$ for a literal $"

@@ -125,6 +125,32 @@ def test_an_unknown_user_costs_one_bcrypt_check_like_a_known_one(client, monkeyp
     assert cost(app_auth._dummy) == cost(app_auth.users["prometheus"])  # the dummy costs as much
 
 
+def test_a_user_with_a_cheaper_hash_is_refused_as_slowly_as_an_unknown_one(monkeypatch):
+    """Hashes of different costs in one file: a refusal for the cheaper user is padded with the costliest check."""
+    users = {"fast": bcrypt.hashpw(b"pw-fast", bcrypt.gensalt(4)), "slow": bcrypt.hashpw(b"pw-slow", bcrypt.gensalt(6))}
+    guard = auth.Auth(users)
+    checked: list[bytes] = []
+    real = bcrypt.checkpw
+    monkeypatch.setattr(bcrypt, "checkpw", lambda password, hashed: checked.append(hashed) or real(password, hashed))
+    assert not guard.allows(basic("fast", "wrong"))
+    assert checked == [users["fast"], guard._dummy] and guard._dummy.split(b"$")[2] == b"06"
+    checked.clear()
+    assert not guard.allows(basic("nobody", "wrong")) and not guard.allows(basic("slow", "wrong"))
+    assert checked == [guard._dummy, users["slow"]]  # one check each at the top cost
+    assert guard.allows(basic("fast", "pw-fast"))
+
+
+def test_while_one_bcrypt_check_runs_another_is_refused_at_once():
+    """A flood of wrong passwords must not hold every server thread (HireFire's route, the probes): one check at a
+    time, and a request that finds one running is refused without waiting."""
+    guard = auth.Auth({"prometheus": bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt(4))})
+    with guard._checking:  # a check in progress
+        assert not guard.allows(basic("prometheus", PASSWORD))
+    assert guard.allows(basic("prometheus", PASSWORD))
+    with guard._checking:  # remembered: no check needed, so nothing refuses it
+        assert guard.allows(basic("prometheus", PASSWORD))
+
+
 def test_tokens_are_compared_in_constant_time(client, monkeypatch):
     compared: list[tuple[bytes, bytes]] = []
     real = hmac.compare_digest
@@ -187,6 +213,10 @@ def refused(tmp_path, text: str, names: str, *secrets: str) -> None:
     [
         ('basic_auth_users:\n  prometheus: "hunter2-plain"\n', "basic_auth_users: 'prometheus' needs a bcrypt hash"),
         ('basic_auth_users:\n  prometheus: "$2y$10$short"\n', "basic_auth_users: 'prometheus' needs a bcrypt hash"),
+        (  # a YAML block keeps the newline: the hash would never match the right password
+            f"basic_auth_users:\n  prometheus: |\n    $2y$10${'a' * 53}\n",
+            "basic_auth_users: 'prometheus' needs a bcrypt hash",
+        ),
         (
             f'basic_auth_users:\n  prometheus: "$2y$99${"a" * 53}"\n',
             "basic_auth_users: 'prometheus' needs a bcrypt hash",

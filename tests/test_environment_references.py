@@ -162,6 +162,11 @@ REFUSED = {
         "[[procs]] #1 url: '${' must start ${NAME} or ${NAME:-default}",
     ),
     "unclosed": (RQ_TOML.format(url="${REDIS_URL"), {"REDIS_URL": "redis://127.0.0.1/0"}, "'${' must start"),
+    "nested default": (  # docker-compose nests; here it would read the text ${B} as a URL or a queue name
+        RQ_TOML.format(url="${A:-${REDIS_URL}}"),
+        {"REDIS_URL": "redis://127.0.0.1/0"},
+        "[[procs]] #1 url: '${' must start ${NAME} or ${NAME:-default}",
+    ),
     "a number from a reference": ('timeout = "${T}"\nprocs = ["x.P"]\n', {"T": "5"}, ": timeout must be a number"),
 }
 
