@@ -9,7 +9,7 @@ Configured from the environment so that each test can start a worker on its own 
 - ``HIREFIRE_CELERY_ACKS_LATE``: ``1`` for ``task_acks_late``;
 - ``HIREFIRE_CELERY_SIGNAL_REDIS``: the Redis URL the ``block`` task reports to and waits on;
 - ``HIREFIRE_CELERY_TRACKER``: run the worker-side tracker, writing to this Redis URL (``broker``: the broker), with
-  the lease ``HIREFIRE_CELERY_TRACKER_LEASE`` (seconds).
+  the lease ``HIREFIRE_CELERY_TRACKER_LEASE`` and the flush interval ``HIREFIRE_CELERY_TRACKER_FLUSH`` (seconds).
 """
 
 from __future__ import annotations
@@ -62,6 +62,7 @@ if tracker := os.environ.get("HIREFIRE_CELERY_TRACKER"):
         app,
         store=None if tracker == "broker" else tracker,
         lease=float(os.environ.get("HIREFIRE_CELERY_TRACKER_LEASE", "15")),
+        flush_every=float(os.environ.get("HIREFIRE_CELERY_TRACKER_FLUSH", "0.5")),
     )
 _signal = redis.Redis.from_url(os.environ.get("HIREFIRE_CELERY_SIGNAL_REDIS", "redis://127.0.0.1:6379/2"))
 

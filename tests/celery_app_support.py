@@ -55,6 +55,7 @@ class Worker:
         name: str | None = None,
         tracker: str | None = None,
         lease: float = 15.0,
+        flush_every: float = 0.5,
     ) -> None:
         self.hostname = name or f"{unique('w')}@test"
         self.log = tempfile.NamedTemporaryFile(prefix="celery-worker-", suffix=".log", delete=False)
@@ -67,6 +68,7 @@ class Worker:
             HIREFIRE_CELERY_SIGNAL_REDIS=signal_redis,
             HIREFIRE_CELERY_TRACKER=tracker or "",
             HIREFIRE_CELERY_TRACKER_LEASE=str(lease),
+            HIREFIRE_CELERY_TRACKER_FLUSH=str(flush_every),
         )
         command = [
             CELERY, "-A", "tests.celery_app", "worker", f"--pool={pool}", "--concurrency=1",

@@ -168,6 +168,23 @@ def test_a_worker_killed_with_sigkill_drops_out_within_its_lease(redis_conn, red
     assert redis_conn.hlen("unacked") == 2
 
 
+def test_a_task_is_in_the_store_as_it_arrives_not_a_flush_later(redis_conn, redis_url, workers):
+    """With early acknowledgement a task that starts at once leaves kombu's unacked hash before any flush: the
+    tracker writes on receipt (not ``flush_every``, 10 s here, later), so the task is never counted nowhere."""
+    q = trk("wake")
+    spec = [[q, "", "direct", q, 0]]
+    app = app_for(redis_url, spec)
+    worker = Worker(redis_url, spec, redis_url, tracker="broker", lease=60.0, flush_every=10.0)
+    workers.append(worker)
+    proc = CeleryProc("worker", queues=[q], app=app, tracker=True)
+    wait_for(lambda: proc.read({}).workers == Workers(online=1, slots=1, busy_slots=0, busy=0), "the idle worker")
+    blocker = Blocker(app, redis_conn)
+    blocker.send(1, queue=q)
+    reading = wait_for(lambda: (r := proc.read({})).quantity == 1 and r.workers == ONE_BUSY and r, "1 of 1", 3.0)
+    assert jobs(reading, q) == {"queued": 0, "reserved": 0, "scheduled": 0, "started": 1}
+    blocker.release()
+
+
 def test_a_prefork_child_killed_mid_task_leaves_the_count_and_its_worker_stays(redis_conn, redis_url, workers):
     q = trk("prefork")
     spec = [[q, "", "direct", q, 0]]

@@ -26,7 +26,7 @@ def track(
     does no I/O and starts nothing in producers; a worker starts its tracker with its own start-up (a bootstep), and
     one that cannot (a bad store setting) refuses to start rather than run uncounted."""
     from celery import bootsteps
-    from celery.signals import worker_shutdown
+    from celery.signals import task_prerun, task_received, worker_shutdown
 
     check_timing(lease, flush_every)
     trackers: list[Tracker] = []
@@ -52,8 +52,16 @@ def track(
             while trackers:
                 trackers.pop().stop()
 
+    def wake(sender: Any = None, **_: Any) -> None:
+        """A task received (or started, where a thread or solo pool runs it in this process): write it at once, not a
+        flush later; with early acknowledgement a started task has already left the broker's ``unacked`` hash."""
+        for tracker in trackers:
+            tracker.wake()
+
     app.steps["worker"].add(HireFireTracker)
     worker_shutdown.connect(stop, weak=False, dispatch_uid=f"hirefire-tracker-{id(app)}")
+    task_received.connect(wake, weak=False, dispatch_uid=f"hirefire-tracker-received-{id(app)}")
+    task_prerun.connect(wake, weak=False, dispatch_uid=f"hirefire-tracker-prerun-{id(app)}")
 
 
 def _broker_store(app: Any) -> str:

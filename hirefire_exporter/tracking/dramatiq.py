@@ -110,6 +110,9 @@ class _Account:
 
         with self._lock:
             self._running[message.message_id] = q_name(message.queue_name)
+            tracker = self._tracker
+        if tracker is not None:  # written at once, not a flush later
+            tracker.wake()
 
     def done(self, message: Any) -> None:
         with self._lock:

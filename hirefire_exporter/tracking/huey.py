@@ -105,6 +105,9 @@ class _Consumer:
     def running(self, task: Any) -> None:
         with self._lock:
             self._running[task.id] = None
+            tracker = self._tracker
+        if tracker is not None:  # the task left the queue: written at once, not a flush later
+            tracker.wake()
 
     def done(self, task: Any) -> None:
         with self._lock:

@@ -34,6 +34,10 @@ log = logging.getLogger("hirefire_exporter.tracking")
 DEFAULT_LEASE = 15.0
 #: Seconds between two looks at what the process holds (how soon a change shows in the store).
 DEFAULT_FLUSH_EVERY = 0.5
+#: After a wake (a task received or started), how long the tracker waits for the task's neighbours before it writes:
+#: a burst of tasks costs one write, and a task is in the store this soon after it arrived, not a flush later (on Redis
+#: with early acknowledgement a started task has already left the broker's ``unacked`` hash).
+SETTLE = 0.02
 #: Socket timeouts of a store client the tracker builds: a stalled store holds the tracker's thread this long at most.
 STORE_TIMEOUT = 2.0
 
@@ -114,6 +118,7 @@ class Tracker:
         self._last_beat = -float("inf")
         self._failing = False
         self._stop = threading.Event()
+        self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
 
@@ -126,6 +131,7 @@ class Tracker:
         if os.getpid() != self._pid:  # a forked child's copy: the parent's thread and entries are not its own
             return
         self._stop.set()
+        self._wake.set()
         if self._thread is not None:
             self._thread.join(self.flush_every + STORE_TIMEOUT * 2)
         removes = _grouped(self._placed)
@@ -139,9 +145,18 @@ class Tracker:
         except Exception as exc:  # the store is down: the entries age out with their lease
             log.warning("hirefire tracker: could not remove this worker's entries at shutdown: %s", describe_error(exc))
 
+    def wake(self) -> None:
+        """Write soon (:data:`SETTLE`), not at the next flush: the process took a task. Only sets an event, so it is
+        safe on a task's own path."""
+        self._wake.set()
+
     def _run(self) -> None:
-        while not self._stop.wait(self.flush_every):
-            self.sync()
+        while not self._stop.is_set():
+            if self._wake.wait(self.flush_every):
+                self._stop.wait(SETTLE)
+            self._wake.clear()
+            if not self._stop.is_set():
+                self.sync()
 
     def sync(self) -> bool:
         """Write what changed since the last sync (and, when due, the heartbeat). Returns whether the store took it."""
