@@ -324,3 +324,20 @@ def test_huey_process_workers_each_register_and_count_their_task(redis_conn, red
     reading = wait_for(lambda: (r := proc.read({})).quantity == 3 and r, "3 of 3")
     assert jobs(reading, name) == {"queued": 1, "due": 0, "scheduled": 0, "started": 2}
     assert reading.workers == Workers(online=2, slots=2, busy_slots=2, busy=2)
+
+
+def test_the_celery_routes_table_stays_bounded_with_ids_in_routing_keys(redis_url):
+    """Topic routing keys that carry ids (``order.<id>``) must not grow the worker's table of routes without end."""
+    from types import SimpleNamespace
+
+    from hirefire_exporter.tracking import celery as tracking_celery
+
+    q = trk("routes")
+    app = app_for(redis_url, [[q, "", "direct", q, 0]])
+    account = tracking_celery._Account(app, 1)
+    consumed = app.amqp.queues.consume_from
+    account._consumed = tuple(sorted(consumed))
+    for n in range(3 * tracking_celery._ROUTES):
+        request = SimpleNamespace(delivery_info={"exchange": "orders", "routing_key": f"order.{n}"})
+        assert account._queue(request, consumed) == q  # the worker's only queue
+    assert len(account._queues) <= tracking_celery._ROUTES

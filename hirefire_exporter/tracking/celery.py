@@ -14,6 +14,8 @@ from typing import Any
 
 from .store import DEFAULT_FLUSH_EVERY, DEFAULT_LEASE, Held, Tracker, check_timing, store_client, worker_id
 
+#: Routes remembered at most (topic routing keys may carry ids: the table must not grow with them).
+_ROUTES = 1024
 #: Attempts at copying Celery's request sets, which the worker's own thread may change while they are copied.
 _COPY_ATTEMPTS = 5
 
@@ -106,6 +108,8 @@ class _Account:
         if key not in self._queues:
             from ..procs.celery.routing import queue_bindings, route
 
+            if len(self._queues) >= _ROUTES:
+                self._queues.clear()
             reached = route(queue_bindings(consumed.values()), key[0] or "", key[1] or "") & set(self._consumed)
             if reached:
                 self._queues[key] = min(reached)
