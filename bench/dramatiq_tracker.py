@@ -88,36 +88,7 @@ def run(broker_port: int, store_port: int, messages: int, seconds: float, tracke
             producer.close()
             for client in clients:
                 client.close()
-    (broker_calls, broker_usec), (store_calls, store_usec) = stats
-    return {
-        "wall_us": wall / messages * 1e6,
-        "cpu_us": cpu / messages * 1e6,
-        "broker": sum(broker_calls.values()) / messages,
-        "store": sum(store_calls.values()) / messages,
-        "redis_us": (sum(broker_usec.values()) + sum(store_usec.values())) / messages,
-        **{f"store {name}": n / messages for name, n in store_calls.items()},
-    }
-
-
-ROWS = (
-    ("wall time (us/message)", "wall_us", "{:.0f}"),
-    ("worker CPU time (us/message)", "cpu_us", "{:.0f}"),
-    ("broker commands (per message)", "broker", "{:.2f}"),
-    ("tracker store commands (per message)", "store", "{:.2f}"),
-    ("Redis server time (us/message)", "redis_us", "{:.1f}"),
-)
-
-
-def report(label: str, messages: int, rounds: int, plain: dict[str, float], tracked: dict[str, float]) -> None:
-    print(f"\n{label}: {messages} messages x {rounds} rounds, {THREADS} threads (median per message)")
-    print(f"{'':38} {'without tracker':>16} {'with tracker':>14} {'difference':>12}")
-    for name, key, form in ROWS:
-        diff = tracked[key] - plain[key]
-        ratio = f" ({tracked[key] / plain[key]:.2f}x)" if plain[key] else ""
-        cells = f"{form.format(plain[key]):>16} {form.format(tracked[key]):>14} {form.format(diff):>12}"
-        print(f"{name:38} {cells}{ratio}")
-    store = sorted((k.removeprefix("store "), v) for k, v in tracked.items() if k.startswith("store "))
-    print(f"the tracker's commands per message: {', '.join(f'{n} {v:.2f}' for n, v in store) or 'none'}")
+    return bench_support.tracker_figures(stats, wall, cpu, messages)
 
 
 def main() -> None:
@@ -134,7 +105,8 @@ def main() -> None:
                     results[tracked].append(run(broker_port, store_port, messages, seconds, tracked))
             keys = {k for rs in results.values() for r in rs for k in r}
             median = {t: {k: statistics.median(r.get(k, 0.0) for r in rs) for k in keys} for t, rs in results.items()}
-            report(label, messages, args.rounds, median[False], median[True])
+            heading = f"{label}: {messages} messages x {args.rounds} rounds, {THREADS} threads"
+            bench_support.tracker_report(heading, "message", median[False], median[True])
 
 
 if __name__ == "__main__":

@@ -128,3 +128,38 @@ def tcp_connections(pid: int) -> int:
             if os.readlink(f"/proc/{pid}/fd/{fd}").startswith("socket:"):
                 count += 1
     return count
+
+
+def tracker_figures(stats: list, wall: float, cpu: float, units: int) -> dict[str, float]:
+    """Per task (or message) figures of one tracker benchmark round: ``stats`` is :func:`command_stats` of the broker
+    and of the tracker's store, after the round."""
+    (broker_calls, broker_usec), (store_calls, store_usec) = stats
+    return {
+        "wall_us": wall / units * 1e6,
+        "cpu_us": cpu / units * 1e6,
+        "broker": sum(broker_calls.values()) / units,
+        "store": sum(store_calls.values()) / units,
+        "redis_us": (sum(broker_usec.values()) + sum(store_usec.values())) / units,
+        **{f"store {name}": n / units for name, n in store_calls.items()},
+    }
+
+
+def tracker_report(heading: str, unit: str, plain: dict[str, float], tracked: dict[str, float]) -> None:
+    """The figures of a worker without and with the tracker, side by side, per ``unit`` (task, message)."""
+    rows = (
+        (f"wall time (us/{unit})", "wall_us", "{:.0f}"),
+        (f"worker CPU time (us/{unit})", "cpu_us", "{:.0f}"),
+        (f"broker commands (per {unit})", "broker", "{:.2f}"),
+        (f"tracker store commands (per {unit})", "store", "{:.2f}"),
+        (f"Redis server time (us/{unit})", "redis_us", "{:.1f}"),
+    )
+    width = max(len(name) for name, _, _ in rows) + 2
+    print(f"\n{heading} (median per {unit})")
+    print(f"{'':{width}} {'without tracker':>16} {'with tracker':>14} {'difference':>12}")
+    for name, key, form in rows:
+        diff = tracked[key] - plain[key]
+        ratio = f" ({tracked[key] / plain[key]:.2f}x)" if plain[key] else ""
+        cells = f"{form.format(plain[key]):>16} {form.format(tracked[key]):>14} {form.format(diff):>12}"
+        print(f"{name:{width}} {cells}{ratio}")
+    store = sorted((k.removeprefix("store "), v) for k, v in tracked.items() if k.startswith("store "))
+    print(f"the tracker's commands per {unit}: {', '.join(f'{n} {v:.2f}' for n, v in store) or 'none'}")

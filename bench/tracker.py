@@ -65,37 +65,7 @@ def run(broker_port: int, store_port: int, tasks: int, seconds: float, tracked: 
         worker.stop()
         for client in clients:
             client.close()
-    (broker_calls, broker_usec), (store_calls, store_usec) = stats
-    return {
-        "wall_us": wall / tasks * 1e6,
-        "cpu_us": cpu / tasks * 1e6,
-        "broker": sum(broker_calls.values()) / tasks,
-        "store": sum(store_calls.values()) / tasks,
-        "redis_us": (sum(broker_usec.values()) + sum(store_usec.values())) / tasks,
-        **{f"store {name}": n / tasks for name, n in store_calls.items()},
-    }
-
-
-ROWS = (
-    ("wall time (us/task)", "wall_us", "{:.0f}"),
-    ("worker CPU time (us/task)", "cpu_us", "{:.0f}"),
-    ("broker commands (per task)", "broker", "{:.2f}"),
-    ("tracker store commands (per task)", "store", "{:.2f}"),
-    ("Redis server time (us/task)", "redis_us", "{:.1f}"),
-)
-
-
-def report(label: str, tasks: int, rounds: int, plain: dict[str, float], tracked: dict[str, float]) -> None:
-    print(f"\n{label}: {tasks} tasks x {rounds} rounds, threads pool, prefetch 16 (median per task)")
-    print(f"{'':36} {'without tracker':>16} {'with tracker':>14} {'difference':>12}")
-    for name, key, form in ROWS:
-        diff = tracked[key] - plain[key]
-        ratio = f" ({tracked[key] / plain[key]:.2f}x)" if plain[key] else ""
-        cells = f"{form.format(plain[key]):>16} {form.format(tracked[key]):>14} {form.format(diff):>12}"
-        print(f"{name:36} {cells}{ratio}")
-    store = sorted((k.removeprefix("store "), v) for k, v in tracked.items() if k.startswith("store "))
-    sent = ", ".join(f"{name} {v:.2f}" for name, v in store)
-    print(f"the tracker's commands per task: {sent or 'none'}")
+    return bench_support.tracker_figures(stats, wall, cpu, tasks)
 
 
 def main() -> None:
@@ -112,7 +82,8 @@ def main() -> None:
                     results[tracked].append(run(broker_port, store_port, tasks, seconds, tracked))
             keys = {k for rs in results.values() for r in rs for k in r}
             median = {t: {k: statistics.median(r.get(k, 0.0) for r in rs) for k in keys} for t, rs in results.items()}
-            report(label, tasks, args.rounds, median[False], median[True])
+            heading = f"{label}: {tasks} tasks x {args.rounds} rounds, threads pool, prefetch 16"
+            bench_support.tracker_report(heading, "task", median[False], median[True])
 
 
 if __name__ == "__main__":
