@@ -11,7 +11,6 @@ worker threads, and removes its entries after a clean shutdown (once its threads
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any
 
 from .keys import RUNNING
@@ -19,6 +18,7 @@ from .store import (
     DEFAULT_FLUSH_EVERY,
     DEFAULT_LEASE,
     Held,
+    RunningTasks,
     Tracker,
     check_timing,
     client_like,
@@ -51,7 +51,7 @@ def track(
             self.account.shutdown()
 
         def before_process_message(self, broker: Any, message: Any) -> None:
-            self.account.running(message)
+            self.account.started_message(message)
 
         def after_process_message(
             self, broker: Any, message: Any, *, result: Any = None, exception: BaseException | None = None
@@ -75,17 +75,15 @@ def _broker_store(broker: Any) -> Any:
     return client_like(client)
 
 
-class _Account:
+class _Account(RunningTasks):
     """One worker process's running messages and its tracker."""
 
     def __init__(self, client: Any, lease: float, flush_every: float) -> None:
+        super().__init__()
         self.client = client
         self.lease = lease
         self.flush_every = flush_every
-        self._lock = threading.Lock()
-        self._running: dict[str, str] = {}  # message id -> its queue
         self._worker: Any = None
-        self._tracker: Tracker | None = None
 
     def boot(self, worker: Any) -> None:
         with self._lock:
@@ -105,25 +103,20 @@ class _Account:
         if tracker is not None:
             tracker.stop()
 
-    def running(self, message: Any) -> None:
+    def started_message(self, message: Any) -> None:
         from dramatiq.common import q_name
 
-        with self._lock:
-            self._running[message.message_id] = q_name(message.queue_name)
-            tracker = self._tracker
-        if tracker is not None:  # written at once, not a flush later
-            tracker.wake()
+        self.started(message.message_id, q_name(message.queue_name))
 
     def done(self, message: Any) -> None:
-        with self._lock:
-            self._running.pop(message.message_id, None)
+        self.finished(message.message_id)
 
     def held(self) -> Held:
         """The running messages, and the queues the worker consumes (its consumers: ``q`` and ``q.DQ`` are ``q``)."""
         from dramatiq.common import q_name
 
         with self._lock:
-            tasks = {message: (queue, "started") for message, queue in self._running.items()}
+            tasks = self.running()
             worker = self._worker
         queues = sorted({q_name(name) for name in list(worker.consumers)})  # a copy: consumers are added meanwhile
         return Held(tasks, queues, worker.worker_threads)

@@ -10,7 +10,6 @@ the worker's thread. Each consumer process runs one tracker thread that writes w
 from __future__ import annotations
 
 import os
-import threading
 from typing import Any
 
 from .keys import RUNNING
@@ -18,6 +17,7 @@ from .store import (
     DEFAULT_FLUSH_EVERY,
     DEFAULT_LEASE,
     Held,
+    RunningTasks,
     Tracker,
     check_timing,
     client_like,
@@ -52,27 +52,25 @@ def _storage_store(huey: Any) -> Any:
     return client_like(storage.conn)
 
 
-class _Consumer:
+class _Consumer(RunningTasks):
     """One consumer process's running tasks and its tracker (made again in a forked worker process)."""
 
     def __init__(self, huey: Any, client: Any, lease: float, flush_every: float) -> None:
+        super().__init__()
         self.huey = huey
         self.client = client
         self.lease = lease
         self.flush_every = flush_every
         self.queue = getattr(huey.storage, "name", huey.name)
-        self._lock = threading.Lock()
         self._pid = -1
         self._workers = 0
-        self._running: dict[str, None] = {}
-        self._tracker: Tracker | None = None
 
     def hook(self) -> None:
         from huey import signals
 
         self.huey.on_startup(HOOK)(self.worker_started)
         self.huey.on_shutdown(HOOK)(self.worker_stopped)
-        self.huey.pre_execute(HOOK)(self.running)
+        self.huey.pre_execute(HOOK)(lambda task: self.started(task.id, self.queue))
         self.huey.post_execute(HOOK)(lambda task, value, exc: self.done(task))
         self.huey.signal(signals.SIGNAL_CANCELED, signals.SIGNAL_INTERRUPTED)(
             lambda signal, task, *a, **k: self.done(task)
@@ -102,18 +100,9 @@ class _Consumer:
         if tracker is not None:
             tracker.stop()
 
-    def running(self, task: Any) -> None:
-        with self._lock:
-            self._running[task.id] = None
-            tracker = self._tracker
-        if tracker is not None:  # the task left the queue: written at once, not a flush later
-            tracker.wake()
-
     def done(self, task: Any) -> None:
-        with self._lock:
-            self._running.pop(task.id, None)
+        self.finished(task.id)
 
     def held(self) -> Held:
         with self._lock:
-            tasks = {task: (self.queue, "started") for task in self._running}
-            return Held(tasks, (self.queue,), max(self._workers, 1))
+            return Held(self.running(), (self.queue,), max(self._workers, 1))

@@ -221,3 +221,29 @@ def _grouped(entries: Mapping[Entry, Any]) -> dict[str, list[str]]:
     for key, member in entries:
         out[key].append(member)
     return out
+
+
+class RunningTasks:
+    """What a library whose broker shows held tasks itself (Huey, Dramatiq) tells its tracker: the tasks this process
+    runs now, fed from the library's hooks. A task started wakes the tracker (written at once, not a flush later)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.RLock()
+        self._running: dict[str, str] = {}  # task id -> its queue
+        self._tracker: Tracker | None = None
+
+    def started(self, task_id: str, queue: str) -> None:
+        with self._lock:
+            self._running[task_id] = queue
+            tracker = self._tracker
+        if tracker is not None:
+            tracker.wake()
+
+    def finished(self, task_id: str) -> None:
+        with self._lock:
+            self._running.pop(task_id, None)
+
+    def running(self) -> dict[str, tuple[str, str]]:
+        """Task id -> (queue, ``started``), as :class:`Held` takes them."""
+        with self._lock:
+            return {task: (queue, "started") for task, queue in self._running.items()}
