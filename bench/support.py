@@ -6,10 +6,11 @@ import contextlib
 import os
 import shutil
 import socket
+import statistics
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 
 import redis
@@ -142,6 +143,18 @@ def tracker_figures(stats: list, wall: float, cpu: float, units: int) -> dict[st
         "redis_us": (sum(broker_usec.values()) + sum(store_usec.values())) / units,
         **{f"store {name}": n / units for name, n in store_calls.items()},
     }
+
+
+def alternated(run: Callable[[bool], dict[str, float]], rounds: int) -> tuple[dict[str, float], dict[str, float]]:
+    """Medians of ``run(tracked)`` over ``rounds`` rounds, without and with the tracker, alternating within each round
+    so that a noisy neighbour hits both."""
+    results: dict[bool, list[dict[str, float]]] = {False: [], True: []}
+    for _ in range(rounds):
+        for tracked in (False, True):
+            results[tracked].append(run(tracked))
+    keys = {k for rs in results.values() for r in rs for k in r}
+    median = {t: {k: statistics.median(r.get(k, 0.0) for r in rs) for k in keys} for t, rs in results.items()}
+    return median[False], median[True]
 
 
 def tracker_report(heading: str, unit: str, plain: dict[str, float], tracked: dict[str, float]) -> None:

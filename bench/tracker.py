@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
-import statistics
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))  # the tests' workers; their `support`
@@ -76,14 +76,10 @@ def main() -> None:
     with bench_support.private_redis() as broker_port, bench_support.private_redis() as store_port:
         for label, tasks, seconds in KINDS:
             tasks = tasks or args.tasks
-            results: dict[bool, list[dict[str, float]]] = {False: [], True: []}
-            for _ in range(args.rounds):
-                for tracked in (False, True):
-                    results[tracked].append(run(broker_port, store_port, tasks, seconds, tracked))
-            keys = {k for rs in results.values() for r in rs for k in r}
-            median = {t: {k: statistics.median(r.get(k, 0.0) for r in rs) for k in keys} for t, rs in results.items()}
+            one = partial(run, broker_port, store_port, tasks, seconds)  # one worker's round: one(tracked)
+            plain, tracked = bench_support.alternated(one, args.rounds)
             heading = f"{label}: {tasks} tasks x {args.rounds} rounds, threads pool, prefetch 16"
-            bench_support.tracker_report(heading, "task", median[False], median[True])
+            bench_support.tracker_report(heading, "task", plain, tracked)
 
 
 if __name__ == "__main__":
