@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import math
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -143,24 +144,29 @@ def test_celery_procs_read_the_oldest_stamp_on_the_server_no_body_over_the_wire(
         assert reading.latency is not None and reading.latency < 60
 
 
-def test_a_user_denied_scripts_falls_back_once_with_one_log_line(private_redis, caplog):
-    private_redis.execute_command(
-        "ACL", "SETUSER", "noscripts", "on", ">sekret-pw", "~*", "&*", "+@all", "-eval", "-evalsha", "-evalsha_ro"
-    )
+def two_cycles_as(private_redis, caplog, user: str, rules: tuple[str, ...], procs_for: Callable[[str], list]):
+    """Two cycles of the procs ``procs_for(url)`` read as an ACL ``user`` (password ``sekret-pw``) with ``rules``,
+    logging at WARNING; the server's command counts are those of the second cycle."""
+    private_redis.execute_command("ACL", "SETUSER", user, "on", ">sekret-pw", *rules)
     try:
-        private_redis.rpush("default", "a", "b")
-        queue = rq.Queue("jobs", connection=private_redis)
-        queue.enqueue("rq_jobs.noop")
-        url = url_of(private_redis, "noscripts:sekret-pw@")
-        procs = [QueuesProc("queues", ["default"], url=url), RQProc("rq", ["jobs"], url=url)]
-        collection = Collection(procs, max_age=0)
+        collection = Collection(procs_for(url_of(private_redis, f"{user}:sekret-pw@")), max_age=0)
         with caplog.at_level(logging.WARNING, logger="hirefire_exporter"):
             first = collection.collect()
             private_redis.config_resetstat()
             second = collection.collect()
         collection.close()
     finally:
-        private_redis.execute_command("ACL", "DELUSER", "noscripts")
+        private_redis.execute_command("ACL", "DELUSER", user)
+    return first, second
+
+
+def test_a_user_denied_scripts_falls_back_once_with_one_log_line(private_redis, caplog):
+    private_redis.rpush("default", "a", "b")
+    rq.Queue("jobs", connection=private_redis).enqueue("rq_jobs.noop")
+    first, second = two_cycles_as(
+        private_redis, caplog, "noscripts", ("~*", "&*", "+@all", "-eval", "-evalsha", "-evalsha_ro"),
+        lambda url: [QueuesProc("queues", ["default"], url=url), RQProc("rq", ["jobs"], url=url)],
+    )  # fmt: skip
 
     for snapshot in (first, second):
         assert [(s.up, s.reading.quantity) for s in snapshot.procs] == [(True, 2), (True, 1)]
@@ -176,23 +182,13 @@ def test_a_user_denied_scripts_falls_back_once_with_one_log_line(private_redis, 
 def test_a_key_outside_the_users_acl_fails_its_own_proc_and_keeps_the_scripts(private_redis, caplog):
     """Redis checks a script's KEYS against the ACL before it runs: one key the user may not read refuses the call.
     That is no refusal of scripts: the neighbours stay on the script path and only the denied key's proc fails."""
-    private_redis.execute_command(
-        "ACL", "SETUSER", "somekeys", "on", ">sekret-pw", "~mine:*", "+@read", "+@connection", "+evalsha_ro",
-        "+evalsha", "+script|load",
+    private_redis.rpush("mine:a", "1", "2")
+    private_redis.rpush("theirs:b", "1")
+    first, second = two_cycles_as(
+        private_redis, caplog, "somekeys", ("~mine:*", "+@read", "+@connection", "+evalsha_ro", "+evalsha",
+        "+script|load"),
+        lambda url: [QueuesProc("mine", ["mine:a"], url=url), QueuesProc("theirs", ["theirs:b"], url=url)],
     )  # fmt: skip
-    try:
-        private_redis.rpush("mine:a", "1", "2")
-        private_redis.rpush("theirs:b", "1")
-        url = url_of(private_redis, "somekeys:sekret-pw@")
-        procs = [QueuesProc("mine", ["mine:a"], url=url), QueuesProc("theirs", ["theirs:b"], url=url)]
-        collection = Collection(procs, max_age=0)
-        with caplog.at_level(logging.WARNING, logger="hirefire_exporter"):
-            first = collection.collect()
-            private_redis.config_resetstat()
-            second = collection.collect()
-        collection.close()
-    finally:
-        private_redis.execute_command("ACL", "DELUSER", "somekeys")
 
     for snapshot in (first, second):
         assert [s.up for s in snapshot.procs] == [True, False]
