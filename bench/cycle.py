@@ -110,16 +110,16 @@ class Bench:
 
     def write_commands(self, queues: int, prefix: str = "bench") -> None:
         """The raw kind's commands: what RQProc reads on these queues as plain commands, as its pipeline path sends
-        them (the counts and the worker sets, then, for the queues found non-empty, the script that finds each one's
-        oldest live job, loaded once; the benchmark's queues have no worker, so no worker hash is read);
+        them (per queue its counts and its worker set, then, for the queues found non-empty, the script that finds
+        each one's oldest live job, loaded once; the benchmark's queues have no worker, so no worker hash is read);
         hirefire-exporter itself sends the same reads in calls of its server-side script."""
         from hirefire_exporter.procs.redis_script import plain_commands
-        from hirefire_exporter.procs.rq import FIRST_LIVE_JOB, RQProc
+        from hirefire_exporter.procs.rq import FIRST_LIVE_JOB, RQProc, _Queue
 
         proc = RQProc("worker", queues=queue_names(queues, prefix))
         reads = proc.depth_commands(time.time())
         depth = [command for read in reads for command in plain_commands(read)]
-        replies = [[1] * 8 for _ in range(queues)] + [[]] * queues  # every queue non-empty, no worker registered
+        replies = [_Queue([1] * 8, None, []) for _ in range(queues)]  # every queue non-empty, no worker registered
         walks = proc.latency_commands(replies)  # one walk per queue
         walks = [command for walk in walks for command in plain_commands(walk)]
         load = ("SCRIPT", "LOAD", FIRST_LIVE_JOB)

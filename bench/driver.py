@@ -103,15 +103,15 @@ def raw(url: str, queues: list[str], procs: int) -> Callable[[], Any]:
         pipe = client.pipeline(transaction=False)
         for command in depth:
             pipe.execute_command(*command)
-        replies = pipe.execute()[: 8 * len(walks)]  # per queue 8 counts (then its worker set, left unparsed)
-        busy = [walk for walk, length in zip(walks, replies[0::8]) if length]
+        replies = pipe.execute()  # per queue 8 counts, then its worker set (left unparsed)
+        busy = [walk for walk, length in zip(walks, replies[0::9]) if length]
         if busy:
             pipe = client.pipeline(transaction=False)
             pipe.execute_command(*load)
             for walk in busy:
                 pipe.execute_command(*walk)
             pipe.execute()
-        return sum(replies[0::8]) + sum(replies[1::8]) + sum(replies[2::8]) + sum(replies[3::8])
+        return sum(replies[0::9]) + sum(replies[1::9]) + sum(replies[2::9]) + sum(replies[3::9])
 
     return cycle
 

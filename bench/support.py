@@ -71,9 +71,9 @@ def make_rq_queues(client: redis.Redis, names: list[str], jobs_per_queue: int = 
     """RQ's own key layout (RQ 2 and 3 alike): waiting jobs with their hashes, one running and one due job per queue,
     every queue registered in ``rq:queues`` (which rq-exporter lists). Written directly: far faster than enqueueing."""
     now = time.time()
-    stamp = datetime.fromtimestamp(now - 30, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
     pipe = client.pipeline(transaction=False)
     for n, name in enumerate(names):
+        stamp = datetime.fromtimestamp(now - 30 - n / 1000, UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")  # one per queue
         ids = [f"{name}-job-{j}" for j in range(jobs_per_queue)]
         for job_id in ids:
             pipe.hset(

@@ -23,40 +23,57 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from support import command_stats, private_redis
 
 from hirefire_exporter.procs.redis_proc import read_redis_procs
-from hirefire_exporter.procs.rq import _PER_QUEUE, RQProc
+from hirefire_exporter.procs.redis_script import read_function
+from hirefire_exporter.procs.rq import QUEUE_READ, RQProc, _parse_queue
 
 QUEUES = 1000
 CYCLES = 30
+
+
+_WORKER_SET = """local workers = redis.pcall('SMEMBERS', prefix .. ':workers:' .. queue)
+if workers.err or #workers > 0 then return {summary, workers} end
+"""
+assert _WORKER_SET in QUEUE_READ
+#: RQ's read of a queue without its worker set (the script path only: the benchmark's server runs scripts).
+_JOBS_ONLY = read_function("bench_rq_jobs_only", QUEUE_READ.replace(_WORKER_SET, ""), cost=8, parse=_parse_queue)
 
 
 class JobsOnly(RQProc):
     """The same proc without the worker registry: what a cycle cost before it was read."""
 
     def depth_commands(self, now):
-        return super().depth_commands(now)[: len(self.queues) * _PER_QUEUE]
+        return [(_JOBS_ONLY, *command[1:]) for command in super().depth_commands(now)]
 
     def _worker_keys(self, depth):
         return None
 
 
 def cycle_cost(client: redis.Redis, proc: RQProc, cycles: int = 10) -> tuple[int, int, float]:
-    """Round trips, commands and Redis microseconds per cycle of ``proc``, over ``cycles`` cycles."""
-    sends = []
-    original = client.connection_pool.connection_class.send_packed_command
+    """Round trips, commands and Redis microseconds per cycle of ``proc``, over ``cycles`` cycles. A round trip
+    starts when the connection sends after it has read (a call sent in several writes is one)."""
+    trips = []
+    connection_class = client.connection_pool.connection_class
+    send, read = connection_class.send_packed_command, connection_class.read_response
 
-    def counting(self, command, check_health=True):
-        sends.append(1)
-        return original(self, command, check_health)
+    def sending(self, command, check_health=True):
+        if not trips or trips[-1] == "read":
+            trips.append("send")
+        return send(self, command, check_health)
 
-    client.connection_pool.connection_class.send_packed_command = counting
+    def reading(self, *args, **kwargs):
+        trips[-1:] = ["read"] if trips[-1] == "read" else ["sent", "read"]
+        return read(self, *args, **kwargs)
+
+    connection_class.send_packed_command, connection_class.read_response = sending, reading
     client.config_resetstat()
     try:
         for _ in range(cycles):
             read_redis_procs(client, [proc], time.time())
     finally:
-        client.connection_pool.connection_class.send_packed_command = original
+        connection_class.send_packed_command, connection_class.read_response = send, read
     calls, usec = command_stats(client)
-    return (len(sends) - 1) // cycles, sum(calls.values()) // cycles, sum(usec.values()) / cycles
+    round_trips = trips.count("sent") - 1  # the last: command_stats' own INFO
+    return round_trips // cycles, sum(calls.values()) // cycles, sum(usec.values()) / cycles
 
 
 def main() -> None:

@@ -147,9 +147,12 @@ def _checked(proc: Proc, result: Any) -> Reading | Exception:
     try:
         problems = [] if _count(result.quantity) else [f"quantity {result.quantity!r}"]
         problems += [] if _age(result.latency) else [f"latency {result.latency!r}"]
-        for queue in result.queues:
-            problems += [f"queue {queue.name!r} {state} {n!r}" for state, n in queue.jobs.items() if not _count(n)]
-            problems += [] if _age(queue.latency) else [f"queue {queue.name!r} latency {queue.latency!r}"]
+        for queue in result.queues:  # 10,000 queues: the common case (plain ints, a float or None) checked inline
+            jobs, latency = queue.jobs, queue.latency
+            if any([type(n) is not int or n < 0 for n in jobs.values()]):
+                problems += [f"queue {queue.name!r} {state} {n!r}" for state, n in jobs.items() if not _count(n)]
+            if latency is not None and not (type(latency) is float and 0 <= latency < math.inf) and not _age(latency):
+                problems.append(f"queue {queue.name!r} latency {latency!r}")
         workers = result.workers
         if workers is not None:
             counts = {key: getattr(workers, key) for key in ("online", "slots", "busy_slots", "busy")}

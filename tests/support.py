@@ -28,18 +28,28 @@ def command_counts(client) -> dict[str, int]:
 
 
 def count_round_trips(monkeypatch) -> list[int]:
-    """From now until the test ends, every request redis-py sends to any server (one command or one pipeline)
-    appends to the returned list: ``len()`` of it is the number of round trips."""
+    """From now until the test ends, every round trip redis-py makes to any server appends to the returned list:
+    ``len()`` of it is the number of round trips. A round trip starts when a connection sends after it has read (or
+    for the first time), so one pipeline, or calls sent in several writes before any reply is read, count once."""
     import redis.connection
 
     sends: list[int] = []
-    original = redis.connection.AbstractConnection.send_packed_command
+    reading: dict[int, bool] = {}  # per connection: whether it has read since it last sent
+    cls = redis.connection.AbstractConnection
+    send, read = cls.send_packed_command, cls.read_response
 
     def send_packed_command(self, command, check_health=True):
-        sends.append(1)
-        return original(self, command, check_health)
+        if reading.get(id(self), True):
+            sends.append(1)
+        reading[id(self)] = False
+        return send(self, command, check_health)
 
-    monkeypatch.setattr(redis.connection.AbstractConnection, "send_packed_command", send_packed_command)
+    def read_response(self, *args, **kwargs):
+        reading[id(self)] = True
+        return read(self, *args, **kwargs)
+
+    monkeypatch.setattr(cls, "send_packed_command", send_packed_command)
+    monkeypatch.setattr(cls, "read_response", read_response)
     return sends
 
 

@@ -59,7 +59,7 @@ class QueueReading:
 
     @property
     def quantity(self) -> int:
-        return sum(count for state, count in self.jobs.items() if state in self.counted)
+        return sum(self.jobs.get(state, 0) for state in self.counted)
 
 
 @dataclass(frozen=True)

@@ -11,7 +11,7 @@ the proc that asked for it.
 - ``EVALSHA_RO`` on Redis >= 7 (``EVALSHA`` where it is refused: an unknown command before 7, an ACL that allows only
   ``EVALSHA``); the script is loaded
   (``SCRIPT LOAD``) in the first pipeline to each server and again after ``NOSCRIPT`` (a restart, ``SCRIPT FLUSH``);
-- chunks of at most :data:`CHUNK_COST` (about 1 ms of Redis time each), so that one call never holds Redis for
+- chunks of at most :data:`CHUNK_COST` (about 0.5 ms of Redis time each), so that one call never holds Redis for
   long while other clients wait: a call is atomic;
 - keys are passed as ``KEYS`` (one per command; extra keys of a multi-key command would be ``ARGV``: Redis Cluster is
   not supported, the reads of one proc span many slots anyway). A :class:`ReadFunction` may read keys it finds
@@ -30,8 +30,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from ..redaction import describe_error
@@ -51,30 +52,33 @@ SCRIPTABLE = frozenset(
         "ZRANGE", "ZRANGEBYSCORE", "ZSCORE",
     }
 )  # fmt: skip
-#: Cost units per script call: a plain command is 1, about 1 µs of Redis time (so about 1 ms per call; measured in
-#: docs/performance.md).
-CHUNK_COST = 1000
+#: Cost units per script call: a plain command is 1, about 1 µs of Redis time at most (so at most about 0.5 ms per
+#: call; measured in docs/performance.md). Smaller calls cost next to nothing more: they are all in one round trip,
+#: and while Redis runs one the exporter packs the next or parses the last.
+CHUNK_COST = 500
 
 
-def _identity(reply: Any) -> Any:
+def _identity(reply: Any, *_command: Any) -> Any:
     return reply
 
 
 @dataclass(frozen=True, eq=False)
 class ReadFunction:
     """A read-only read with logic that runs on the server. ``lua`` is the body of a script over ``KEYS[1]`` and
-    ``ARGV`` that returns no ``nil`` (``false`` instead); it runs as a function of :func:`reader`'s script and, on the
-    pipeline path without a ``fallback``, as a script of its own; ``parse`` turns its reply into the value a proc
-    gets. ``fallback`` gives the plain commands that read the same on the pipeline path (given the key and
-    arguments) and ``finish`` turns their replies into the same value (an error reply among them is the value).
-    ``cost``: cost units (:data:`CHUNK_COST`) per call."""
+    ``ARGV`` that returns no ``nil`` (``false`` instead) and neither keeps nor returns those two tables (the reader
+    reuses them from call to call); it runs as a function of :func:`reader`'s script and, on the pipeline path
+    without a ``fallback``, as a script of its own. ``parse(reply, key, *args)`` turns its reply into the value a proc
+    gets; it runs as the reply arrives, while Redis runs the calls after it, so work done there is nearly free.
+    ``fallback`` gives the plain commands that read the same on the pipeline path (given the key and arguments) and
+    ``finish(replies, key, *args)`` turns their replies, error replies included, into the same value (or an error:
+    :func:`first_error`). ``cost``: cost units (:data:`CHUNK_COST`) per call."""
 
     name: str
     lua: str
     cost: int = 4
-    parse: Callable[[Any], Any] = _identity
+    parse: Callable[..., Any] = _identity
     fallback: Callable[..., list[Command]] | None = None
-    finish: Callable[[list[Any]], Any] = _identity
+    finish: Callable[..., Any] = _identity
     sha: str = field(init=False)
 
     def __post_init__(self) -> None:
@@ -119,10 +123,11 @@ while a <= #ARGV do
   end
   local fn = F[name]
   if fn then
+    local keys, args = {}, {}  -- reused from call to call: a function keeps neither
     for i = 0, count - 1 do
-      local args = {}
+      keys[1] = KEYS[k + i + 1]
       for p = 1, nargs do args[p] = fixed[p] or ARGV[at[p] + i] end
-      local ok, reply = pcall(fn, {KEYS[k + i + 1]}, args)
+      local ok, reply = pcall(fn, keys, args)
       if not ok then reply = {err = tostring(type(reply) == 'table' and reply.err or reply)} end
       out[n + i + 1] = reply
     end
@@ -235,43 +240,57 @@ def _pipelined(client: Redis, commands: Sequence[Command]) -> dict[Command, Any]
 
 
 def _finished(command: Command, replies: list[Any]) -> Any:
-    """A command's reply from the replies to its :func:`plain_commands` (the first error, if any)."""
-    failed = next((reply for reply in replies if isinstance(reply, Exception)), None)
+    """A command's reply from the replies to its :func:`plain_commands`: a read function's ``finish`` of them (which
+    sees their errors), else the reply, or its error."""
     name = command[0]
-    if failed is not None or not isinstance(name, ReadFunction):
-        return failed or replies[0]
-    return name.parse(replies[0]) if name.fallback is None else name.finish(replies)
+    if isinstance(name, ReadFunction) and name.fallback is not None:
+        return name.finish(replies, *command[1:])
+    reply = replies[0]
+    if isinstance(name, ReadFunction) and not isinstance(reply, Exception):
+        return name.parse(reply, *command[1:])
+    return reply
+
+
+def first_error(replies: list[Any]) -> Exception | None:
+    """The first error among ``replies`` (a ``finish`` whose read fails with any of them returns it)."""
+    return next((reply for reply in replies if isinstance(reply, Exception)), None)
 
 
 def _scripted(
     client: Redis, server: _Server, scripted: list[Command], plain: list[Command], retries: int = 2
 ) -> dict[Command, Any]:
-    """The scriptable commands in chunks of :func:`reader` calls and the others as themselves, in one pipeline. Falls
-    back to :func:`_pipelined` (for good, on this server) when the server refuses the script."""
+    """The scriptable commands in chunks of :func:`reader` calls and the others as themselves, in one round trip
+    (:func:`_exchange`). Falls back to :func:`_pipelined` (for good, on this server) when the server refuses the
+    script."""
     source, sha = reader()
-    chunks = [_packed(chunk) for chunk in _chunks(scripted)]
-    pipe = client.pipeline(transaction=False)
-    load = not server.loaded
-    if load:
-        pipe.execute_command("SCRIPT", "LOAD", source)
-    for _, keys, argv in chunks:
-        pipe.execute_command(server.command, sha, len(keys), *keys, *argv)
-    for command in plain:
-        pipe.execute_command(*command)
-    replies = pipe.execute(raise_on_error=False)
-    results = dict(zip(plain, replies[len(chunks) + load :]))
-    if load:
-        loaded = replies.pop(0)
-        if isinstance(loaded, Exception) and _transient(loaded):  # a server starting: try again next cycle
-            return {**results, **dict.fromkeys(scripted, loaded)}
-        if isinstance(loaded, Exception):
-            return _refused(client, server, loaded, scripted + plain)
+    results: dict[Command, Any] = {}
+    failed: list[tuple[list[list[Command]], Exception]] = []  # chunks whose call failed, with the error
+    loaded: list[Any] = []
+
+    def chunk_reply(groups: list[list[Command]], reply: Any) -> None:
+        if isinstance(reply, Exception):
+            failed.append((groups, reply))
+        else:
+            results.update(_replies(client, groups, reply))
+
+    def requests() -> Iterator[tuple[tuple[Any, ...], Callable[[Any], None]]]:
+        if not server.loaded:
+            yield ("SCRIPT", "LOAD", source), loaded.append
+        for chunk in _chunks(scripted):  # each packed just before it is sent: Redis runs the first meanwhile
+            groups, keys, argv = _packed(chunk)
+            yield (server.command, sha, len(keys), *keys, *argv), partial(chunk_reply, groups)
+        for command in plain:
+            yield command, partial(results.__setitem__, command)
+
+    _exchange(client, requests())
+    if loaded:
+        if isinstance(loaded[0], Exception) and _transient(loaded[0]):  # a server starting: try again next cycle
+            return {**results, **dict.fromkeys(scripted, loaded[0])}
+        if isinstance(loaded[0], Exception):
+            return _refused(client, server, loaded[0], scripted + plain)
         server.loaded = True
     denied: list[Command] = []
-    for (groups, _, _), reply in zip(chunks, replies):
-        if not isinstance(reply, Exception):
-            results.update(_replies(client, groups, reply))
-            continue
+    for groups, reply in failed:
         if _transient(reply):  # the server is busy or starting: these commands fail this cycle only
             results.update((command, reply) for group in groups for command in group)
         elif _key_denied(reply):  # an ACL without one of the chunk's keys: scripts are fine, that key is not
@@ -287,6 +306,50 @@ def _scripted(
     if denied:  # one more round trip, so that only the commands on a denied key fail, each its own proc
         results.update(_pipelined(client, denied))
     return results
+
+
+def _exchange(client: Redis, requests: Iterable[tuple[tuple[Any, ...], Callable[[Any], None]]]) -> None:
+    """Send each request as soon as it is packed, then read the replies in order, handing each (or its error reply)
+    to its handler as it arrives: one round trip, as a pipeline, but overlapped. A pipeline packs every command
+    before it sends the first and parses every reply before returning; here Redis runs the first call while the
+    next are packed, and each reply is parsed while Redis runs the calls after it. A connection failure raises,
+    after the client's own retry policy (a pooled connection the server closed while idle); the reads are
+    read-only, so the whole exchange is simply sent again."""
+    from redis.exceptions import ResponseError
+
+    pool = client.connection_pool
+    try:
+        connection = pool.get_connection()
+    except TypeError:  # redis-py before 5.3 requires a command name
+        connection = pool.get_connection("EVALSHA")
+    made: list[tuple[tuple[Any, ...], Callable[[Any], None]]] = []  # kept for a retry: requests are made once
+    making = iter(requests)
+
+    def each() -> Iterator[tuple[tuple[Any, ...], Callable[[Any], None]]]:
+        yield from made
+        for request in making:
+            made.append(request)
+            yield request
+
+    def send_and_read() -> None:
+        sent: list[tuple[Any, Callable[[Any], None]]] = []
+        for args, handle in each():
+            connection.send_packed_command(connection.pack_command(*args), check_health=not sent)
+            sent.append((args[0], handle))
+        for name, handle in sent:
+            try:
+                reply = client.parse_response(connection, name)
+            except ResponseError as error:
+                reply = error
+            handle(reply)
+
+    try:
+        connection.retry.call_with_retry(send_and_read, lambda _error: connection.disconnect())
+    except BaseException:  # whatever was left unread must not reach the next user of the connection
+        connection.disconnect()
+        raise
+    finally:
+        pool.release(connection)
 
 
 def _key_denied(error: Exception) -> bool:
@@ -386,12 +449,13 @@ def _replies(client: Redis, groups: list[list[Command]], replies: list[Any]) -> 
     start = 0
     for commands in groups:
         name = commands[0][0]
-        callback = name.parse if isinstance(name, ReadFunction) else callbacks.get(name)
-        if callback is _identity:
-            callback = None
         end = start + len(commands)
         mine = replies[start:end]
-        if callback:
+        if isinstance(name, ReadFunction):
+            if name.parse is not _identity:
+                parse = name.parse
+                mine = [r if isinstance(r, Exception) else parse(r, *c[1:]) for r, c in zip(mine, commands)]
+        elif callback := callbacks.get(name):
             mine = [reply if isinstance(reply, Exception) else callback(reply) for reply in mine]
         results.update(zip(commands, mine))
         start = end

@@ -45,6 +45,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import replace
+from functools import lru_cache
 from typing import Any
 
 from ..discovery import key_text
@@ -58,10 +59,9 @@ log = logging.getLogger("hirefire_exporter")
 
 #: The states that need a worker now or are on one: HireFire's count.
 COUNTED = frozenset({"queued", "started", "due"})
-#: A queue's reply, in this order: the counts, then whether RQ knows the queue (then, read on the server, the walk).
-_STATES = ("queued", "intermediate", "started", "due", "scheduled", "deferred", "failed")
-_PER_QUEUE = len(_STATES) + 1
-_KNOWN = _PER_QUEUE - 1
+#: A queue's counts, in the order of :data:`QUEUE_READ`'s summary: waiting ids, popped, running, due, scheduled for
+#: later, deferred, failed, and whether RQ knows the queue (then the walk).
+_COUNTS = 8
 #: How many ids at the head of a queue the script looks at, at most, to find a live job (about 1 ms of Redis time).
 HEAD_SCAN_LIMIT = 1000
 
@@ -89,28 +89,144 @@ return {start, false, 0}
 _FIRST_LIVE = read_function("rq_first_live_job", FIRST_LIVE_JOB, cost=6)
 
 #: KEYS[1]: a queue's id list; ARGV: the prefix, the queue's name, now, :data:`HEAD_SCAN_LIMIT`. One queue's reads, on
-#: the server: the commands of :func:`_queue_commands` and, for a non-empty queue, its walk (:data:`FIRST_LIVE_JOB`,
-#: or its error) after them. The other keys are derived from the name (Redis Cluster is not supported).
+#: the server: its counts, whether RQ knows it (asked only of a queue with no job in any state), for a non-empty queue
+#: its oldest live job (the head's hash, and only when that is gone the walk of :data:`FIRST_LIVE_JOB`), and its worker
+#: set. The reply is one line of text, the summary, so that a queue
+#: costs the client one reply to parse, not a dozen: the eight counts, then the walk (``-`` for none; else how many
+#: ids it skipped and ``S<enqueued_at>``, ``E`` when every id was expired, ``L`` at the limit, or ``!<error>``), the
+#: stamp last (it may hold spaces). A queue with workers registered, or whose set cannot be read, replies
+#: ``{summary, members or error}`` instead. The other keys are derived from the name (Redis Cluster is not supported).
 QUEUE_READ = """
 local prefix, queue, now = ARGV[1], ARGV[2], ARGV[3]
+local call = redis.call
+local key = KEYS[1]
 local scheduled = prefix .. ':scheduled:' .. queue
-local waiting = redis.call('LLEN', KEYS[1])
-local reply = {
-  waiting,
-  redis.call('LLEN', KEYS[1] .. ':intermediate'),
-  redis.call('ZCOUNT', prefix .. ':wip:' .. queue, now, '+inf'),
-  redis.call('ZCOUNT', scheduled, '-inf', now),
-  redis.call('ZCOUNT', scheduled, '(' .. now, '+inf'),
-  redis.call('ZCARD', prefix .. ':deferred:' .. queue),
-  redis.call('ZCARD', prefix .. ':failed:' .. queue),
-  redis.call('SISMEMBER', prefix .. ':queues', KEYS[1]),
-}
-if waiting > 0 then
-  local ok, walk = pcall(F.rq_first_live_job, KEYS, {prefix .. ':job:', ARGV[4]})
-  reply[9] = ok and walk or {err = tostring(type(walk) == 'table' and walk.err or walk)}
+local waiting = call('LLEN', key)
+local planned = call('ZCARD', scheduled)
+local due = planned > 0 and call('ZCOUNT', scheduled, '-inf', now) or 0
+local running = call('ZCOUNT', prefix .. ':wip:' .. queue, now, '+inf')
+local popped, deferred, failed = 0, 0, 0
+local intermediate = key .. ':intermediate'
+local deferreds, faileds = prefix .. ':deferred:' .. queue, prefix .. ':failed:' .. queue
+if call('EXISTS', intermediate, deferreds, faileds) > 0 then -- one call for three keys that are mostly absent
+  popped, deferred, failed = call('LLEN', intermediate), call('ZCARD', deferreds), call('ZCARD', faileds)
 end
-return reply
+local known = 1
+if waiting + planned + popped + running + deferred + failed == 0 then
+  known = call('SISMEMBER', prefix .. ':queues', key)
+end
+local summary
+if waiting > 0 then
+  local jobs = prefix .. ':job:'
+  local head = call('LINDEX', key, 0)
+  local stamp = head and redis.pcall('HGET', jobs .. head, 'enqueued_at')
+  local skipped, outcome = 0, nil
+  if type(stamp) == 'table' then -- an error: a job key of the wrong type
+    outcome = '!' .. tostring(stamp.err)
+  elseif stamp then
+    outcome = 'S' .. stamp
+  else
+    local ok, found = pcall(F.rq_first_live_job, KEYS, {jobs, ARGV[4]})
+    if not ok then
+      outcome = '!' .. tostring(type(found) == 'table' and found.err or found)
+    elseif found[2] then
+      skipped, outcome = found[1], 'S' .. found[2]
+    else
+      skipped, outcome = found[1], (found[3] == 1 and 'E' or 'L')
+    end
+  end
+  summary = string.format('%d %d %d %d %d %d %d %d %d %s',
+    waiting, popped, running, due, planned - due, deferred, failed, known, skipped, outcome)
+else
+  summary = string.format('0 %d %d %d %d %d %d %d -', popped, running, due, planned - due, deferred, failed, known)
+end
+local workers = redis.pcall('SMEMBERS', prefix .. ':workers:' .. queue)
+if workers.err or #workers > 0 then return {summary, workers} end
+return summary
 """
+
+
+#: A walk's outcome when every id it looked at was expired: no job waits (an age of 0.0).
+_NOTHING_WAITS = float("-inf")
+
+
+class _Queue:
+    """One queue's reply, parsed as it arrives: its counts (:data:`_COUNTS`), its oldest live job (:func:`_head`;
+    ``None`` when not looked for on the server: the pipeline path, or an empty queue), its worker set's members (or
+    the error reading it) and, once the oldest job is known, the queue's reading."""
+
+    __slots__ = ("counts", "head", "reading", "workers")
+
+    def __init__(self, counts: list[int], head: Any, workers: Any, reading: QueueReading | None = None) -> None:
+        self.counts, self.head, self.workers, self.reading = counts, head, workers, reading
+
+
+def _head(walk: Any) -> tuple[int, float | None] | Exception:
+    """A reply of :data:`FIRST_LIVE_JOB` as how many expired ids lead the queue and the ``enqueued_at`` of the first
+    live job after them (unix seconds; :data:`_NOTHING_WAITS` when there is none, ``None`` when it cannot be told:
+    past the scan limit, no stamp, an unreadable reply); an error reply as it is."""
+    if isinstance(walk, Exception):
+        return walk
+    try:
+        skipped, stamp, *rest = walk
+        skipped = int(skipped)
+    except (TypeError, ValueError):
+        return 0, None
+    if stamp is not None:
+        return skipped, parse_utc(stamp)
+    return skipped, (_NOTHING_WAITS if rest and int(rest[0]) else None)
+
+
+def _queue_reading(name: str, counts: list[int], head: Any, now: float) -> QueueReading:
+    """A queue's reading from its counts and its oldest live job (``None`` for an empty queue). Expired ids ahead of
+    the first live job are ``expired``, not ``queued``; the age is ``0.0`` when no job waits, ``None`` when it cannot
+    be told."""
+    waiting, popped, running, due, later, deferred, failed, known = counts
+    expired, age = 0, 0.0
+    if waiting:
+        if isinstance(head, Exception):  # e.g. a job key of the wrong type: the proc says so (build_reading)
+            age = None
+        else:
+            expired, stamp = head
+            age = None if stamp is None else 0.0 if stamp == _NOTHING_WAITS else age_since(stamp, now)
+    jobs = {
+        "queued": max(0, waiting - expired),
+        "started": popped + running,  # popped but not yet registered + running
+        "due": due,
+        "scheduled": later,
+        "deferred": deferred,
+        "failed": failed,
+        "expired": expired,
+    }
+    found = bool(known) or waiting + popped + running + due + later + deferred + failed > 0
+    return QueueReading(name, jobs, COUNTED, age, found)
+
+
+def _parse_queue(reply: Any, _key: str, _prefix: str, queue: str, now: float, _limit: int) -> _Queue:
+    """:data:`QUEUE_READ`'s reply as a :class:`_Queue` with its reading: done as the reply arrives, while Redis
+    reads on."""
+    summary, workers = reply if type(reply) is list else (reply, ())
+    fields = (summary if type(summary) is bytes else str(summary).encode()).split(b" ", _COUNTS + 1)
+    head: Any = None
+    if fields[_COUNTS] != b"-":
+        outcome = fields[_COUNTS + 1]
+        kind = outcome[:1]
+        if kind == b"S":
+            head = int(fields[_COUNTS]), _enqueued_at(outcome[1:])
+        elif kind == b"!":
+            from redis.exceptions import ResponseError
+
+            head = ResponseError(outcome[1:].decode("utf-8", "replace"))
+        else:
+            head = int(fields[_COUNTS]), (_NOTHING_WAITS if outcome == b"E" else None)
+    counts = list(map(int, fields[:_COUNTS]))
+    return _Queue(counts, head, workers, _queue_reading(queue, counts, head, now))
+
+
+@lru_cache(maxsize=65536)
+def _enqueued_at(text: bytes) -> float | None:
+    """:func:`parse_utc`, remembered: a queue whose head has not moved since the last cycle has the same stamp."""
+    return parse_utc(text)
 
 
 def _queue_commands(key: str, p: str, q: str, now: float, limit: int) -> list[Command]:
@@ -124,10 +240,21 @@ def _queue_commands(key: str, p: str, q: str, now: float, limit: int) -> list[Co
         ("ZCARD", f"{p}:deferred:{q}"),
         ("ZCARD", f"{p}:failed:{q}"),
         ("SISMEMBER", f"{p}:queues", key),
+        ("SMEMBERS", f"{p}:workers:{q}"),
     ]
 
 
-_QUEUE = read_function("rq_queue", QUEUE_READ, cost=14, fallback=_queue_commands)
+def _finish_queue(replies: list[Any], *_command: Any) -> Any:
+    """The pipeline path's replies as a :class:`_Queue`: a failed count fails the queue, a failed worker set only its
+    workers."""
+    counts = replies[:_COUNTS]
+    failed = next((reply for reply in counts if isinstance(reply, Exception)), None)
+    return failed or _Queue(list(map(int, counts)), None, replies[_COUNTS])
+
+
+_QUEUE = read_function(
+    "rq_queue", QUEUE_READ, cost=8, parse=_parse_queue, fallback=_queue_commands, finish=_finish_queue
+)
 
 
 class RQProc(RedisProc, ClientProc):
@@ -172,14 +299,9 @@ class RQProc(RedisProc, ClientProc):
         return (super().queue_scope(), self.prefix)
 
     def depth_commands(self, now: float) -> list[Command]:
-        """One :data:`QUEUE_READ` per queue (on the pipeline path its eight commands), then the queues' worker sets."""
+        """One :data:`QUEUE_READ` per queue (on the pipeline path its nine commands)."""
         p = self.prefix
-        reads: list[Command] = [_QUEUE(f"{p}:queue:{q}", p, q, now, HEAD_SCAN_LIMIT) for q in self.queues]
-        return reads + [("SMEMBERS", f"{p}:workers:{q}") for q in self.queues]
-
-    def failure(self, depth: list[Any]) -> Exception | None:
-        """Only the job counts' replies fail the proc: without the worker sets its workers are unknown."""
-        return super().failure(depth[: len(self.queues)])
+        return [_QUEUE(f"{p}:queue:{q}", p, q, now, HEAD_SCAN_LIMIT) for q in self.queues]
 
     def latency_commands(self, depth: list[Any]) -> list[Command]:
         """The first live job of each non-empty queue whose walk the server did not do already (the pipeline path):
@@ -187,8 +309,8 @@ class RQProc(RedisProc, ClientProc):
         p = self.prefix  # once: it reads the environment
         walks: list[Command] = [
             _FIRST_LIVE(f"{p}:queue:{q}", f"{p}:job:", HEAD_SCAN_LIMIT)
-            for q, replies in zip(self.queues, depth)
-            if int(replies[0]) and len(replies) == _PER_QUEUE
+            for q, queue in zip(self.queues, depth)
+            if queue.reading is None and queue.counts[0]
         ]
         workers: list[Command] = [("HMGET", key, "birth", "state", "death") for key in self._worker_keys(depth) or ()]
         return walks + workers
@@ -198,21 +320,14 @@ class RQProc(RedisProc, ClientProc):
         split = len(latency) - len(keys or ())  # the worker hashes come last, as latency_commands asked
         walks = iter(latency[:split])  # one reply per non-empty queue walked in a follow-up
         queues = []
-        for q, r in zip(self.queues, depth):  # replies in the order of _STATES, then rq:queues membership, then walk
-            waiting = int(r[0])
-            walk = (r[_PER_QUEUE] if len(r) > _PER_QUEUE else next(walks)) if waiting else None
-            expired, age = self._first_live(q, walk, waiting, now) if waiting else (0, 0.0)
-            counts = {
-                "queued": max(0, waiting - expired),
-                "started": int(r[1]) + int(r[2]),  # popped but not yet registered + running
-                "due": int(r[3]),
-                "scheduled": int(r[4]),
-                "deferred": int(r[5]),
-                "failed": int(r[6]),
-                "expired": expired,
-            }
-            found = bool(int(r[_KNOWN])) or any(counts.values())
-            queues.append(QueueReading(q, counts, COUNTED, age, found))
+        for q, queue in zip(self.queues, depth):
+            reading, head = queue.reading, queue.head  # never changed: another proc may share the reply
+            if reading is None:  # the pipeline path: the oldest live job came in the follow-up
+                head = _head(next(walks)) if queue.counts[0] else None
+                reading = _queue_reading(q, queue.counts, head, now)
+            if isinstance(head, Exception):
+                self._warn_once("walk", f"cannot find the oldest job of queue {q!r}, its latency is unknown", head)
+            queues.append(reading)
         reading = Reading.from_queues(queues)
         workers = None if keys is None else self._workers(latency[split:])
         return reading if workers is None else replace(reading, workers=workers)
@@ -220,12 +335,11 @@ class RQProc(RedisProc, ClientProc):
     def _worker_keys(self, depth: list[Any]) -> list[str] | None:
         """The keys of the workers registered on any of the proc's queues, each once; ``None`` when a set could not
         be read."""
-        sets = depth[len(self.queues) :]
-        failed = next((reply for reply in sets if isinstance(reply, Exception)), None)
+        failed = next((queue.workers for queue in depth if isinstance(queue.workers, Exception)), None)
         if failed is not None:
             self._warn_once("workers", "cannot read RQ's worker registry, its workers are unknown", failed)
             return None
-        return sorted({as_text(member) or "" for members in sets for member in members})
+        return sorted({as_text(member) or "" for queue in depth for member in queue.workers})
 
     def _workers(self, hashes: list[Any]) -> Workers | None:
         """Online: a registered worker whose hash still exists (``birth`` is its first field, written with the
@@ -242,23 +356,6 @@ class RQProc(RedisProc, ClientProc):
             busy += state == "busy"
         return Workers(online=online, slots=online, busy_slots=busy, busy=busy)
 
-    def _first_live(self, queue: str, reply: Any, waiting: int, now: float) -> tuple[int, float | None]:
-        """How many expired ids lead the queue, and the age of the first live job after them (``0.0`` when there is
-        none: no job waits; ``None`` when it cannot be told: past the scan limit, or an unreadable reply)."""
-        if isinstance(reply, Exception):  # e.g. a job key of the wrong type, or a user not allowed to run scripts
-            self._warn_once("walk", f"cannot find the oldest job of queue {queue!r}, its latency is unknown", reply)
-            return 0, None
-        try:
-            skipped, stamp, *rest = reply
-            skipped = int(skipped)
-        except (TypeError, ValueError):
-            return 0, None
-        if stamp is not None:
-            return skipped, _age(stamp, now)
-        if rest and int(rest[0]):  # every id was expired: nothing waits
-            return skipped, 0.0
-        return skipped, None
-
     _warned: frozenset[str] = frozenset()
 
     def _warn_once(self, kind: str, problem: str, error: Exception) -> None:
@@ -267,8 +364,3 @@ class RQProc(RedisProc, ClientProc):
         if kind not in self._warned:
             self._warned = self._warned | {kind}
             log.warning("proc %r: %s: %s", self.name, problem, describe_error(error))
-
-
-def _age(enqueued_at: Any, now: float) -> float | None:
-    stamp = parse_utc(enqueued_at)
-    return None if stamp is None else age_since(stamp, now)

@@ -59,7 +59,7 @@ from ..rabbitmq import (
 from ..redis_proc import Command, age_since, pipelined, read_redis_procs
 from ..tracked import TrackedProc
 from .inspect import METHODS, HeldTask, InspectIncomplete, Sightings, active_queues, inspect_tasks
-from .redis import LIST_READ, BindingTable, RedisKeys, Unacked, binding_table, parse_unacked
+from .redis import QUEUE, BindingTable, QueueLists, RedisKeys, Unacked, binding_table, parse_unacked
 from .routing import Binding, declared_bindings, route
 
 log = logging.getLogger("hirefire_exporter")
@@ -338,9 +338,10 @@ class CeleryProc(TrackedProc):
 
     def depth_commands(self, now: float) -> list[Command]:
         commands: list[Command] = []
-        for queue in self.queues:  # each list's length and its oldest message's stamp, read on the server
-            commands += [LIST_READ(key) for key in self._lists(queue)]
-            commands += [("SMEMBERS", key) for key in self._binding_keys(queue)]
+        sep = self._keys.sep
+        for queue in self.queues:  # its lists' lengths, their oldest messages' stamps, read on the server
+            first, *more = self._lists(queue)
+            commands.append(QUEUE(first, queue, sep, len(more), *more, *self._binding_keys(queue)))
         commands.append(("HVALS", self._keys.unacked))
         return commands + self.tracker_commands(now)
 
@@ -373,18 +374,13 @@ class CeleryProc(TrackedProc):
             state = "scheduled" if entry.eta is not None and entry.eta > now else "reserved"
             for queue in _held_queues(entry, tables, self._declared):
                 held[queue, state] += 1
-        replies = iter(depth)
         queues = []
-        for queue in self.queues:
-            lists = [next(replies) for _ in self._lists(queue)]
-            bound = [binding_table(next(replies), self._keys.sep) for _ in self._binding_keys(queue)]
-            queued = sum(length for length, _ in lists)
-            age = _oldest(lists, now)
-            jobs = {"queued": queued, "reserved": held[queue, "reserved"], "scheduled": held[queue, "scheduled"]}
+        for queue, lists in zip(self.queues, depth):
+            jobs = {"queued": lists.waiting, "reserved": held[queue, "reserved"], "scheduled": held[queue, "scheduled"]}
             for state, n in (tracked.jobs[queue] if tracked is not None else {}).items():
                 jobs[state] = jobs.get(state, 0) + n
-            found = any(jobs.values()) or any(row.queue == queue for table in bound for row in table.rows)
-            queues.append(QueueReading(queue, jobs, COUNTED, age, found))
+            found = any(jobs.values()) or bool(lists.bound)
+            queues.append(QueueReading(queue, jobs, COUNTED, _oldest(lists, now), found))
         return _with_workers(Reading.from_queues(queues), tracked)
 
     def _log_malformed(self, entries: int, bindings: int) -> None:
@@ -689,11 +685,10 @@ def _held_queues(entry: Unacked, tables: dict[str, BindingTable], declared: list
     return table.route(entry.routing_key, fanout)
 
 
-def _oldest(lists: list[tuple[int, float | None]], now: float) -> float | None:
-    """The age of a queue's oldest message over its lists (length, oldest message's stamp): 0.0 when every list is
-    empty, None when a non-empty list's oldest message has no stamp."""
-    stamps = [stamp for length, stamp in lists if length]
-    if None in stamps:
+def _oldest(lists: QueueLists, now: float) -> float | None:
+    """The age of a queue's oldest message over its lists: 0.0 when every list is empty, None when a non-empty list's
+    oldest message has no stamp."""
+    if None in lists.stamps:
         return None
-    ages = [age_since(stamp, now) for stamp in stamps]  # type: ignore[arg-type]
+    ages = [age_since(stamp, now) for stamp in lists.stamps]  # type: ignore[arg-type]
     return 0.0 if not ages else (None if None in ages else max(ages))  # type: ignore[type-var]

@@ -16,7 +16,7 @@ from typing import Any
 from ...celery_latency import HEADER, enqueued_at
 from ...settings_check import Integer, OrNone, Text, fail, shown
 from ..redis_proc import as_text, parse_utc
-from ..redis_script import read_function
+from ..redis_script import first_error, read_function
 
 _STEP = Integer(0, 255, "a priority")
 _TEXT = Text(exact=True)
@@ -194,51 +194,122 @@ def message_stamp(head: Any) -> float | None:
     return enqueued_at(message) if isinstance(message, dict) else None
 
 
-#: KEYS[1]: a kombu list. ``{length}`` when it is empty, else ``{length, stamp}``: the stamp of its oldest message
-#: (index -1) as :func:`message_stamp` reads it, as text (exact: the number as written, or 17 digits), so that no
-#: message crosses the wire; false for a message without one. The header is found by its name in the text when it
-#: occurs once, followed by a number (kombu writes it in ``headers``; about 1 µs); otherwise the message is decoded
-#: (cjson, tens of µs) and read as :func:`message_stamp` does. A message naming neither the header nor ``timestamp``
-#: is not decoded at all.
-_LIST_READ = f"""
-local length = redis.call('LLEN', KEYS[1])
-if length == 0 then return {{0}} end
-local raw = redis.call('LINDEX', KEYS[1], -1)
-if not raw then return {{length, false}} end
-local name = '"{HEADER}"'
-local at = string.find(raw, name, 1, true)
-if at and not string.find(raw, name, at + 1, true) then
-  local number = string.match(raw, '^%s*:%s*(-?%d+%.?%d*[eE]?[-+]?%d*)%s*[,}}]', at + #name)
-  if number then return {{length, number}} end
+#: The stamp of a kombu message (``raw``, a list's ``LINDEX -1``) as :func:`message_stamp` reads it, as text (exact:
+#: the number as written, or 17 digits), so that no message crosses the wire; false for a message without one. The
+#: header is found by its name in the text when it occurs once, followed by a number (kombu writes it in ``headers``;
+#: about 1 µs); otherwise the message is decoded (cjson, tens of µs) and read as :func:`message_stamp` does. A
+#: message naming neither the header nor ``timestamp`` is not decoded at all.
+_STAMP = f"""
+local function stamp_of(raw)
+  local name = '"{HEADER}"'
+  local at = string.find(raw, name, 1, true)
+  if at and not string.find(raw, name, at + 1, true) then
+    local number = string.match(raw, '^%s*:%s*(-?%d+%.?%d*[eE]?[-+]?%d*)%s*[,}}]', at + #name)
+    if number then return number end
+  end
+  if not at and not string.find(raw, '"timestamp"', 1, true) then return false end
+  local ok, message = pcall(cjson.decode, raw)
+  if ok and type(message) == 'table' then
+    for _, field in ipairs({{{{'headers', '{HEADER}'}}, {{'properties', 'timestamp'}}}}) do
+      local part = message[field[1]]
+      local value = type(part) == 'table' and part[field[2]]
+      if type(value) == 'number' then return string.format('%.17g', value) end
+    end
+  end
+  return false
 end
-if not at and not string.find(raw, '"timestamp"', 1, true) then return {{length, false}} end
-local ok, message = pcall(cjson.decode, raw)
-if ok and type(message) == 'table' then
-  for _, field in ipairs({{{{'headers', '{HEADER}'}}, {{'properties', 'timestamp'}}}}) do
-    local part = message[field[1]]
-    local value = type(part) == 'table' and part[field[2]]
-    if type(value) == 'number' then return {{length, string.format('%.17g', value)}} end
+"""
+
+#: One Celery queue on the server. KEYS[1]: its base list; ARGV: the queue's name, kombu's ``sep``, how many more
+#: lists it has (its priority lists), those lists, then the binding tables that may name it. The reply is one line
+#: of text: whether a binding table names the queue (``1``/``0``, asked only of a queue with no message waiting:
+#: ``-`` otherwise), how many messages wait over its lists, then for each non-empty list its oldest message's stamp
+#: (:data:`_STAMP`; ``?`` for a message without one). A binding names the queue when it has kombu's three fields and
+#: the queue is the third (its pattern is not compiled here).
+QUEUE_READ = (
+    _STAMP
+    + """
+local queue, sep, more = ARGV[1], ARGV[2], tonumber(ARGV[3])
+local call = redis.call
+local total, stamps = 0, {}
+for i = 0, more do
+  local list = i == 0 and KEYS[1] or ARGV[3 + i]
+  local length = call('LLEN', list)
+  if length > 0 then
+    total = total + length
+    local raw = call('LINDEX', list, -1)
+    stamps[#stamps + 1] = raw and stamp_of(raw) or '?'
   end
 end
-return {{length, false}}
+local bound = '-'
+if total == 0 then
+  bound = '0'
+  local tail, width = sep .. queue, #sep
+  for t = 4 + more, #ARGV do
+    for _, member in ipairs(call('SMEMBERS', ARGV[t])) do
+      if string.sub(member, -#tail) == tail then
+        local a = string.find(member, sep, 1, true)
+        local b = a and string.find(member, sep, a + width, true)
+        if b and b == #member - #tail + 1 and not string.find(member, sep, b + width, true) then bound = '1' end
+      end
+    end
+  end
+end
+return bound .. ' ' .. total .. (#stamps > 0 and ' ' .. table.concat(stamps, ' ') or '')
 """
+)
 
 #: A JSON number (what the script's text match lets through may be none: then the message is not JSON either).
 _JSON_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?|-?(?:nan|inf)")
 
 
-def _list_reply(reply: Any) -> tuple[int, float | None]:
-    text = as_text(reply[1]) if len(reply) > 1 else None
-    return int(reply[0]), float(text) if text is not None and _JSON_NUMBER.fullmatch(text) else None
+@dataclass(frozen=True)
+class QueueLists:
+    """One queue's lists as read: how many messages wait over them, the stamp of each non-empty list's oldest message
+    (``None`` where it has none), and whether a binding table names the queue (``None``: not asked, messages wait)."""
+
+    waiting: int
+    stamps: tuple[float | None, ...]
+    bound: bool | None
 
 
-#: A list's length and its oldest message's stamp, read on the server (on the pipeline path: ``LLEN`` and
-#: ``LINDEX -1``, the message parsed here): ``(length, stamp or None)``.
-LIST_READ = read_function(
-    "celery_list",
-    _LIST_READ,
-    cost=4,
-    parse=_list_reply,
-    fallback=lambda key: [("LLEN", key), ("LINDEX", key, -1)],
-    finish=lambda replies: (int(replies[0]), message_stamp(replies[1]) if replies[0] else None),
+def _stamp(text: str) -> float | None:
+    return float(text) if _JSON_NUMBER.fullmatch(text) else None
+
+
+def _parse_queue(reply: Any, *_command: Any) -> QueueLists:
+    bound, waiting, *stamps = (as_text(reply) or "").split(" ")
+    return QueueLists(int(waiting), tuple(_stamp(text) for text in stamps), None if bound == "-" else bound == "1")
+
+
+def _queue_commands(key: str, queue: str, sep: str, more: int, *keys: str) -> list[Any]:
+    """The pipeline path: each list's length and oldest message, then the binding tables."""
+    lists, tables = (key, *keys[:more]), keys[more:]
+    return [c for name in lists for c in (("LLEN", name), ("LINDEX", name, -1))] + [("SMEMBERS", t) for t in tables]
+
+
+def _finish_queue(replies: list[Any], key: str, queue: str, sep: str, more: int, *keys: str) -> Any:
+    failed = first_error(replies)
+    if failed is not None:
+        return failed
+    lists = replies[: 2 * (more + 1)]
+    lengths, heads = [int(n) for n in lists[0::2]], lists[1::2]
+    waiting = sum(lengths)
+    bound = None
+    if not waiting:
+        rows = (row for members in replies[2 * (more + 1) :] for row in binding_table(members, sep).rows)
+        bound = any(row.queue == queue for row in rows)
+    return QueueLists(waiting, tuple(message_stamp(head) for n, head in zip(lengths, heads) if n), bound)
+
+
+#: A queue's waiting messages, their oldest stamps and whether it is bound, read on the server (on the pipeline path:
+#: ``LLEN`` and ``LINDEX -1`` of each list, its binding tables' members, the messages parsed here): a
+#: :class:`QueueLists`.
+QUEUE = read_function(
+    "celery_queue",
+    QUEUE_READ,
+    cost=10,
+    parse=_parse_queue,
+    fallback=_queue_commands,
+    finish=_finish_queue,
 )
