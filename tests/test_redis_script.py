@@ -11,7 +11,7 @@ from datetime import timedelta
 
 import pytest
 from celery_app_support import Blocker, app_for, unique
-from support import command_counts
+from support import command_counts, count_round_trips
 
 from hirefire_exporter import celery_latency
 from hirefire_exporter.collection import Collection
@@ -199,7 +199,7 @@ def test_a_key_outside_the_users_acl_fails_its_own_proc_and_keeps_the_scripts(pr
     assert not any("refuses server-side scripts" in r.getMessage() for r in caplog.records)
 
 
-def test_ten_thousand_queues_are_read_in_several_small_calls_in_one_round_trip(private_redis):
+def test_ten_thousand_queues_are_read_in_several_small_calls_in_one_round_trip(private_redis, monkeypatch):
     names = [f"q{i}" for i in range(10_000)]
     pipe = private_redis.pipeline(transaction=False)
     for i, name in enumerate(names[:3_000]):
@@ -208,9 +208,13 @@ def test_ten_thousand_queues_are_read_in_several_small_calls_in_one_round_trip(p
     pipe.execute()
     proc = QueuesProc("worker", queues=names, url=url_of(private_redis))
     rq_proc = RQProc("rq", queues=names, url=url_of(private_redis))
+    read_all([proc, rq_proc], time.time())  # the script loaded, the connection made
     private_redis.config_resetstat()
+    sends = count_round_trips(monkeypatch)
 
     (reading, rq_reading) = read_all([proc, rq_proc], time.time())
+
+    assert len(sends) == 1  # the calls go out as they are packed, every reply read after: one round trip
 
     assert reading.quantity == sum(i % 3 for i in range(3_000))
     assert rq_reading.quantity == 0 and len(rq_reading.queues) == 10_000
@@ -311,3 +315,35 @@ def test_a_read_function_declared_after_a_first_read_is_loaded_and_run(private_r
     assert redis_script.execute(client, [[doubled("string")]]) == [[10]]
     redis_script.pipeline_only(client)
     assert redis_script.execute(client, [[doubled("string")]]) == [[10]]
+
+
+def test_a_pooled_connection_the_server_closed_is_read_through_on_a_fresh_one(private_redis):
+    """A connection the server dropped while idle (a restart, ``timeout``, a proxy): the next read still answers, in
+    the same cycle, through the client's retry."""
+    private_redis.rpush("default", "a", "b")
+    proc = QueuesProc("worker", ["default"], url=url_of(private_redis))
+    assert read_all([proc], time.time())[0].quantity == 2
+    mine = private_redis.client_id()
+    others = [c["id"] for c in private_redis.client_list() if int(c["id"]) != mine]
+    for client_id in others:
+        private_redis.client_kill_filter(_id=client_id)
+
+    assert read_all([proc], time.time())[0].quantity == 2
+
+
+def test_a_reply_that_fails_to_parse_leaves_no_unread_reply_for_the_next_read(private_redis):
+    """Replies are parsed as they arrive: when parsing one raises, the rest of the exchange is still on the
+    connection. It must be dropped, not handed to the next user of the pooled connection, who would read another
+    command's replies."""
+    private_redis.set("short", "abc")
+    private_redis.set("long", "abcdef")
+
+    def refuse(reply, key):
+        raise ValueError("a reply this parser cannot take")
+
+    refused = redis_script.read_function("test_refused_strlen", "return redis.call('STRLEN', KEYS[1])", parse=refuse)
+    client = QueuesProc("worker", ["q"], url=url_of(private_redis)).redis_client()
+    with pytest.raises(ValueError, match="cannot take"):
+        redis_script.execute(client, [[refused("short"), ("ECHO", "left unread")]])  # ECHO: sent beside the call
+
+    assert redis_script.execute(client, [[("STRLEN", "long"), ("GET", "long")]]) == [[6, b"abcdef"]]
