@@ -30,14 +30,15 @@ rest of it at start: the work horse of a worker killed mid-job writes its statis
 job ends, recreating it without ``birth`` and without a TTL. A worker that shut down cleanly took its key out of the
 sets and stamped ``death`` on its hash: not online either. ``state`` ``busy`` means it runs a job. An RQ worker
 runs one job at a time (``rq worker-pool`` starts separate workers, each registered on its own), so it has one slot.
-A worker serving several of a proc's queues counts once. The sets cost one SMEMBERS per queue in the first round
-trip, the hashes one HMGET per worker in a follow-up round trip (with the oldest-job walks on the pipeline path);
+A worker serving several of a proc's queues counts once. The sets cost one SMEMBERS per queue inside its read in the
+first round trip, the hashes one HMGET per worker in a follow-up round trip (with the oldest-job walks on the
+pipeline path);
 when the sets cannot be read (an ACL that denies them, a key of the wrong type) the proc's job counts are still
 served and its workers are unknown.
 
 RQ's own ``registry.count`` runs a cleanup that writes to Redis and moves jobs to the failed registry, so this
-module never calls it: it reads with LLEN, ZCOUNT, ZCARD, SISMEMBER, SMEMBERS and HMGET, and the script with LRANGE,
-HGET and EXISTS.
+module never calls it: it reads with LLEN, ZCOUNT, ZCARD, EXISTS, SISMEMBER, SMEMBERS, LINDEX, HGET and HMGET, and
+the walk with LRANGE, HGET and EXISTS.
 """
 
 from __future__ import annotations
