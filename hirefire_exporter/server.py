@@ -141,7 +141,25 @@ def serve(
     except SystemExit:
         pass
     finally:
-        server.close()
+        close_server(server)
         app.collection.close()
         log.info("stopped")
     return 0
+
+
+def close_server(server: Any) -> None:
+    """Close a waitress server and everything on its socket map, so that nothing writes to a closed descriptor.
+
+    waitress wakes its loop by writing ``b"x"`` to a pipe (its trigger) and closes that pipe with ``os.close``: a
+    request thread that finished after the close would write into whatever file took that descriptor number next (in
+    a process that goes on, such as a test run, another subprocess's stdout). So the request threads are stopped
+    first (at most a second for ``serve``'s), and the wake-up is switched off before the pipe is closed."""
+    server.task_dispatcher.shutdown()
+    server.trigger.pull_trigger = _no_wake_up  # what channels call, through server.pull_trigger(), from now on
+    for dispatcher in list(getattr(server, "_map", {}).values()):  # its channels, the trigger, the listener
+        dispatcher.close()
+    server.close()
+
+
+def _no_wake_up(thunk: Any = None) -> None:
+    """waitress's trigger once its pipe is closed: nothing left to wake."""

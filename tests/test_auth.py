@@ -21,6 +21,7 @@ from werkzeug.test import Client
 from hirefire_exporter import auth
 from hirefire_exporter.app import create_app
 from hirefire_exporter.procs.base import Proc, ProcConfigError
+from hirefire_exporter.server import close_server
 
 PASSWORD = "corr3ct-horse"
 TOKEN = "scrape-token-0123456789abcdef"
@@ -184,7 +185,8 @@ def test_basic_auth_and_bearer_over_the_real_server(tmp_path):
     path = web_config(tmp_path, {"prometheus": hashed(PASSWORD)})
     app = create_app([Constant("worker")], "hf-token", web_config=path, metrics_token=TOKEN)
     server = create_server(app, host="127.0.0.1", port=free_port(), threads=2)
-    threading.Thread(target=server.run, daemon=True).start()
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
     port = server.effective_port
     try:
         assert http_get(port, "/metrics", headers={"Authorization": basic("prometheus", PASSWORD)})[0] == 200
@@ -193,7 +195,8 @@ def test_basic_auth_and_bearer_over_the_real_server(tmp_path):
         assert http_get(port, "/metrics", headers={"Authorization": "Basic " + "=" * 5000})[0] == 401
         assert http_get(port, "/healthz")[0] == 200
     finally:
-        server.close()
+        close_server(server)
+        thread.join(5)
 
 
 # Start-up: a bad web configuration or token stops the real command with one line, quoting no hash nor token

@@ -19,7 +19,7 @@ from support import wait_until
 from hirefire_exporter.app import create_app
 from hirefire_exporter.procs.base import ProcConfigError
 from hirefire_exporter.procs.rq import RQProc
-from hirefire_exporter.server import raise_file_limit, serve
+from hirefire_exporter.server import close_server, raise_file_limit, serve
 
 rq = pytest.importorskip("rq")
 
@@ -162,3 +162,30 @@ def test_listening_errors_are_one_line_naming_the_setting(host, port, message):
     text = str(raised.value)
     assert text.startswith(message) and "\n" not in text and "hunter2" not in text
     assert signal.getsignal(signal.SIGTERM) is signal.SIG_DFL  # nothing installed for a server that never ran
+
+
+def test_a_request_thread_that_finishes_after_the_close_writes_to_no_other_file():
+    """waitress wakes its loop by writing b"x" to a pipe it closes with os.close: a request thread finishing after
+    the close would write into whatever file took that number next (seen: another subprocess's stdout in a test run,
+    which then read "x")."""
+    from waitress.server import create_server
+
+    server = create_server(create_app([RQProc("worker", url="redis://127.0.0.1:1/0")], "tok"), port=0, threads=1)
+    wake_up = server.trigger.trigger  # the descriptor waitress writes to
+    close_server(server)
+    pipes = []
+    try:
+        while all(wake_up not in pipe for pipe in pipes) and len(pipes) < 20:
+            pipes.append(os.pipe())  # the freed numbers are taken again, lowest first
+        assert any(wake_up in pipe for pipe in pipes)
+
+        server.pull_trigger()  # what a request thread does when it has a response to send
+
+        for reader, _ in pipes:
+            os.set_blocking(reader, False)
+            with pytest.raises(BlockingIOError):
+                os.read(reader, 1)  # nothing arrived in any of them
+    finally:
+        for pipe in pipes:
+            for fd in pipe:
+                os.close(fd)

@@ -30,6 +30,7 @@ from hirefire_exporter.collection import Collection
 from hirefire_exporter.contrib.wsgi import HireFireMiddleware
 from hirefire_exporter.procs.base import Proc, QueueReading, Reading
 from hirefire_exporter.procs.rq import RQProc
+from hirefire_exporter.server import close_server
 
 rq = pytest.importorskip("rq")
 waitress_server = pytest.importorskip("waitress.server")
@@ -67,7 +68,8 @@ class Served:
         return http_get(self.port, path, timeout)
 
     def close(self) -> None:
-        self.server.close()
+        close_server(self.server)
+        self.thread.join(5)
 
 
 def test_a_stalled_broker_never_holds_the_host_apps_own_routes(own_redis):

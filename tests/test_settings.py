@@ -31,6 +31,7 @@ from hirefire_exporter.cli import main
 from hirefire_exporter.contrib import exporter_app
 from hirefire_exporter.procs.base import Proc, ProcConfigError
 from hirefire_exporter.procs.queues import QueuesProc
+from hirefire_exporter.server import close_server
 from hirefire_exporter.settings_check import TOKEN_CHARACTERS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -312,7 +313,8 @@ def test_a_token_of_every_allowed_character_works_in_the_path_and_in_the_header(
             )
             connection.close()
     finally:
-        server.close()
+        close_server(server)
+        thread.join(5)
 
 
 # The share URL: checked at start-up, never quoted
