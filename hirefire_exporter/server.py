@@ -152,9 +152,9 @@ def close_server(server: Any) -> None:
 
     waitress wakes its loop by writing ``b"x"`` to a pipe (its trigger) and closes that pipe with ``os.close``: a
     request thread that finished after the close would write into whatever file took that descriptor number next (in
-    a process that goes on, such as a test run, another subprocess's stdout). So the request threads are stopped
-    first (at most a second for ``serve``'s), and the wake-up is switched off before the pipe is closed."""
-    server.task_dispatcher.shutdown()
+    a process that goes on, such as a test run, another subprocess's stdout). So the wake-up is switched off before
+    the pipe is closed; a request thread still running then finds its connection closed. (On SIGTERM ``serve``'s
+    request threads have had their second already: waitress stops them when its loop ends.)"""
     server.trigger.pull_trigger = _no_wake_up  # what channels call, through server.pull_trigger(), from now on
     for dispatcher in list(getattr(server, "_map", {}).values()):  # its channels, the trigger, the listener
         dispatcher.close()
