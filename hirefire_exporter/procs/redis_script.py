@@ -264,13 +264,14 @@ def _scripted(
     script."""
     source, sha = reader()
     results: dict[Command, Any] = {}
-    failed: list[tuple[list[list[Command]], Exception]] = []  # chunks whose call failed, with the error
-    loaded: list[Any] = []
+    failed: dict[int, tuple[list[list[Command]], Exception]] = {}  # by chunk: a retry hands the same chunk again
+    loaded: list[Any] = []  # the last reply to SCRIPT LOAD
 
     def chunk_reply(groups: list[list[Command]], reply: Any) -> None:
         if isinstance(reply, Exception):
-            failed.append((groups, reply))
+            failed[id(groups)] = (groups, reply)
         else:
+            failed.pop(id(groups), None)
             results.update(_replies(client, groups, reply))
 
     def requests() -> Iterator[tuple[tuple[Any, ...], Callable[[Any], None]]]:
@@ -284,13 +285,14 @@ def _scripted(
 
     _exchange(client, requests())
     if loaded:
-        if isinstance(loaded[0], Exception) and _transient(loaded[0]):  # a server starting: try again next cycle
-            return {**results, **dict.fromkeys(scripted, loaded[0])}
-        if isinstance(loaded[0], Exception):
-            return _refused(client, server, loaded[0], scripted + plain)
+        load = loaded[-1]
+        if isinstance(load, Exception) and _transient(load):  # a server starting: try again next cycle
+            return {**results, **dict.fromkeys(scripted, load)}
+        if isinstance(load, Exception):
+            return _refused(client, server, load, scripted + plain)
         server.loaded = True
     denied: list[Command] = []
-    for groups, reply in failed:
+    for groups, reply in failed.values():
         if _transient(reply):  # the server is busy or starting: these commands fail this cycle only
             results.update((command, reply) for group in groups for command in group)
         elif _key_denied(reply):  # an ACL without one of the chunk's keys: scripts are fine, that key is not
