@@ -21,6 +21,7 @@ import logging
 import resource
 import signal
 import socket
+import threading
 from typing import TYPE_CHECKING, Any
 
 from . import __version__
@@ -147,18 +148,29 @@ def serve(
     return 0
 
 
-def close_server(server: Any) -> None:
+def close_server(server: Any, loop: threading.Thread | None = None) -> None:
     """Close a waitress server and everything on its socket map, so that nothing writes to a closed descriptor.
 
     waitress wakes its loop by writing ``b"x"`` to a pipe (its trigger) and closes that pipe with ``os.close``: a
     request thread that finished after the close would write into whatever file took that descriptor number next (in
     a process that goes on, such as a test run, another subprocess's stdout). So the wake-up is switched off before
     the pipe is closed; a request thread still running then finds its connection closed. (On SIGTERM ``serve``'s
-    request threads have had their second already: waitress stops them when its loop ends.)"""
-    server.trigger.pull_trigger = _no_wake_up  # what channels call, through server.pull_trigger(), from now on
-    for dispatcher in list(getattr(server, "_map", {}).values()):  # its channels, the trigger, the listener
-        dispatcher.close()
-    server.close()
+    request threads have had their second already: waitress stops them when its loop ends.) ``loop``: the thread
+    running ``server.run()``, where it still runs: the closing is then done on that thread, at its next wake-up, so
+    that no descriptor is closed under its ``select``, and waited for."""
+
+    def close() -> None:
+        server.trigger.pull_trigger = _no_wake_up  # what channels call, through server.pull_trigger(), from now on
+        for dispatcher in list(getattr(server, "_map", {}).values()):  # its channels, the trigger, the listener
+            dispatcher.close()
+        server.close()
+
+    if loop is not None and loop.is_alive():
+        server.trigger.pull_trigger(close)  # run by the loop when the trigger wakes it; an empty map ends the loop
+        loop.join(5)
+        if not loop.is_alive():
+            return
+    close()
 
 
 def _no_wake_up(thunk: Any = None) -> None:

@@ -195,8 +195,7 @@ def test_basic_auth_and_bearer_over_the_real_server(tmp_path):
         assert http_get(port, "/metrics", headers={"Authorization": "Basic " + "=" * 5000})[0] == 401
         assert http_get(port, "/healthz")[0] == 200
     finally:
-        close_server(server)
-        thread.join(5)
+        close_server(server, thread)
 
 
 # Start-up: a bad web configuration or token stops the real command with one line, quoting no hash nor token

@@ -68,8 +68,7 @@ class Served:
         return http_get(self.port, path, timeout)
 
     def close(self) -> None:
-        close_server(self.server)
-        self.thread.join(5)
+        close_server(self.server, self.thread)
 
 
 def test_a_stalled_broker_never_holds_the_host_apps_own_routes(own_redis):

@@ -313,8 +313,7 @@ def test_a_token_of_every_allowed_character_works_in_the_path_and_in_the_header(
             )
             connection.close()
     finally:
-        close_server(server)
-        thread.join(5)
+        close_server(server, thread)
 
 
 # The share URL: checked at start-up, never quoted
