@@ -54,7 +54,7 @@ from ..redaction import describe_error
 from ..settings_check import OrNone, Text
 from .base import ClientProc, QueueReading, Reading, Workers
 from .redis_proc import Command, RedisProc, age_since, as_text, parse_utc
-from .redis_script import read_function
+from .redis_script import first_error, read_function
 
 log = logging.getLogger("hirefire_exporter")
 
@@ -174,7 +174,7 @@ def _head(walk: Any) -> tuple[int, float | None] | Exception:
     except (TypeError, ValueError):
         return 0, None
     if stamp is not None:
-        return skipped, parse_utc(stamp)
+        return skipped, _enqueued_at(stamp)
     return skipped, (_NOTHING_WAITS if rest and int(rest[0]) else None)
 
 
@@ -225,7 +225,7 @@ def _parse_queue(reply: Any, _key: str, _prefix: str, queue: str, now: float, _l
 
 
 @lru_cache(maxsize=65536)
-def _enqueued_at(text: bytes) -> float | None:
+def _enqueued_at(text: bytes | str) -> float | None:
     """:func:`parse_utc`, remembered: a queue whose head has not moved since the last cycle has the same stamp."""
     return parse_utc(text)
 
@@ -249,8 +249,7 @@ def _finish_queue(replies: list[Any], *_command: Any) -> Any:
     """The pipeline path's replies as a :class:`_Queue`: a failed count fails the queue, a failed worker set only its
     workers."""
     counts = replies[:_COUNTS]
-    failed = next((reply for reply in counts if isinstance(reply, Exception)), None)
-    return failed or _Queue(list(map(int, counts)), None, replies[_COUNTS])
+    return first_error(counts) or _Queue(list(map(int, counts)), None, replies[_COUNTS])
 
 
 _QUEUE = read_function(

@@ -296,9 +296,9 @@ def _finish_queue(replies: list[Any], key: str, queue: str, sep: str, more: int,
     lengths, heads = [int(n) for n in lists[0::2]], lists[1::2]
     waiting = sum(lengths)
     bound = None
-    if not waiting:
-        rows = (row for members in replies[2 * (more + 1) :] for row in binding_table(members, sep).rows)
-        bound = any(row.queue == queue for row in rows)
+    if not waiting:  # the script's rule: kombu's three fields, the queue the third
+        members = (as_text(member) or "" for table in replies[2 * (more + 1) :] for member in table)
+        bound = any(len(parts) == 3 and parts[2] == queue for parts in (member.split(sep) for member in members))
     return QueueLists(waiting, tuple(message_stamp(head) for n, head in zip(lengths, heads) if n), bound)
 
 
