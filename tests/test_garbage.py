@@ -309,6 +309,17 @@ class Measures(Proc):
             "size",
             "queue 'q' latency -1.0",
         ),
+        # beside fine queues, each kind of garbage the all-queues-at-once check must not let through
+        *(
+            (Reading(quantity=2, queues=(QueueReading("a", {"queued": 1}, latency=2.5), bad)), "size", problem)
+            for bad, problem in [
+                (QueueReading("q", {"queued": 1}, latency=float("nan")), "queue 'q' latency nan"),
+                (QueueReading("q", {"queued": 1}, latency=""), "queue 'q' latency ''"),
+                (QueueReading("q", {"queued": 1}, latency=False), "queue 'q' latency False"),
+                (QueueReading("q", {"queued": True}), "queue 'q' queued True"),
+                (QueueReading("q", {"queued": 1, "started": -1}), "queue 'q' started -1"),
+            ]
+        ),
     ],
 )
 def test_a_custom_proc_measuring_garbage_is_down_never_nan_infinity_or_a_500(reading, metric, problem):

@@ -59,7 +59,10 @@ class QueueReading:
 
     @property
     def quantity(self) -> int:
-        return sum(self.jobs.get(state, 0) for state in self.counted)
+        jobs, total = self.jobs, 0
+        for state in self.counted:  # a plain loop: a proc of 10,000 queues sums this every cycle
+            total += jobs.get(state, 0)
+        return total
 
 
 @dataclass(frozen=True)

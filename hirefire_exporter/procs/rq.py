@@ -335,11 +335,12 @@ class RQProc(RedisProc, ClientProc):
     def _worker_keys(self, depth: list[Any]) -> list[str] | None:
         """The keys of the workers registered on any of the proc's queues, each once; ``None`` when a set could not
         be read."""
-        failed = next((queue.workers for queue in depth if isinstance(queue.workers, Exception)), None)
+        sets = [queue.workers for queue in depth if queue.workers]  # most queues have none: an empty tuple
+        failed = next((workers for workers in sets if isinstance(workers, Exception)), None)
         if failed is not None:
             self._warn_once("workers", "cannot read RQ's worker registry, its workers are unknown", failed)
             return None
-        return sorted({as_text(member) or "" for queue in depth for member in queue.workers})
+        return sorted({as_text(member) or "" for workers in sets for member in workers})
 
     def _workers(self, hashes: list[Any]) -> Workers | None:
         """Online: a registered worker whose hash still exists (``birth`` is its first field, written with the

@@ -32,6 +32,7 @@ it is read from the oldest message of each list (``LINDEX <list> -1``) on Redis 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import shlex
 import time
@@ -375,10 +376,14 @@ class CeleryProc(TrackedProc):
             for queue in _held_queues(entry, tables, self._declared):
                 held[queue, state] += 1
         queues = []
+        count = held.get
         for queue, lists in zip(self.queues, depth):
-            jobs = {"queued": lists.waiting, "reserved": held[queue, "reserved"], "scheduled": held[queue, "scheduled"]}
-            for state, n in (tracked.jobs[queue] if tracked is not None else {}).items():
-                jobs[state] = jobs.get(state, 0) + n
+            jobs = {"queued": lists.waiting, "reserved": 0, "scheduled": 0}
+            if held:
+                jobs["reserved"], jobs["scheduled"] = count((queue, "reserved"), 0), count((queue, "scheduled"), 0)
+            if tracked is not None:
+                for state, n in tracked.jobs[queue].items():
+                    jobs[state] = jobs.get(state, 0) + n
             found = any(jobs.values()) or bool(lists.bound)
             queues.append(QueueReading(queue, jobs, COUNTED, _oldest(lists, now), found))
         return _with_workers(Reading.from_queues(queues), tracked)
@@ -688,7 +693,9 @@ def _held_queues(entry: Unacked, tables: dict[str, BindingTable], declared: list
 def _oldest(lists: QueueLists, now: float) -> float | None:
     """The age of a queue's oldest message over its lists: 0.0 when every list is empty, None when a non-empty list's
     oldest message has no stamp."""
-    if None in lists.stamps:
+    stamps = lists.stamps
+    if not stamps:
+        return 0.0
+    if None in stamps or not all(map(math.isfinite, stamps)):  # type: ignore[arg-type]
         return None
-    ages = [age_since(stamp, now) for stamp in lists.stamps]  # type: ignore[arg-type]
-    return 0.0 if not ages else (None if None in ages else max(ages))  # type: ignore[type-var]
+    return age_since(min(stamps), now)  # type: ignore[type-var]

@@ -273,7 +273,9 @@ class QueueLists:
     bound: bool | None
 
 
+@lru_cache(maxsize=65536)
 def _stamp(text: str) -> float | None:
+    """A stamp as the script sent it; remembered, as a list whose head has not moved sends the same one again."""
     return float(text) if _JSON_NUMBER.fullmatch(text) else None
 
 
