@@ -136,10 +136,12 @@ if waiting > 0 then
       skipped, outcome = found[1], (found[3] == 1 and 'E' or 'L')
     end
   end
-  summary = string.format('%d %d %d %d %d %d %d %d %d %s',
-    waiting, popped, running, due, planned - due, deferred, failed, known, skipped, outcome)
+  summary = text(waiting) .. ' ' .. text(popped) .. ' ' .. text(running) .. ' ' .. text(due) .. ' ' ..
+    text(planned - due) .. ' ' .. text(deferred) .. ' ' .. text(failed) .. ' ' .. text(known) .. ' ' ..
+    text(skipped) .. ' ' .. outcome
 else
-  summary = string.format('0 %d %d %d %d %d %d %d -', popped, running, due, planned - due, deferred, failed, known)
+  summary = '0 ' .. text(popped) .. ' ' .. text(running) .. ' ' .. text(due) .. ' ' .. text(planned - due) .. ' ' ..
+    text(deferred) .. ' ' .. text(failed) .. ' ' .. text(known) .. ' -'
 end
 local workers = redis.pcall('SMEMBERS', prefix .. ':workers:' .. queue)
 if workers.err or #workers > 0 then return {summary, workers} end

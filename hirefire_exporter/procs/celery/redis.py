@@ -255,7 +255,7 @@ if total == 0 then
     end
   end
 end
-return bound .. ' ' .. total .. (#stamps > 0 and ' ' .. table.concat(stamps, ' ') or '')
+return bound .. ' ' .. text(total) .. (#stamps > 0 and ' ' .. table.concat(stamps, ' ') or '')
 """
 )
 
