@@ -29,7 +29,7 @@ sys.path.insert(0, str(HERE))
 
 from alternatives import Alternative, ensure  # noqa: E402
 from cycle import Bench  # noqa: E402
-from support import make_rq_queues, private_redis, queue_names  # noqa: E402
+from support import CpuSteal, make_rq_queues, private_redis, queue_names  # noqa: E402
 
 #: hirefire-resource in a venv of its own with hiredis, where hirefire-exporter runs too (from this checkout: it needs
 #: nothing but redis-py to read): the two alternate cycle by cycle in one process, with the same redis-py, with and
@@ -127,13 +127,15 @@ def main() -> None:
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",") if s]
     cycles = 4 if args.quick else 10
+    steal = CpuSteal()
     with private_redis() as port, tempfile.TemporaryDirectory() as tmp:
         print(f"bench: private redis-server on 127.0.0.1:{port}", file=sys.stderr)
         bench = Bench(port, tmp)
         rows = rq_rows(bench, sizes, cycles)
         rows += celery_rows(bench, 4 * cycles)
         rows += slowlog_rows(bench, cycles // 2)
-    print(f"\nload average while it ran (1 min): {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(f"\nload average while it ran (1 min): {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs; stolen by the")
+    print(f"hypervisor: {steal} (figures taken while it is high are stretched at random, SLOWLOG's longest first)")
     print("\n| queues | what | ratio or figure | medians |\n|---:|---|---:|---|")
     print("\n".join(rows))
 

@@ -49,6 +49,34 @@ def private_redis() -> Iterator[int]:
             process.wait(10)
 
 
+class CpuSteal:
+    """The share of CPU time the hypervisor took from this machine (``steal`` in /proc/stat) since it was made: on a
+    shared VM, timings taken while it is high are stretched at random, SLOWLOG's longest calls first. ``None`` where
+    /proc/stat does not tell (not Linux)."""
+
+    def __init__(self) -> None:
+        self.start = self._read()
+
+    @staticmethod
+    def _read() -> tuple[int, int] | None:
+        try:
+            with open("/proc/stat") as f:
+                fields = [int(n) for n in f.readline().split()[1:]]
+        except (OSError, ValueError):
+            return None
+        return (fields[7], sum(fields[:8])) if len(fields) >= 8 else None
+
+    def share(self) -> float | None:
+        end = self._read()
+        if self.start is None or end is None or end[1] <= self.start[1]:
+            return None
+        return (end[0] - self.start[0]) / (end[1] - self.start[1])
+
+    def __str__(self) -> str:
+        share = self.share()
+        return "unknown" if share is None else f"{share:.0%} of CPU time"
+
+
 def command_stats(client: redis.Redis) -> tuple[dict[str, int], dict[str, int]]:
     """Calls and microseconds per command since the last CONFIG RESETSTAT, without the benchmark's own INFO/CONFIG."""
     stats = client.info("commandstats")

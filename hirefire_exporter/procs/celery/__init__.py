@@ -338,13 +338,24 @@ class CeleryProc(TrackedProc):
         return {queue: tuple(keys) for queue, keys in tables.items()}
 
     def depth_commands(self, now: float) -> list[Command]:
-        commands: list[Command] = []
-        sep = self._keys.sep
-        for queue in self.queues:  # its lists' lengths, their oldest messages' stamps, read on the server
-            first, *more = self._lists(queue)
-            commands.append(QUEUE(first, queue, sep, len(more), *more, *self._binding_keys(queue)))
+        reads = self._queue_reads
+        commands = [reads.get(queue) or self._queue_read(queue) for queue in self.queues]
         commands.append(("HVALS", self._keys.unacked))
         return commands + self.tracker_commands(now)
+
+    @cached_property
+    def _queue_reads(self) -> dict[str, Command]:
+        """Each queue's :data:`QUEUE` read by queue, made once: nothing in it changes from cycle to cycle."""
+        return {}
+
+    def _queue_read(self, queue: str) -> Command:
+        """A queue's lists' lengths, their oldest messages' stamps and its binding tables, read on the server."""
+        reads = self._queue_reads
+        if len(reads) > 2 * len(self.queues) + 1000:  # discovered queues come and go: forget the gone ones
+            reads.clear()
+        first, *more = self._lists(queue)
+        read = reads[queue] = QUEUE(first, queue, self._keys.sep, len(more), *more, *self._binding_keys(queue))
+        return read
 
     def latency_commands(self, depth: list[Any]) -> list[Command]:
         """The binding tables of the exchanges that unacked messages were published to (to find their queues)."""
