@@ -56,14 +56,17 @@ def test_discovery_on_redis_costs_one_scan_and_one_smembers_per_binding_table(pr
     private_redis.config_resetstat()
     Collection([named]).collect()
     reference = command_counts(private_redis)
+    reference.pop("script|load", None)  # the reader script is loaded by the first cycle of the process on a server
     private_redis.config_resetstat()
     reading = Collection([proc]).collect().procs[0].reading
+    counts = command_counts(private_redis)
+    counts.pop("script|load", None)
 
     assert queued(reading) == {
         "dsc-a": {"queued": 0, "reserved": 0, "scheduled": 0},
         "dsc-b": {"queued": 2, "reserved": 0, "scheduled": 0},
     }
-    assert command_counts(private_redis) == {**reference, "scan": 1, "smembers": reference["smembers"] + 2}
+    assert counts == {**reference, "scan": 1, "smembers": reference["smembers"] + 2}
 
 
 def test_queues_listed_by_the_rabbitmq_management_api_are_found(management, redis_conn):
