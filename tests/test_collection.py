@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -14,7 +15,7 @@ from werkzeug.test import Client
 
 from hirefire_exporter.app import ExporterApp
 from hirefire_exporter.collection import Collection
-from hirefire_exporter.procs.base import Proc, ProcConfigError, Reading
+from hirefire_exporter.procs.base import Proc, ProcConfigError, QueueReading, Reading
 from hirefire_exporter.procs.rq import RQProc
 
 rq = pytest.importorskip("rq")
@@ -252,3 +253,11 @@ def test_a_password_with_an_at_sign_is_scrubbed_whole_from_errors_and_logs(caplo
         "ConnectionError: Error 111 connecting to redis://app:***@broker:6379/0. Connection refused."
     )
     assert "ss@broker" not in caplog.text
+
+
+def test_the_fast_queue_reading_constructor_makes_the_same_frozen_reading():
+    fields = {f.name: f"value of {f.name}" for f in dataclasses.fields(QueueReading)}  # every field, whatever they are
+    fast, plain = QueueReading.of(**fields), QueueReading(**fields)
+    assert fast == plain and hash(fast) == hash(plain) and repr(fast) == repr(plain)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        fast.latency = 1.0

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import replace
 from functools import lru_cache
 from typing import Any
@@ -93,9 +94,10 @@ _FIRST_LIVE = read_function("rq_first_live_job", FIRST_LIVE_JOB, cost=6)
 #: the server: its counts, whether RQ knows it (asked only of a queue with no job in any state), for a non-empty queue
 #: its oldest live job (the head's hash, and only when that is gone the walk of :data:`FIRST_LIVE_JOB`), and its worker
 #: set. The reply is one line of text, the summary, so that a queue
-#: costs the client one reply to parse, not a dozen: the eight counts, then the walk (``-`` for none; else how many
-#: ids it skipped and ``S<enqueued_at>``, ``E`` when every id was expired, ``L`` at the limit, or ``!<error>``), the
-#: stamp last (it may hold spaces). A queue with workers registered, or whose set cannot be read, replies
+#: costs the client one reply to parse, not a dozen: the eight counts and how many expired ids the walk skipped, then
+#: ``|`` and the oldest job (``-`` when not looked for; ``S<enqueued_at>``, ``E`` when every id was expired, ``L`` at
+#: the limit, or ``!<error>``). The numbers come first, apart: a line of them recurs from queue to queue and cycle to
+#: cycle, and is parsed once (:func:`_numbers`). A queue with workers registered, or whose set cannot be read, replies
 #: ``{summary, members or error}`` instead. The other keys are derived from the name (Redis Cluster is not supported).
 QUEUE_READ = """
 local prefix, queue, now = ARGV[1], ARGV[2], ARGV[3]
@@ -138,10 +140,10 @@ if waiting > 0 then
   end
   summary = text(waiting) .. ' ' .. text(popped) .. ' ' .. text(running) .. ' ' .. text(due) .. ' ' ..
     text(planned - due) .. ' ' .. text(deferred) .. ' ' .. text(failed) .. ' ' .. text(known) .. ' ' ..
-    text(skipped) .. ' ' .. outcome
+    text(skipped) .. '|' .. outcome
 else
   summary = '0 ' .. text(popped) .. ' ' .. text(running) .. ' ' .. text(due) .. ' ' .. text(planned - due) .. ' ' ..
-    text(deferred) .. ' ' .. text(failed) .. ' ' .. text(known) .. ' -'
+    text(deferred) .. ' ' .. text(failed) .. ' ' .. text(known) .. ' 0|-'
 end
 local workers = redis.pcall('SMEMBERS', prefix .. ':workers:' .. queue)
 if workers.err or #workers > 0 then return {summary, workers} end
@@ -160,7 +162,7 @@ class _Queue:
 
     __slots__ = ("counts", "head", "reading", "workers")
 
-    def __init__(self, counts: list[int], head: Any, workers: Any, reading: QueueReading | None = None) -> None:
+    def __init__(self, counts: Sequence[int], head: Any, workers: Any, reading: QueueReading | None = None) -> None:
         self.counts, self.head, self.workers, self.reading = counts, head, workers, reading
 
 
@@ -180,7 +182,7 @@ def _head(walk: Any) -> tuple[int, float | None] | Exception:
     return skipped, (_NOTHING_WAITS if rest and int(rest[0]) else None)
 
 
-def _queue_reading(name: str, counts: list[int], head: Any, now: float) -> QueueReading:
+def _queue_reading(name: str, counts: Sequence[int], head: Any, now: float) -> QueueReading:
     """A queue's reading from its counts and its oldest live job (``None`` for an empty queue). Expired ids ahead of
     the first live job are ``expired``, not ``queued``; the age is ``0.0`` when no job waits, ``None`` when it cannot
     be told."""
@@ -192,8 +194,9 @@ def _queue_reading(name: str, counts: list[int], head: Any, now: float) -> Queue
         else:
             expired, stamp = head
             age = None if stamp is None else 0.0 if stamp == _NOTHING_WAITS else age_since(stamp, now)
+    queued = waiting - expired  # (not max(): this runs for every queue of every cycle)
     jobs = {
-        "queued": max(0, waiting - expired),
+        "queued": queued if queued > 0 else 0,
         "started": popped + running,  # popped but not yet registered + running
         "due": due,
         "scheduled": later,
@@ -201,29 +204,37 @@ def _queue_reading(name: str, counts: list[int], head: Any, now: float) -> Queue
         "failed": failed,
         "expired": expired,
     }
-    found = bool(known) or waiting + popped + running + due + later + deferred + failed > 0
-    return QueueReading(name, jobs, COUNTED, age, found)
+    found = known > 0 or waiting + popped + running + due + later + deferred + failed > 0
+    return QueueReading.of(name, jobs, COUNTED, age, found)
 
 
 def _parse_queue(reply: Any, _key: str, _prefix: str, queue: str, now: float, _limit: int) -> _Queue:
     """:data:`QUEUE_READ`'s reply as a :class:`_Queue` with its reading: done as the reply arrives, while Redis
     reads on."""
     summary, workers = reply if type(reply) is list else (reply, ())
-    fields = (summary if type(summary) is bytes else str(summary).encode()).split(b" ", _COUNTS + 1)
+    numbers, _, outcome = (summary if type(summary) is bytes else str(summary).encode()).partition(b"|")
+    counts, skipped = _numbers(numbers)
     head: Any = None
-    if fields[_COUNTS] != b"-":
-        outcome = fields[_COUNTS + 1]
-        kind = outcome[:1]
-        if kind == b"S":
-            head = int(fields[_COUNTS]), _enqueued_at(outcome[1:])
-        elif kind == b"!":
-            from redis.exceptions import ResponseError
+    kind = outcome[:1]
+    if kind == b"S":
+        head = skipped, _enqueued_at(outcome[1:])
+    elif kind == b"!":
+        from redis.exceptions import ResponseError
 
-            head = ResponseError(outcome[1:].decode("utf-8", "replace"))
-        else:
-            head = int(fields[_COUNTS]), (_NOTHING_WAITS if outcome == b"E" else None)
-    counts = list(map(int, fields[:_COUNTS]))
+        head = ResponseError(outcome[1:].decode("utf-8", "replace"))
+    elif kind != b"-":
+        head = skipped, (_NOTHING_WAITS if outcome == b"E" else None)
     return _Queue(counts, head, workers, _queue_reading(queue, counts, head, now))
+
+
+@lru_cache(maxsize=4096)
+def _numbers(text: bytes) -> tuple[tuple[int, ...], int]:
+    """The numbers of a summary: the eight counts and how many expired ids the walk skipped, remembered (idle
+    queues all send ``0 0 0 0 0 0 0 1 0``; a busy queue's counts change less often than they are read)."""
+    *counts, skipped = map(int, text.split(b" "))
+    if len(counts) != _COUNTS:
+        raise ValueError(f"not a queue's summary: {text[:100]!r}")
+    return tuple(counts), skipped
 
 
 @lru_cache(maxsize=65536)

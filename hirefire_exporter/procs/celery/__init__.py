@@ -396,7 +396,7 @@ class CeleryProc(TrackedProc):
                 for state, n in tracked.jobs[queue].items():
                     jobs[state] = jobs.get(state, 0) + n
             found = any(jobs.values()) or bool(lists.bound)
-            queues.append(QueueReading(queue, jobs, COUNTED, _oldest(lists, now), found))
+            queues.append(QueueReading.of(queue, jobs, COUNTED, _oldest(lists, now), found))
         return _with_workers(Reading.from_queues(queues), tracked)
 
     def _log_malformed(self, entries: int, bindings: int) -> None:
