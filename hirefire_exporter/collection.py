@@ -26,6 +26,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
+from functools import partial
 from itertools import chain
 from operator import attrgetter
 from queue import Empty, SimpleQueue
@@ -128,6 +129,10 @@ class _Task:
         return {proc.name: (_checked(proc, result), time.perf_counter() - start)}
 
 
+def _arrive(arrived: SimpleQueue[Any], task: _Task, outcome: dict[str, tuple[Reading | Exception, float]]) -> None:
+    arrived.put((task, outcome))
+
+
 def _refresh_queues(proc: Proc, now: float) -> Exception | None:
     """Discover the proc's queues when due (:meth:`Proc.refresh_queues`); why that failed, if it did."""
     try:
@@ -218,23 +223,26 @@ class _Pool:
     """
 
     def __init__(self) -> None:
-        self._jobs: SimpleQueue[Callable[[], None]] = SimpleQueue()
+        self._jobs: SimpleQueue[tuple[Callable[[], Any], Callable[[Any], None]]] = SimpleQueue()
         self._lock = threading.Lock()
         self._idle = 0  # threads waiting for a job that no submit() has claimed yet
 
-    def submit(self, job: Callable[[], None]) -> None:
+    def submit(self, job: Callable[[], Any], then: Callable[[Any], None]) -> None:
+        """Run ``job`` (which must not raise) on a pool thread, then hand its result to ``then``."""
         with self._lock:
             if self._idle:
                 self._idle -= 1
             else:
                 threading.Thread(target=self._work, name="hirefire-read", daemon=True).start()
-        self._jobs.put(job)
+        self._jobs.put((job, then))
 
     def _work(self) -> None:
         while True:
-            self._jobs.get()()
-            with self._lock:
+            job, then = self._jobs.get()
+            result = job()
+            with self._lock:  # idle before the result is handed on: the next cycle, started on it, reuses this thread
                 self._idle += 1
+            then(result)
 
 
 #: While a cycle waits for slow brokers, the readings that already arrived are served at most this many seconds
@@ -406,7 +414,7 @@ class Collection:
                 continue
             task.running = True
             pending.add(task)
-            self._pool.submit(lambda task=task: self._run(task, cache, now, arrived))
+            self._pool.submit(partial(self._run, task, cache, now), partial(_arrive, arrived, task))
         published = started
         while pending:
             try:
@@ -424,12 +432,13 @@ class Collection:
         return self._snapshot(now, outcomes, previous, final=True)
 
     @staticmethod
-    def _run(task: _Task, cache: dict[str, Any], now: float, arrived: SimpleQueue[Any]) -> None:
+    def _run(task: _Task, cache: dict[str, Any], now: float) -> dict[str, tuple[Reading | Exception, float]]:
         try:
-            outcome = task.run(cache, now)
+            return task.run(cache, now)
+        except Exception as exc:  # a bug: the task's procs fail with it, the cycle and the pool thread go on
+            return {p.name: (exc, 0.0) for p in task.procs}
         finally:
             task.running = False
-        arrived.put((task, outcome))
 
     def _warn_missing(self, proc: str | None, reading: Reading) -> None:
         """Once per queue and process: a queue the broker has no trace of reads as 0 jobs, like an empty one."""

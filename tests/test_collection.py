@@ -14,7 +14,7 @@ from support import command_counts, samples
 from werkzeug.test import Client
 
 from hirefire_exporter.app import ExporterApp
-from hirefire_exporter.collection import Collection
+from hirefire_exporter.collection import Collection, _Pool
 from hirefire_exporter.procs.base import Proc, ProcConfigError, QueueReading, Reading
 from hirefire_exporter.procs.rq import RQProc
 
@@ -261,3 +261,18 @@ def test_the_fast_queue_reading_constructor_makes_the_same_frozen_reading():
     assert fast == plain and hash(fast) == hash(plain) and repr(fast) == repr(plain)
     with pytest.raises(dataclasses.FrozenInstanceError):
         fast.latency = 1.0
+
+
+def test_a_cycle_that_starts_as_the_last_one_ends_reuses_its_read_thread():
+    """The next cycle can start the moment an outcome arrives (``max_age = 0``, a fleet's requests): the thread that
+    read it must already count as free, or every such cycle would start one more thread."""
+    pool, done, results = _Pool(), threading.Event(), []
+    threads = threading.active_count()
+
+    def next_cycle(result: int) -> None:  # runs as the first outcome is handed on
+        pool.submit(lambda: result + 1, lambda second: (results.append(second), done.set()))
+
+    pool.submit(lambda: 1, next_cycle)
+    assert done.wait(5)
+    assert results == [2]
+    assert threading.active_count() == threads + 1  # one thread ran both

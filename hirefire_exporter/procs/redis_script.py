@@ -439,11 +439,14 @@ _SHAPE = object()
 def _packed(chunk: list[Command]) -> tuple[list[list[Command]], list[Any], list[Any]]:
     """A chunk as the reader's KEYS and ARGV, and its commands in groups in the order of the replies."""
     alike: dict[Command, list[Command]] = {}  # by name and arguments: all but the key in common, sent once
-    for command in chunk:
-        alike.setdefault(command[:1] + command[2:], []).append(command)
     groups: dict[Any, list[Command]] = {}  # commands that have nothing in common but their shape share a group
+    for command in chunk:
+        if type(command[0]) is str:
+            alike.setdefault(command[:1] + command[2:], []).append(command)
+        else:  # a read function's arguments are its queue's own: grouped by shape at once
+            groups.setdefault((_SHAPE, command[0], len(command)), []).append(command)
     for same, commands in alike.items():
-        group = same if len(commands) > 1 else (_SHAPE, same[0], len(same))
+        group = same if len(commands) > 1 else (_SHAPE, same[0], len(same) + 1)
         groups.setdefault(group, []).extend(commands)
     keys: list[Any] = []
     argv: list[Any] = []
