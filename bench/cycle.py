@@ -114,7 +114,7 @@ class Bench:
         each one's oldest live job, loaded once; the benchmark's queues have no worker, so no worker hash is read);
         hirefire-exporter itself sends the same reads in calls of its server-side script."""
         from hirefire_exporter.procs.redis_script import plain_commands
-        from hirefire_exporter.procs.rq import FIRST_LIVE_JOB, RQProc, _Queue
+        from hirefire_exporter.procs.rq import _FIRST_LIVE, RQProc, _Queue
 
         proc = RQProc("worker", queues=queue_names(queues, prefix))
         reads = proc.depth_commands(time.time())
@@ -122,7 +122,7 @@ class Bench:
         replies = [_Queue([1] * 8, None, []) for _ in range(queues)]  # every queue non-empty, no worker registered
         walks = proc.latency_commands(replies)  # one walk per queue
         walks = [command for walk in walks for command in plain_commands(walk)]
-        load = ("SCRIPT", "LOAD", FIRST_LIVE_JOB)
+        load = ("SCRIPT", "LOAD", _FIRST_LIVE.script)  # the script its EVALSHA names
         self.commands_file.write_text(json.dumps({"depth": depth, "load": load, "walks": walks}))
 
     def measure(self, label: str, python: str, kind: str, queues: int, cycles: int, procs: int = 1, **kw) -> Row:

@@ -219,7 +219,7 @@ def test_ten_thousand_queues_are_read_in_several_small_calls_in_one_round_trip(p
     assert reading.quantity == sum(i % 3 for i in range(3_000))
     assert rq_reading.quantity == 0 and len(rq_reading.queues) == 10_000
     counts = command_counts(private_redis)
-    # calls of at most CHUNK_COST cost units each (a plain command costs 1, RQ's read of one queue 8): about 0.25 ms
+    # calls of at most CHUNK_COST cost units each (a plain command costs 1, RQ's read of one queue 8): about 0.3 ms
     # of Redis time per call, never one call of ~100 ms holding every other client of the server. Plain commands:
     # an LLEN per queue of the queues proc
     per_call = redis_script.CHUNK_COST // rq_backend._QUEUE.cost

@@ -11,7 +11,7 @@ the proc that asked for it.
 - ``EVALSHA_RO`` on Redis >= 7 (``EVALSHA`` where it is refused: an unknown command before 7, an ACL that allows only
   ``EVALSHA``); the script is loaded
   (``SCRIPT LOAD``) in the first pipeline to each server and again after ``NOSCRIPT`` (a restart, ``SCRIPT FLUSH``);
-- chunks of at most :data:`CHUNK_COST` (about 0.25 ms of Redis time each), so that one call never holds Redis for
+- chunks of at most :data:`CHUNK_COST` (about 0.3 ms of Redis time each), so that one call never holds Redis for
   long while other clients wait: a call is atomic;
 - keys are passed as ``KEYS`` (one per command; extra keys of a multi-key command would be ``ARGV``: Redis Cluster is
   not supported, the reads of one proc span many slots anyway). A :class:`ReadFunction` may read keys it finds
@@ -52,7 +52,7 @@ SCRIPTABLE = frozenset(
         "ZRANGE", "ZRANGEBYSCORE", "ZSCORE",
     }
 )  # fmt: skip
-#: Cost units per script call: a plain command is 1, about 1 µs of Redis time at most (so about 0.25 ms per call on a
+#: Cost units per script call: a plain command is 1, about 1 µs of Redis time at most (so about 0.3 ms per call on a
 #: quiet machine; measured in docs/performance.md). Smaller calls cost next to nothing more: they are all in one round
 #: trip, and while Redis runs one the exporter packs the next or parses the last. Where the machine is loaded and
 #: Redis is descheduled in the middle of a call, a short call is also less often stretched past a few milliseconds.
