@@ -14,6 +14,7 @@ from test_dramatiq_rabbitmq import pika_url
 from hirefire_exporter.collection import Collection
 from hirefire_exporter.procs.base import ProcConfigError, Workers
 from hirefire_exporter.procs.dramatiq import DramatiqProc
+from hirefire_exporter.procs.huey import HueyProc
 
 dramatiq = pytest.importorskip("dramatiq")
 from dramatiq.brokers.rabbitmq import RabbitmqBroker  # noqa: E402
@@ -172,3 +173,37 @@ def test_tracker_settings_are_checked_at_start_up(amqp_url):
         track(RabbitmqBroker(url=url))
     with pytest.raises(ValueError, match=r"needs 0 < flush_every < lease / 3"):
         track(RedisBroker(url="redis://127.0.0.1:6379/10"), lease=1, flush_every=1)
+
+
+def test_a_huey_and_a_dramatiq_queue_of_one_name_are_tracked_apart(
+    amqp_url, redis_conn, redis_url, tmp_path, workers, rabbit_queues
+):
+    """One Redis tracks a Huey consumer and a Dramatiq worker whose queues share a name: each proc counts its own
+    library's running task and worker, never the other's."""
+    import huey_app
+    from test_tracking import Consumer
+
+    name = f"shared_{uuid.uuid4().hex[:8]}"  # a name Huey keeps as it is
+    instance, block = huey_app.make(name, redis_url)
+    key = f"release-{name}"
+    block(key, 40)
+    workers.append(Consumer(name, redis_url, lease=15))
+    url = pika_url(amqp_url)
+    producer = RabbitmqBroker(url=url)
+    rabbit_queues.append((producer, name))
+    workers.append(DramatiqWorker("rabbitmq", url, name, tmp_path, threads=1, track=redis_url))
+    send(producer, name, "a")
+    wait_started(tmp_path, "a")
+    wait_until(lambda: redis_conn.llen(f"{key}:started") == 1, what="the Huey task to start")
+
+    huey_proc = HueyProc("worker", huey=instance, tracker=True)
+    dramatiq_proc = DramatiqProc("worker", queues=[name], url=url, tracker_url=redis_url)
+    for proc in (huey_proc, dramatiq_proc):
+        proc.validate()
+    one_busy = Workers(online=1, slots=1, busy_slots=1, busy=1)
+    wait_until(lambda: reading(huey_proc).workers == one_busy, what="the Huey consumer in the store")
+    wait_until(lambda: reading(dramatiq_proc).workers == one_busy, what="the Dramatiq worker in the store")
+    assert {q.name: q.jobs["started"] for q in reading(huey_proc).queues} == {name: 1}
+    assert {q.name: q.jobs["started"] for q in reading(dramatiq_proc).queues} == {name: 1}
+    assert {key.decode().split(":")[2] for key in tracker_keys(redis_conn)} == {"huey", "dramatiq"}
+    redis_conn.rpush(key, "go")

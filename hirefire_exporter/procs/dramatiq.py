@@ -115,6 +115,7 @@ class DramatiqProc(TrackedProc):
         "heartbeat_timeout": OrNone(Seconds(positive=True)),
     }
 
+    tracker_library = "dramatiq"
     tracked_states = RUNNING
 
     _resolved: Any = None

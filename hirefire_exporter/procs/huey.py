@@ -46,6 +46,7 @@ class HueyProc(TrackedProc):
     storage: str | None = None
     filename: str | None = None
     option_checks = {"storage": OrNone(Choice(tuple(STORAGES))), "filename": OrNone(Text("a file name"))}
+    tracker_library = "huey"
     #: A Huey consumer holds nothing but the tasks it runs.
     tracked_states = RUNNING
 

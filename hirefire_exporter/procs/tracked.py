@@ -27,6 +27,8 @@ class TrackedProc(RedisProc):
     #: The workers run the tracker and write to this Redis (``track(..., store=...)``).
     tracker_url: str | None = None
     option_checks = {"tracker": Boolean(), "tracker_url": ShareURL()}
+    #: The library's namespace in the tracker's keys (the ``Tracker``'s ``library`` its adapter gives).
+    tracker_library: ClassVar[str]
     #: The states the library's tracker records.
     tracked_states: ClassVar[tuple[str, ...]] = STATES
 
@@ -65,7 +67,11 @@ class TrackedProc(RedisProc):
 
     def tracker_commands(self, now: float) -> list[Command]:
         """The tracker's commands for the broker's pipeline (none when it is read from a store of its own)."""
-        return read_commands(self.tracker_queues(), self.tracked_states, now) if self.tracker_inline() else []
+        return (
+            read_commands(self.tracker_library, self.tracker_queues(), self.tracked_states, now)
+            if self.tracker_inline()
+            else []
+        )
 
     def split_tracked(self, depth: list[Any]) -> tuple[list[Any], Tracked | None]:
         """The broker's replies, and what the tracker's commands at their end read (None when not there)."""
@@ -76,5 +82,7 @@ class TrackedProc(RedisProc):
 
     def read_tracker(self, now: float) -> Tracked:
         """Read the tracker's own store, in one pipeline. Raises when it cannot be read: never a low count."""
-        replies = pipelined(self._tracker_store, read_commands(self.tracker_queues(), self.tracked_states, now))
+        replies = pipelined(
+            self._tracker_store, read_commands(self.tracker_library, self.tracker_queues(), self.tracked_states, now)
+        )
         return parse(self.tracker_queues(), self.tracked_states, replies)

@@ -41,7 +41,7 @@ def track(
                 return
             client = store_client(store if store is not None else _broker_store(app))
             tracker = Tracker(
-                client, worker_id(worker.hostname), _Account(app, worker.concurrency).held, lease=lease,
+                client, "celery", worker_id(worker.hostname), _Account(app, worker.concurrency).held, lease=lease,
                 flush_every=flush_every,
             )  # fmt: skip
             tracker.sync()  # registered at once, not one flush later

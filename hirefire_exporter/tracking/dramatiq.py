@@ -91,7 +91,7 @@ class _Account(RunningTasks):
                 return  # a second Worker in this process: the first one's tracker stays
             self._worker, self._running = worker, {}
             tracker = self._tracker = Tracker(
-                self.client, worker_id(f"dramatiq@{os.uname().nodename}"), self.held, lease=self.lease,
+                self.client, "dramatiq", worker_id(f"dramatiq@{os.uname().nodename}"), self.held, lease=self.lease,
                 flush_every=self.flush_every, states=RUNNING,
             )  # fmt: skip
         tracker.sync()  # registered at once, not one flush later

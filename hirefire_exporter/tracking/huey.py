@@ -86,8 +86,8 @@ class _Consumer(RunningTasks):
             self._workers += 1
             if self._tracker is None:
                 self._tracker = Tracker(
-                    self.client, worker_id(f"huey-{self.queue}@{os.uname().nodename}"), self.held, lease=self.lease,
-                    flush_every=self.flush_every, states=RUNNING,
+                    self.client, "huey", worker_id(f"huey-{self.queue}@{os.uname().nodename}"), self.held,
+                    lease=self.lease, flush_every=self.flush_every, states=RUNNING,
                 )  # fmt: skip
                 self._tracker.start()
 

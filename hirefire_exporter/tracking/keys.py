@@ -1,14 +1,17 @@
 """The tracker's key layout in Redis, and how the exporter reads it (no I/O here: commands and their parsing).
 
-Per queue, one sorted set per state of the tasks worker processes hold, and one of the processes themselves; every
-member is scored by the unix time its lease expires, renewed by the process that wrote it:
+Per library (``celery``, ``huey``, ``dramatiq``: a Celery and a Dramatiq queue both named ``default`` on one Redis are
+two queues) and queue, one sorted set per state of the tasks worker processes hold, and one of the processes
+themselves; every member is scored by the unix time its lease expires, renewed by the process that wrote it:
 
-- ``hirefire_exporter:tracker:<queue>:reserved``: ``<worker id> <task id>``, received and waiting for a free slot
-  (Celery's prefetched tasks);
-- ``hirefire_exporter:tracker:<queue>:scheduled``: the same, held until an ETA/countdown;
-- ``hirefire_exporter:tracker:<queue>:started``: the same, running;
-- ``hirefire_exporter:tracker:<queue>:workers``: ``<worker id> <slots>``, one per live worker process consuming the
-  queue (its registration; ``slots`` is its concurrency).
+- ``hirefire_exporter:tracker:<library>:<queue>:reserved``: ``<worker id> <task id>``, received and waiting for a free
+  slot (Celery's prefetched tasks);
+- ``hirefire_exporter:tracker:<library>:<queue>:scheduled``: the same, held until an ETA/countdown;
+- ``hirefire_exporter:tracker:<library>:<queue>:started``: the same, running;
+- ``hirefire_exporter:tracker:<library>:<queue>:workers``: ``<worker id> <slots>``, one per live worker process
+  consuming the queue (its registration; ``slots`` is its concurrency).
+
+No library name and no state holds a ``:``, so two (library, queue, state) never share a key, whatever the queue names.
 
 A member counts while its score is in the future: a process killed without shutting down drops out when its lease
 passes. Every key also expires on its own (:data:`KEY_TTL_LEASES` leases after the last write), so a fleet that is
@@ -33,12 +36,12 @@ RUNNING = ("started",)
 KEY_TTL_LEASES = 3
 
 
-def task_key(queue: str, state: str) -> str:
-    return f"{PREFIX}:{queue}:{state}"
+def task_key(library: str, queue: str, state: str) -> str:
+    return f"{PREFIX}:{library}:{queue}:{state}"
 
 
-def workers_key(queue: str) -> str:
-    return f"{PREFIX}:{queue}:workers"
+def workers_key(library: str, queue: str) -> str:
+    return f"{PREFIX}:{library}:{queue}:workers"
 
 
 def member(worker_id: str, item: object) -> str:
@@ -62,13 +65,13 @@ class Tracked:
     tasks: frozenset[str] = frozenset()
 
 
-def read_commands(queues: Sequence[str], states: Sequence[str], now: float) -> list[tuple[Any, ...]]:
-    """The read-only commands that read ``queues``: per queue the live members of each state's set (one per task: their
-    ids tell a task the broker also shows, their workers the busy ones) and of the workers' set."""
+def read_commands(library: str, queues: Sequence[str], states: Sequence[str], now: float) -> list[tuple[Any, ...]]:
+    """The read-only commands that read ``library``'s ``queues``: per queue the live members of each state's set (one
+    per task: their ids tell a task the broker also shows, their workers the busy ones) and of the workers' set."""
     commands: list[tuple[Any, ...]] = []
     for queue in queues:
-        commands += [("ZRANGEBYSCORE", task_key(queue, state), now, "+inf") for state in states]
-        commands.append(("ZRANGEBYSCORE", workers_key(queue), now, "+inf"))
+        commands += [("ZRANGEBYSCORE", task_key(library, queue, state), now, "+inf") for state in states]
+        commands.append(("ZRANGEBYSCORE", workers_key(library, queue), now, "+inf"))
     return commands
 
 

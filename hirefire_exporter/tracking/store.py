@@ -93,11 +93,13 @@ def worker_id(name: str) -> str:
 
 
 class Tracker:
-    """Mirrors what one worker process holds (``snapshot()``, called on the tracker's thread) into ``client``."""
+    """Mirrors what one worker process of ``library`` (the key namespace, :mod:`.keys`) holds (``snapshot()``, called on
+    the tracker's thread) into ``client``."""
 
     def __init__(
         self,
         client: Redis,
+        library: str,
         worker: str,
         snapshot: Callable[[], Held],
         *,
@@ -107,6 +109,7 @@ class Tracker:
     ) -> None:
         check_timing(lease, flush_every)
         self.client = client
+        self.library = library
         self.worker = worker
         self.snapshot = snapshot
         self.lease = lease
@@ -167,9 +170,12 @@ class Tracker:
             return False
         now = time.time()
         desired = {
-            (keys.task_key(queue, state), keys.member(self.worker, task)) for task, (queue, state) in held.tasks.items()
+            (keys.task_key(self.library, queue, state), keys.member(self.worker, task))
+            for task, (queue, state) in held.tasks.items()
         }
-        desired |= {(keys.workers_key(queue), keys.member(self.worker, held.slots)) for queue in held.queues}
+        desired |= {
+            (keys.workers_key(self.library, queue), keys.member(self.worker, held.slots)) for queue in held.queues
+        }
         beat = now - self._last_beat >= self.lease / 3
         adds = desired if beat else desired - self._placed.keys()
         removes = [entry for entry in self._placed if entry not in desired]
@@ -185,7 +191,8 @@ class Tracker:
             pipe.zrem(key, *members)
         if beat:
             for queue in held.queues:
-                for key in (*(keys.task_key(queue, state) for state in self.states), keys.workers_key(queue)):
+                states = (keys.task_key(self.library, queue, state) for state in self.states)
+                for key in (*states, keys.workers_key(self.library, queue)):
                     pipe.zremrangebyscore(key, "-inf", now - self.lease)
                     pipe.pexpire(key, ttl)
         self._placed.update(dict.fromkeys(adds, expiry))

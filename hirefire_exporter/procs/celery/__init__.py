@@ -88,6 +88,7 @@ class CeleryProc(TrackedProc):
     """
 
     queues = ["celery"]
+    tracker_library = "celery"
     #: The Celery app (instance or dotted path). None: built from ``url``, else Celery's current app.
     app: Any = None
     #: Worker inspection broadcasts: any of ``active``, ``reserved``, ``scheduled``. Off by default: each is a
