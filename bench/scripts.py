@@ -11,7 +11,8 @@ On a private redis-server (bench/support.py), each figure a median over cycles r
 - Celery, 100 queues with kombu's 4 priority lists holding stamped messages, a ``metric = "latency"`` proc: against a
   bare pipeline of LLEN on every priority list (the counts alone, no latency);
 - how long Redis is held by one call at 10,000 RQ queues: SLOWLOG (from 1 ms up) over the cycles, the longest call
-  and how many exceed 5 ms, and the mean call (INFO commandstats).
+  and how many exceed 5 ms, and the mean call (INFO commandstats); beside it, two controls for a machine that stalls
+  (the raw pipeline's single commands in SLOWLOG, ``redis-cli --intrinsic-latency``).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -96,25 +98,59 @@ def celery_rows(bench: Bench, cycles: int) -> list[str]:
 
 def slowlog_rows(bench: Bench, cycles: int) -> list[str]:
     """SLOWLOG from 1 ms up (the commands a script runs are logged too, each a few µs: a lower threshold would fill
-    the log with them), and the mean call from INFO commandstats."""
+    the log with them), and the mean call from INFO commandstats. Two controls tell a long call from a stalled
+    machine: the raw pipeline of the same reads as single commands (each a few µs: one logged above 1 ms was held up
+    by the machine, not by its own work), and ``redis-cli --intrinsic-latency`` (the longest a spinning process here
+    waited for the CPU)."""
     print("  SLOWLOG at 10,000 RQ queues ...", file=sys.stderr)
     bench.client.flushall()
     make_rq_queues(bench.client, queue_names(10_000))
-    bench.client.config_set("slowlog-log-slower-than", 1000)
+    bench.write_commands(10_000)
     bench.client.config_set("slowlog-max-len", 10_000)
-    bench.client.slowlog_reset()
     steal = CpuSteal()
-    out = bench.drive(sys.executable, "ours", 10_000, cycles)
-    entries = [e for e in bench.client.slowlog_get(10_000) if e["command"].upper().startswith(b"EVALSHA")]
-    bench.client.config_set("slowlog-log-slower-than", 10_000)
+    out, entries = _slowlogged(bench, "ours", cycles)
     calls = out["stats"].get("evalsha_ro", 0)
     mean = out["usec"].get("evalsha_ro", 0) / max(calls, 1)
-    longest = max((e["duration"] for e in entries), default=0)
-    over = sum(e["duration"] > 5000 for e in entries)
+    raw, raw_entries = _slowlogged(bench, "raw", cycles)
+    commands = sum(raw["stats"].values())
+    stalls = _intrinsic_latency(5 if cycles > 2 else 3)
     return [
-        f"| 10,000 | longest single call (SLOWLOG over {cycles} cycles, {calls:,} calls) | {longest:,} µs "
-        f"| mean {mean:,.0f} µs, {len(entries)} above 1,000 µs, {over} above 5,000 µs; CPU stolen meanwhile: {steal} |"
+        f"| 10,000 | longest single call (SLOWLOG over {cycles} cycles, {calls:,} calls) | {_longest(entries)} "
+        f"| mean {mean:,.0f} µs, {_over(entries)}; CPU stolen meanwhile: {steal} |",
+        f"| 10,000 | control: longest single command of the raw pipeline (same cycles, {commands:,} commands of a few "
+        f"µs each) | {_longest(raw_entries)} | {_over(raw_entries)} |",
+        f"| | control: longest wait for the CPU of a spinning process (`redis-cli --intrinsic-latency`) | {stalls} | |",
     ]
+
+
+def _slowlogged(bench: Bench, kind: str, cycles: int) -> tuple[dict, list[dict]]:
+    """A driver run of ``kind`` and the SLOWLOG entries (from 1 ms up) its cycles left."""
+    bench.client.config_set("slowlog-log-slower-than", 1000)
+    bench.client.slowlog_reset()
+    out = bench.drive(sys.executable, kind, 10_000, cycles)
+    entries = bench.client.slowlog_get(10_000)
+    bench.client.config_set("slowlog-log-slower-than", 10_000)
+    return out, [e for e in entries if not e["command"].upper().startswith((b"CONFIG", b"SLOWLOG", b"INFO"))]
+
+
+def _longest(entries: list[dict]) -> str:
+    return f"{max((e['duration'] for e in entries), default=0):,} µs"
+
+
+def _over(entries: list[dict]) -> str:
+    return f"{len(entries)} above 1,000 µs, {sum(e['duration'] > 5000 for e in entries)} above 5,000 µs"
+
+
+def _intrinsic_latency(seconds: int) -> str:
+    """``redis-cli --intrinsic-latency``'s worst wait, in µs ('n/a' without redis-cli)."""
+    try:
+        text = subprocess.run(
+            ["redis-cli", "--intrinsic-latency", str(seconds)], capture_output=True, text=True, timeout=seconds + 10
+        ).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return "n/a"
+    worst = [line.split()[-2] for line in text.splitlines() if line.startswith("Max latency so far")]
+    return f"{int(worst[-1]):,} µs in {seconds} s" if worst else "n/a"
 
 
 def _ms(seconds: float) -> str:

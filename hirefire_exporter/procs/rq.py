@@ -118,12 +118,11 @@ local known = 1
 if waiting + planned + popped + running + deferred + failed == 0 then
   known = call('SISMEMBER', prefix .. ':queues', key)
 end
-local summary
+local skipped, outcome = 0, '-'
 if waiting > 0 then
   local jobs = prefix .. ':job:'
   local head = call('LINDEX', key, 0)
   local stamp = head and redis.pcall('HGET', jobs .. head, 'enqueued_at')
-  local skipped, outcome = 0, nil
   if type(stamp) == 'table' then -- an error: a job key of the wrong type
     outcome = '!' .. tostring(stamp.err)
   elseif stamp then
@@ -138,13 +137,10 @@ if waiting > 0 then
       skipped, outcome = found[1], (found[3] == 1 and 'E' or 'L')
     end
   end
-  summary = text(waiting) .. ' ' .. text(popped) .. ' ' .. text(running) .. ' ' .. text(due) .. ' ' ..
-    text(planned - due) .. ' ' .. text(deferred) .. ' ' .. text(failed) .. ' ' .. text(known) .. ' ' ..
-    text(skipped) .. '|' .. outcome
-else
-  summary = '0 ' .. text(popped) .. ' ' .. text(running) .. ' ' .. text(due) .. ' ' .. text(planned - due) .. ' ' ..
-    text(deferred) .. ' ' .. text(failed) .. ' ' .. text(known) .. ' 0|-'
 end
+local summary = text(waiting) .. ' ' .. text(popped) .. ' ' .. text(running) .. ' ' .. text(due) .. ' ' ..
+  text(planned - due) .. ' ' .. text(deferred) .. ' ' .. text(failed) .. ' ' .. text(known) .. ' ' ..
+  text(skipped) .. '|' .. outcome
 local workers = redis.pcall('SMEMBERS', prefix .. ':workers:' .. queue)
 if workers.err or #workers > 0 then return {summary, workers} end
 return summary
