@@ -1,10 +1,21 @@
 """Queue discovery: ``queues = "*"`` (or ``"reports-*"``, or a list mixing names and patterns).
 
-An entry of ``queues`` holding ``*``, ``?`` or ``[`` is a pattern (:func:`fnmatch.fnmatchcase`: case-sensitive;
-``[*]`` matches a literal ``*``); any other entry is a queue name. A proc with patterns measures its named queues, then
-the queues its backend finds on the broker (:meth:`~hirefire_exporter.procs.base.Proc.discover_queues`) that match
-one of its patterns, sorted by name. Discovery runs inside the proc's read in the collection cycle (off the request
-path), at most once every ``discover_every`` seconds; in between, the last list is measured.
+An entry of ``queues`` holding ``*``, ``?`` or ``[`` is a pattern (:func:`fnmatch.fnmatchcase`: case-sensitive);
+any other entry is a queue name. An entry whose only special characters are one-character sets (``a[*]b``,
+``jobs[[]1]``, ``jobs[1]``) is a name too: ``[*]``, ``[?]``, ``[[]`` and ``[]]`` stand for that character, any other
+``[x]`` for itself (``a*b``, ``jobs[1]``, ``jobs[1]``), the way to name a queue whose name holds ``*``, ``?`` or
+``[``. A proc with patterns measures its named queues, then the queues its backend finds on the broker
+(:meth:`~hirefire_exporter.procs.base.Proc.discover_queues`, and the queues its workers' tracker registered:
+:meth:`~hirefire_exporter.procs.base.Proc.held_queues`) that match one of its patterns, sorted by name. Discovery runs
+inside the proc's read in the collection cycle (off the request path), at most once every ``discover_every`` seconds;
+in between, the last list is measured.
+
+**A queue that drains stays.** Several brokers keep no list of their queues (Huey, HotQueue and Dramatiq on Redis are
+found by their keys) and Redis deletes an empty list: a queue whose last job was taken vanishes from the next
+discovery, and jobs sent to it after that would go unseen until the discovery after them. So on those backends
+(:meth:`~hirefire_exporter.procs.base.Proc.empty_queues_vanish`) a discovered queue is measured for :data:`KEEP_FOR`
+seconds after discovery last saw it (reading 0 while it is empty), then forgotten. Where the broker lists its queues
+(RQ's registry, kombu's bindings, RabbitMQ), a queue gone from the list is gone from the next discovery.
 
 **One queue, one proc.** Among procs that read the same queues (the same backend on the same server and key
 prefix: :meth:`~hirefire_exporter.procs.base.Proc.queue_scope`), a discovered queue is left out of a proc when
@@ -19,6 +30,7 @@ never reads 0 for want of a list: before its first complete list it fails, sayin
 
 from __future__ import annotations
 
+import re
 from collections.abc import Hashable, Iterable, Sequence
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
@@ -34,11 +46,51 @@ PATTERN_CHARACTERS = frozenset("*?[")
 #: Keys asked for per SCAN call, and SCAN calls per proc and cycle at most after the first pass (100,000 keys).
 SCAN_COUNT = 1000
 SCAN_CALLS = 100
+#: Seconds a discovered queue is still measured after discovery last saw it on the broker.
+KEEP_FOR = 3600.0
+
+#: A glob's pieces: a one-character set (``[x]``), any other set, ``*`` or ``?``, or one literal character.
+_GLOB_PIECE = re.compile(r"\[(.)\]|\[!?\]?[^\]]*\]|[*?]|.", re.DOTALL)
 
 
 def is_pattern(entry: str) -> bool:
-    """Whether an entry of ``queues`` is a pattern rather than a queue name."""
-    return not PATTERN_CHARACTERS.isdisjoint(entry)
+    """Whether an entry of ``queues`` is a pattern rather than a queue name (see :func:`literal`)."""
+    return not PATTERN_CHARACTERS.isdisjoint(entry) and literal(entry) is None
+
+
+def literal(entry: str) -> str | None:
+    """The queue name an entry is when its only special characters are one-character sets (``[*]`` is ``*``,
+    ``[[]`` is ``[``; ``[1]`` is itself: ``jobs[1]`` names ``jobs[1]``), else None (a pattern)."""
+    out = []
+    for piece in _GLOB_PIECE.finditer(entry):
+        text = piece.group()
+        if piece.group(1) is not None and piece.group(1) != "!":
+            out.append(piece.group(1) if piece.group(1) in "*?[]" else text)
+        elif text in ("*", "?") or (text.startswith("[") and len(text) > 1):
+            return None
+        else:
+            out.append(text)
+    return "".join(out)
+
+
+def queue_name(entry: str) -> str:
+    """The queue an entry of ``queues`` that is not a pattern names: itself, or the one name it matches."""
+    name = literal(entry) if not PATTERN_CHARACTERS.isdisjoint(entry) else None
+    return entry if name is None else name
+
+
+def glob_pieces(pattern: str) -> list[tuple[bool, str]]:
+    """A pattern's pieces in order, each ``(special, text)``: ``*``, ``?`` and sets are special, runs of other
+    characters are not (for a backend that stores names transformed: Huey cleans them)."""
+    pieces: list[tuple[bool, str]] = []
+    for piece in _GLOB_PIECE.finditer(pattern):
+        text = piece.group()
+        special = text in ("*", "?") or (text.startswith("[") and len(text) > 1)
+        if not special and pieces and not pieces[-1][0]:
+            pieces[-1] = (False, pieces[-1][1] + text)
+        else:
+            pieces.append((special, text))
+    return pieces
 
 
 def matches(name: str, patterns: Iterable[str]) -> bool:
@@ -54,12 +106,16 @@ class Discovery:
     """A proc's discovery state: its patterns, what other procs claim, and the last list found."""
 
     patterns: tuple[str, ...]
+    #: The patterns as they match the broker's stored names (:meth:`~hirefire_exporter.procs.base.Proc.stored_name`).
+    matchers: tuple[str, ...] = ()
     #: Queue names other procs of the same scope name explicitly, and the patterns of earlier procs of that scope.
     claimed: frozenset[str] = frozenset()
     earlier: tuple[str, ...] = ()
     #: The queues discovery added (beyond the proc's named ones), and when (unix time) it last completed.
     found: tuple[str, ...] = ()
     done_at: float | None = None
+    #: Each queue discovery added, and when (unix time) it was last on the broker (:data:`KEEP_FOR`).
+    seen: dict[str, float] = field(default_factory=dict)
     #: Patterns already warned about as adding no queue, and whether unreadable names were (once per process).
     idle_warned: set[str] = field(default_factory=set)
     unreadable_warned: bool = False
@@ -68,14 +124,19 @@ class Discovery:
         """Whether to discover at unix time ``now`` (a clock set back makes it due too)."""
         return self.done_at is None or not 0 <= now - self.done_at < every
 
-    def select(self, discovered: Iterable[str], named: Sequence[str]) -> tuple[list[str], list[str]]:
-        """The discovered queues this proc measures beyond ``named`` (sorted), and its patterns that add none (they
-        match no queue of the broker, or only queues that are named or claimed)."""
+    def select(
+        self, discovered: Iterable[str], named: Sequence[str], now: float, keep_for: float = 0.0
+    ) -> tuple[list[str], list[str]]:
+        """The queues this proc measures beyond ``named`` (sorted): those discovered at unix time ``now`` and those
+        seen less than ``keep_for`` seconds before; and its patterns that add none (they match no queue of the
+        broker, or only queues that are named or claimed)."""
         taken = set(named) | self.claimed
-        mine = sorted(
-            q for q in set(discovered) if q not in taken and matches(q, self.patterns) and not matches(q, self.earlier)
-        )
-        idle = [p for p in self.patterns if not any(fnmatchcase(q, p) for q in mine)]
+        patterns = self.matchers or self.patterns
+        fresh = {q for q in discovered if q not in taken and matches(q, patterns) and not matches(q, self.earlier)}
+        self.seen.update(dict.fromkeys(fresh, now))
+        self.seen = {q: at for q, at in self.seen.items() if q in fresh or (q not in taken and now - at < keep_for)}
+        mine = sorted(self.seen)
+        idle = [p for p, m in zip(self.patterns, patterns) if not any(fnmatchcase(q, m) for q in mine)]
         return mine, idle
 
 
@@ -94,7 +155,7 @@ def assign_claims(procs: Sequence[Proc]) -> None:
             pattern
             for j, other in enumerate(procs[:index])
             if scopes[j] == scopes[index] and other.discovery is not None
-            for pattern in other.discovery.patterns
+            for pattern in map(other.stored_pattern, other.discovery.patterns)
         )
 
 
@@ -102,13 +163,20 @@ class KeyScan:
     """``SCAN ... MATCH ... COUNT`` passes over the keyspace; never ``KEYS``, which holds the server for the whole
     keyspace in one call, where each SCAN call holds it for :data:`SCAN_COUNT` keys. The first pass runs to its end
     (a proc has no list before it); a later one takes at most :data:`SCAN_CALLS` calls per :meth:`step`, so that a
-    large keyspace is rescanned over several cycles while the last list is measured."""
+    large keyspace is rescanned over several cycles while the last list is measured.
 
-    def __init__(self, match: str) -> None:
+    ``kind`` (``list``, ``hash``, ``set``, ``zset``) keeps only keys of that type (``SCAN ... TYPE``; before Redis 6,
+    one pipelined ``TYPE`` per key found): a stray key of another type under the pattern must not fail the proc."""
+
+    def __init__(self, match: str, kind: str | None = None) -> None:
         self.match = match
+        self.kind = kind
+        #: The keys of the last complete pass (None before the first).
+        self.last: set[str] | None = None
         self._cursor = 0
         self._keys: set[str] = set()
         self._passes = 0
+        self._typed = kind is not None
 
     def step(self, client: Redis) -> set[str] | None:
         """The keys matching, once a pass ends in this step; ``None`` while a later pass goes on. A failed call
@@ -116,18 +184,51 @@ class KeyScan:
         calls = 0
         try:
             while not self._passes or calls < SCAN_CALLS:
-                cursor, keys = client.scan(self._cursor, match=self.match, count=SCAN_COUNT)
+                cursor, keys = self._call(client)
                 calls += 1
                 self._keys.update(key_text(key) for key in keys)
                 self._cursor = int(cursor)
                 if self._cursor == 0:
                     found, self._keys = self._keys, set()
                     self._passes += 1
+                    self.last = found
                     return found
         except Exception:
             self._cursor, self._keys = 0, set()
             raise
         return None
+
+    def _call(self, client: Redis) -> tuple[Any, list[Any]]:
+        from redis.exceptions import ResponseError
+
+        if self._typed:
+            try:
+                return client.scan(self._cursor, match=self.match, count=SCAN_COUNT, _type=self.kind)
+            except ResponseError as error:
+                if "syntax" not in str(error).lower():
+                    raise
+                self._typed = False  # before Redis 6: SCAN has no TYPE
+        cursor, keys = client.scan(self._cursor, match=self.match, count=SCAN_COUNT)
+        if self.kind is None or not keys:
+            return cursor, keys
+        pipe = client.pipeline(transaction=False)
+        for key in keys:
+            pipe.type(key)
+        return cursor, [key for key, kind in zip(keys, pipe.execute()) if key_text(kind) == self.kind]
+
+
+def completed(scans: Iterable[KeyScan], client: Redis) -> set[str] | None:
+    """One :meth:`KeyScan.step` of each scan: all their keys, each scan's from its last complete pass while a later
+    one goes on; None while one of them has no complete pass yet."""
+    keys: set[str] = set()
+    for scan in scans:
+        found = scan.step(client)
+        if found is None:
+            found = scan.last
+        if found is None:
+            return None
+        keys |= found
+    return keys
 
 
 def glob_escape(text: str) -> str:

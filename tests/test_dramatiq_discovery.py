@@ -12,6 +12,7 @@ from support import wait_until
 from test_discovery import Clock, app_for, cost, private_url, served
 
 from hirefire_exporter.collection import Collection
+from hirefire_exporter.discovery import KEEP_FOR
 from hirefire_exporter.procs.dramatiq import DramatiqProc
 
 dramatiq = pytest.importorskip("dramatiq")
@@ -54,12 +55,20 @@ def test_redis_queues_appear_with_their_delayed_and_dead_messages_and_disappear(
 
     redis_conn.zadd("dramatiq:dq2-dead.XQ", {"m1": 1})  # a queue with dead letters only, as dramatiq keeps them
     redis_conn.hset("dramatiq:dq2-dead.XQ.msgs", "m1", "{}")
-    producer.flush("dq2-mail")  # dramatiq deletes the queue's keys
+    producer.flush("dq2-mail")  # dramatiq deletes the queue's keys, as when its last message is taken
     clock.now += 60
     info, queued = served(app)
     assert info == [{"name": "worker", "value": 0, "quantity": 0}]
-    assert queued == {("worker", "dq2-dead"): 0.0, ("worker", "dq2-later"): 0.0}
+    # the drained queue stays (for KEEP_FOR), so that a message sent to it now is counted before the next discovery
+    assert queued == {("worker", "dq2-dead"): 0.0, ("worker", "dq2-later"): 0.0, ("worker", "dq2-mail"): 0.0}
     assert by_queue(app.collection.latest)["dq2-dead"]["dead"] == 1
+    send(producer, "dq2-mail", "hold", "e")
+    clock.now += 1  # the cache's age, not a discovery's
+    assert served(app)[1][("worker", "dq2-mail")] == 1.0
+
+    redis_conn.delete("dramatiq:dq2-mail", "dramatiq:dq2-mail.msgs")
+    clock.now += KEEP_FOR
+    assert served(app)[1] == {("worker", "dq2-dead"): 0.0, ("worker", "dq2-later"): 0.0}
 
 
 def test_a_real_workers_running_message_counts_in_its_discovered_queue(redis_conn, redis_url, tmp_path, workers):

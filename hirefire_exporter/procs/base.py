@@ -15,7 +15,7 @@ from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..discovery import Discovery, DiscoveryPending, is_pattern, readable_names
+from ..discovery import KEEP_FOR, Discovery, DiscoveryPending, is_pattern, queue_name, readable_names
 from ..redaction import scrub
 from ..settings_check import Choice, Seconds, refuse_unknown
 
@@ -140,6 +140,7 @@ class Proc:
     option_checks: ClassVar[Mapping[str, Any]] = {"metric": Choice(METRICS), "discover_every": Seconds()}
 
     _discovery: Discovery | None = None
+    _names: frozenset[str] = frozenset()
 
     def __init__(self, name: str | None = None, queues: Iterable[str] | str | None = None, **options: Any) -> None:
         cls = type(self)
@@ -196,15 +197,24 @@ class Proc:
     # Queue discovery (see hirefire_exporter.discovery)
 
     def _split_patterns(self) -> None:
-        """Move the patterns of ``queues`` into the proc's discovery state: ``queues`` keeps the names it measures."""
+        """Move the patterns of ``queues`` into the proc's discovery state: ``queues`` keeps the names it measures,
+        each once (an escaped entry such as ``a[*]b`` as the name it stands for)."""
         if isinstance(self.queues, str):
             self.queues = [self.queues]
-        found = set(self._discovery.found) if self._discovery else set()  # discovered: names, whatever they hold
-        patterns = [q for q in self.queues if isinstance(q, str) and is_pattern(q) and q not in found]
+        # discovered and escaped names are names, whatever they hold
+        known = self._names | set(self._discovery.found if self._discovery else ())
+        patterns, names = [], []
+        for q in self.queues:
+            if isinstance(q, str) and q not in known and is_pattern(q):
+                patterns.append(q)
+            else:
+                names.append(queue_name(q) if isinstance(q, str) and q not in known else q)
+        self._names = self._names | {q for q in names if isinstance(q, str)}
+        if patterns or len(set(map(repr, names))) < len(names) or names != self.queues:
+            self.queues = list({repr(q): q for q in reversed(names)}.values())[::-1]  # the first of each name
         if patterns:
-            self.queues = [q for q in self.queues if q not in patterns]
-            known = self._discovery.patterns if self._discovery else ()
-            self._discovery = Discovery(tuple(dict.fromkeys((*known, *patterns))))
+            known_patterns = self._discovery.patterns if self._discovery else ()
+            self._discovery = Discovery(tuple(dict.fromkeys((*known_patterns, *patterns))))
 
     @property
     def discovery(self) -> Discovery | None:
@@ -223,6 +233,20 @@ class Proc:
     def stored_name(self, queue: str) -> str:
         """How the broker stores the name of ``queue``, as :meth:`discover_queues` finds it (Huey cleans names)."""
         return queue
+
+    def stored_pattern(self, pattern: str) -> str:
+        """A pattern of ``queues`` as it matches the names :meth:`discover_queues` finds (:meth:`stored_name`)."""
+        return pattern
+
+    def empty_queues_vanish(self) -> bool:
+        """Whether the broker keeps no trace of a queue that is empty (its keys are all it has of it): a discovered
+        queue is then kept for :data:`~hirefire_exporter.discovery.KEEP_FOR` after it was last seen."""
+        return False
+
+    def held_queues(self) -> Iterable[str]:
+        """Queues that hold work the broker's own keys may not show, to discover with :meth:`discover_queues`'s (a
+        worker-side tracker's registrations: a Huey queue whose only task runs has no key left). I/O."""
+        return ()
 
     def discover_queues(self) -> Iterable[str] | None:
         """Every queue the broker knows for this backend (I/O; names, whether or not they match the patterns), or
@@ -257,7 +281,7 @@ class Proc:
             if discovery.done_at is None:
                 raise DiscoveryPending("discovering queues: no complete list of the broker's queues yet")
             return
-        found, unreadable = readable_names(found)
+        found, unreadable = readable_names({*found, *self.held_queues()})
         if unreadable and not discovery.unreadable_warned:
             discovery.unreadable_warned = True
             log.warning(
@@ -267,7 +291,10 @@ class Proc:
                 unreadable,
             )
         named = self.named_queues()
-        mine, idle = discovery.select(found, [self.stored_name(q) for q in named])
+        if not discovery.matchers:
+            discovery.matchers = tuple(map(self.stored_pattern, discovery.patterns))
+        keep_for = KEEP_FOR if self.empty_queues_vanish() else 0.0
+        mine, idle = discovery.select(found, [self.stored_name(q) for q in named], now, keep_for)
         self.queues = [*named, *mine]
         discovery.found = tuple(mine)
         discovery.done_at = now

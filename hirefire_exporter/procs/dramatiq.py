@@ -214,7 +214,11 @@ class DramatiqProc(TrackedProc):
 
     @cached_property
     def _scan(self) -> KeyScan:
-        return KeyScan(glob_escape(self.ns) + ":*.msgs")
+        return KeyScan(glob_escape(self.ns) + ":*.msgs", "hash")
+
+    def empty_queues_vanish(self) -> bool:
+        """On Redis: a queue is found by its message hash, which goes with its last message."""
+        return self._broker_kind() == "redis"
 
     def queue_scope(self) -> Any:
         """The Redis server and namespace, or the RabbitMQ host, port and vhost."""

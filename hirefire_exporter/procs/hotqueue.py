@@ -112,7 +112,10 @@ class HotQueueProc(RedisProc, ClientProc):
 
     @cached_property
     def _scan(self) -> KeyScan:
-        return KeyScan(key_for("*"))
+        return KeyScan(key_for("*"), "list")
+
+    def empty_queues_vanish(self) -> bool:
+        return True
 
     def depth_commands(self, now: float) -> list[Command]:
         return [("LLEN", key_for(q)) for q in self.queues]

@@ -22,15 +22,17 @@ from functools import cached_property
 from importlib import import_module
 from typing import Any
 
-from ..discovery import KeyScan
+from ..discovery import KeyScan, completed, glob_pieces
 from ..redaction import describe_error
 from ..settings_check import Choice, OrNone, Text, did_you_mean
 from ..tracking.keys import RUNNING, Tracked
 from .base import ProcConfigError, QueueReading, Reading
-from .redis_proc import Command, age_since, pipelined
+from .redis_proc import Command, age_since, as_text, pipelined
 from .tracked import TrackedProc
 
 COUNTED = frozenset({"queued", "due", "started"})
+#: The key prefixes of a Redis storage's queues and schedules.
+HEADS = ("huey.redis.", "huey.schedule.")
 STORAGES = {"redis": "RedisHuey", "priority_redis": "PriorityRedisHuey", "sqlite": "SqliteHuey"}
 
 
@@ -114,20 +116,33 @@ class HueyProc(TrackedProc):
         return f"Huey's {type(self._storage()).__name__} cannot list its queues: name them"
 
     def discover_queues(self) -> set[str] | None:
-        """Redis: the names in the keys ``huey.redis.<name>`` and ``huey.schedule.<name>`` (a budgeted SCAN; an
-        empty queue has no key). SQLite: the queues of the ``task`` and ``schedule`` tables."""
+        """Redis: the names in the keys ``huey.redis.<name>`` (of this storage's type: a list, or a sorted set for
+        the priority storage) and ``huey.schedule.<name>`` (budgeted SCANs; an empty queue has no key; a name found
+        only by its schedule is kept when its queue key is absent or of this storage's type). SQLite: the queues of
+        the ``task`` and ``schedule`` tables."""
         if self._is_sqlite():
             rows = self._storage().sql("select queue from task union select queue from schedule", results=True)
             return {row[0] for row in rows}
-        keys = self._scan.step(self._storage().conn)
+        client = self._storage().conn
+        keys = completed(self._scans, client)
         if keys is None:
             return None
-        heads = ("huey.redis.", "huey.schedule.")
-        return {key.split(".", 2)[2] for key in keys if key.startswith(heads)} - {""}
+        names = {key[len(HEADS[0]) :] for key in keys if key.startswith(HEADS[0])}
+        scheduled = {key[len(HEADS[1]) :] for key in keys if key.startswith(HEADS[1])} - names
+        if scheduled:
+            kind, order = self._scans[0].kind, sorted(scheduled)
+            types = pipelined(client, [("TYPE", HEADS[0] + name) for name in order])
+            names |= {name for name, found in zip(order, types) if as_text(found) in ("none", kind)}
+        return names - {""}
 
     @cached_property
-    def _scan(self) -> KeyScan:
-        return KeyScan("huey.*")
+    def _scans(self) -> tuple[KeyScan, KeyScan]:
+        kind = "zset" if self._is_priority_redis() else "list"
+        return KeyScan(HEADS[0] + "*", kind), KeyScan(HEADS[1] + "*", "zset")
+
+    def empty_queues_vanish(self) -> bool:
+        """A queue is found by its keys (Redis) or its rows (SQLite), which go with its last task."""
+        return True
 
     def queue_scope(self) -> Any:
         """The Redis server, or the SQLite file."""
@@ -153,6 +168,13 @@ class HueyProc(TrackedProc):
     def stored_name(self, queue: str) -> str:
         """The name in Huey's Redis keys (``clean_name``: ``my-app`` is ``myapp``)."""
         return self._storage().clean_name(queue) if self._is_redis() else queue
+
+    def stored_pattern(self, pattern: str) -> str:
+        """On Redis, the pattern's literal characters cleaned as Huey cleans names (``reports-*`` finds the instance
+        ``reports-eu``, stored as ``reportseu``)."""
+        if not self._is_redis():
+            return pattern
+        return "".join(text if special else self.stored_name(text) for special, text in glob_pieces(pattern))
 
     def tracker_queues(self) -> list[str]:
         return [self.stored_name(q) for q in self.queues]

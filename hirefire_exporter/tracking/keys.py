@@ -36,12 +36,21 @@ RUNNING = ("started",)
 KEY_TTL_LEASES = 3
 
 
+#: The end of a queue's workers key.
+WORKERS = ":workers"
+
+
+def library_prefix(library: str) -> str:
+    """What every key of ``library``'s tracker starts with (its queue name follows)."""
+    return f"{PREFIX}:{library}:"
+
+
 def task_key(library: str, queue: str, state: str) -> str:
-    return f"{PREFIX}:{library}:{queue}:{state}"
+    return f"{library_prefix(library)}{queue}:{state}"
 
 
 def workers_key(library: str, queue: str) -> str:
-    return f"{PREFIX}:{library}:{queue}:workers"
+    return f"{library_prefix(library)}{queue}{WORKERS}"
 
 
 def member(worker_id: str, item: object) -> str:
