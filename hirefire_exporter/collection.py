@@ -440,15 +440,20 @@ class Collection:
         finally:
             task.running = False
 
-    def _warn_missing(self, proc: str | None, reading: Reading) -> None:
-        """Once per queue and process: a queue the broker has no trace of reads as 0 jobs, like an empty one."""
+    def _warn_missing(self, proc: Proc, reading: Reading) -> None:
+        """Once per named queue and process: a queue the broker has no trace of reads as 0 jobs, like an empty one
+        (a discovered queue that went, kept for a while, is no typo)."""
+        named = None
         for queue in reading.queues:
-            if getattr(queue, "found", None) is False and (proc, queue.name) not in self._missing_queues:
-                self._missing_queues.add((proc, queue.name))
+            if getattr(queue, "found", None) is False and (proc.name, queue.name) not in self._missing_queues:
+                named = set(proc.named_queues()) if named is None else named
+                if queue.name not in named:
+                    continue
+                self._missing_queues.add((proc.name, queue.name))
                 log.warning(
                     "proc %r: queue %r not found on the broker: it reads as 0 jobs (a typo in `queues`, or no job"
                     " was ever sent to it?)",
-                    proc,
+                    proc.name,
                     queue.name,
                 )
 
@@ -473,7 +478,7 @@ class Collection:
             if isinstance(result, Reading):
                 if final and before is not None and not before.up:
                     log.info("proc %r: reading again", proc.name)
-                self._warn_missing(proc.name, result)
+                self._warn_missing(proc, result)
                 statuses.append(ProcStatus(proc.name, proc.metric, result, now, True, None, duration))
                 continue
             error = describe_error(result)

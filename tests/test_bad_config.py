@@ -51,7 +51,7 @@ CASES = {
     "bad proc name": (rq_table(name="web worker"), "the name must be a Procfile process type"),
     "unknown option (typo)": (rq_table(extra='queue = ["default"]'), "unknown option 'queue'"),
     "queues not a list": (rq_table(extra="queues = 5"), "queues must be a list of queue names, got 5"),
-    "empty queue name": (rq_table(extra='queues = [""]'), "needs at least one queue name"),
+    "empty queue name": (rq_table(extra='queues = [""]'), "each entry of queues must be a queue name or pattern"),
     "unknown metric": (rq_table(extra='metric = "speed"'), "metric must be one of size, latency, got 'speed'"),
     "socket_timeout text": (rq_table(extra='socket_timeout = "5"'), "socket_timeout must be a number of seconds above"),
     "socket_timeout zero": (rq_table(extra="socket_timeout = 0"), "socket_timeout must be a number of seconds above 0"),

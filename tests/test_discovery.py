@@ -261,8 +261,13 @@ def test_patterns_from_toml_dotted_paths_and_keywords(tmp_path, redis_url):
 @pytest.mark.parametrize(
     ("proc", "message"),
     [
-        (lambda: RQProc("worker", queues=[""], url="redis://x"), r"needs at least one queue name or pattern"),
+        (
+            lambda: RQProc("worker", queues=[""], url="redis://x"),
+            r"each entry of queues must be a queue name or pattern \(text\), got ''",
+        ),
         (lambda: RQProc("worker", queues=[], url="redis://x"), r"needs at least one queue name or pattern"),
+        (lambda: RQProc("worker", queues=["*", 3], url="redis://x"), r"a queue name or pattern \(text\), got 3$"),
+        (lambda: RQProc("worker", queues={"x": 1}, url="redis://x"), r"queues must be a list of queue names"),
         (lambda: RQProc("worker", queues="*", url="redis://x", discover_every=-1), r"discover_every must be"),
         (
             lambda: QueuesProc("worker", queues="*", url="redis://x"),
@@ -478,3 +483,145 @@ def test_a_huey_instance_named_with_a_dash_is_not_discovered_again_by_another_pr
     procs = [HueyProc("worker", huey=named), HueyProc("other", huey=finder, queues="*")]
     snapshot = Collection(procs).collect()
     assert [(s.name, s.reading.quantity) for s in snapshot.procs] == [("worker", 4), ("other", 0)]
+
+
+# What discovery must survive: queues that drain, stray keys, names that look like patterns, a queue named twice
+
+
+def jobs_by_queue(collection: Collection, proc: int = 0) -> dict[str, int]:
+    status = collection.collect().procs[proc]
+    assert status.up, status.error
+    return {q.name: q.jobs["queued"] for q in status.reading.queues}
+
+
+def test_a_drained_queue_is_read_until_it_fills_again_then_forgotten_after_an_hour(private_redis):
+    """HotQueue (like Huey and Dramatiq on Redis) keeps nothing of an empty queue: Redis deletes the list with its
+    last job. A job sent to it after the next discovery must still be counted."""
+    hotqueue = pytest.importorskip("hotqueue")
+    kwargs = private_redis.connection_pool.connection_kwargs
+    queue = hotqueue.HotQueue("dsc-mail", host=kwargs["host"], port=kwargs["port"])
+    queue.put("first")
+    clock = Clock()
+    collection = Collection([HotQueueProc("worker", queues="dsc-*", connection=private_redis)], clock=clock)
+    assert jobs_by_queue(collection) == {"dsc-mail": 1}
+    assert queue.get() == "first"  # a worker takes the last job: the key is gone
+    clock.now += 60  # a discovery, which no longer sees the queue
+    assert jobs_by_queue(collection) == {"dsc-mail": 0}
+    queue.put("second")
+    queue.put("third")
+    clock.now += 30  # before the next discovery
+    assert jobs_by_queue(collection) == {"dsc-mail": 2}
+    queue.clear()
+    clock.now += discovery.KEEP_FOR
+    assert jobs_by_queue(collection) == {}
+
+
+def test_a_stray_key_of_another_type_under_a_pattern_fails_no_proc(private_redis):
+    """A string where each backend's discovery expects a list, hash or set: passed over, the real queues counted."""
+    import dramatiq
+    from celery import Celery
+    from dramatiq.brokers.redis import RedisBroker
+
+    url = private_url(private_redis)
+    kwargs = private_redis.connection_pool.connection_kwargs
+    hotqueue = pytest.importorskip("hotqueue").HotQueue("dsc-h", host=kwargs["host"], port=kwargs["port"])
+    hotqueue.put(1)
+    huey = pytest.importorskip("huey").RedisHuey("dsc_huey", connection_pool=private_redis.connection_pool)
+    huey.enqueue(huey.task()(lambda: None).s())
+    RedisBroker(url=url).enqueue(dramatiq.Message("dsc-d", "noop", (), {}, {}))
+    Celery(broker=url).send_task("noop", queue="dsc-c")
+    for key in ("hotqueue:dsc-x", "huey.redis.dsc_x", "huey.schedule.dsc_x", "dramatiq:dsc-x.msgs"):
+        private_redis.set(key, "garbage")
+    private_redis.set("_kombu.binding.dsc-x", "garbage")
+    procs = [
+        HotQueueProc("hotqueue", queues="dsc-*", connection=private_redis),
+        HueyProc("huey", huey=huey, queues="dsc_*"),
+        DramatiqProc("dramatiq", queues="dsc-*", url=url),
+        CeleryProc("celery", queues="dsc-*", url=url),
+    ]
+    snapshot = Collection(procs).collect()
+    assert [(s.name, s.up, s.reading and s.reading.quantity) for s in snapshot.procs] == [
+        ("hotqueue", True, 1),
+        ("huey", True, 1),
+        ("dramatiq", True, 1),
+        ("celery", True, 1),
+    ]
+    assert [[q.name for q in s.reading.queues] for s in snapshot.procs] == [
+        ["dsc-h"],
+        ["dsc_huey"],
+        ["dsc-d"],
+        ["dsc-c"],
+    ]
+
+
+def test_a_plain_and_a_priority_huey_on_one_redis_each_find_their_own(private_redis):
+    huey = pytest.importorskip("huey")
+    pool = private_redis.connection_pool
+    plain, priority = (
+        huey.RedisHuey("dsc_plain", connection_pool=pool),
+        huey.PriorityRedisHuey("dsc_prio", connection_pool=pool),
+    )
+    for instance, n in ((plain, 2), (priority, 3)):
+        task = instance.task()(lambda: None)
+        for _ in range(n):
+            instance.enqueue(task.s())
+    procs = [HueyProc("plain", huey=plain, queues="dsc_*"), HueyProc("priority", huey=priority, queues="dsc_*")]
+    collection = Collection(procs)
+    assert jobs_by_queue(collection, 0) == {"dsc_plain": 2}
+    assert jobs_by_queue(collection, 1) == {"dsc_prio": 3}
+
+
+def test_a_huey_pattern_matches_the_names_as_huey_stores_them(private_redis):
+    """Huey stores ``reports-eu`` as ``reportseu``: the pattern ``reports-*`` must find it (as ``reports*``)."""
+    huey = pytest.importorskip("huey")
+    for name, n in (("reports-eu", 2), ("reports-us", 1), ("other", 4)):
+        instance = huey.RedisHuey(name, connection_pool=private_redis.connection_pool)
+        task = instance.task()(lambda: None)
+        for _ in range(n):
+            instance.enqueue(task.s())
+    collection = Collection([HueyProc("worker", huey=instance, queues="reports-*")])
+    assert jobs_by_queue(collection) == {"reportseu": 2, "reportsus": 1}
+
+
+def test_a_queue_whose_name_holds_glob_characters_is_named_by_escaping_them(private_redis):
+    """``dsc-a[1]`` is a name (a one-character set stands for itself); ``dsc-b[*]c`` names ``dsc-b*c``: both stay
+    out of the glob proc, which measures the rest."""
+    url = private_url(private_redis)
+    for name, n in (("dsc-a[1]", 1), ("dsc-a1", 2), ("dsc-b*c", 3), ("dsc-bxc", 4)):
+        enqueue(private_redis, name, n)
+    procs = [RQProc("named", queues=["dsc-a[1]", "dsc-b[*]c"], url=url), RQProc("all", queues="dsc-*", url=url)]
+    collection = Collection(procs)
+    assert jobs_by_queue(collection, 0) == {"dsc-a[1]": 1, "dsc-b*c": 3}
+    assert jobs_by_queue(collection, 1) == {"dsc-a1": 2, "dsc-bxc": 4}
+    assert discovery.literal("jobs[[]1]") == "jobs[1]" and discovery.is_pattern("jobs[12]")
+
+
+def test_a_queue_named_twice_is_measured_once(private_redis, caplog):
+    url = private_url(private_redis)
+    enqueue(private_redis, "dsc-a", 3)
+    huey = pytest.importorskip("huey").RedisHuey("dsc-my-app", connection_pool=private_redis.connection_pool)
+    huey.enqueue(huey.task()(lambda: None).s())
+    procs = [
+        RQProc("rq", queues=["dsc-a", "dsc-a"], url=url),
+        HueyProc("huey", huey=huey, queues=["dsc-my-app", "dscmyapp"]),
+    ]
+    with caplog.at_level(logging.WARNING, logger="hirefire_exporter"):
+        app = ExporterApp(Collection(procs), "tok")
+        info, queued = served(app)
+    assert info == [{"name": "rq", "value": 3, "quantity": 3}, {"name": "huey", "value": 1, "quantity": 1}]
+    assert queued == {("rq", "dsc-a"): 3.0, ("huey", "dsc-my-app"): 1.0}  # one series each: Prometheus takes it
+    assert "proc 'rq': queues ['dsc-a'] name queues named before" in caplog.text
+    assert "proc 'huey': queues ['dscmyapp'] name queues named before" in caplog.text
+
+
+def test_a_discovered_queue_that_is_deleted_is_no_typo_to_warn_about(private_redis, caplog):
+    url = private_url(private_redis)
+    enqueue(private_redis, "dsc-tmp", 1)
+    clock = Clock()
+    collection = Collection([RQProc("worker", queues="dsc-*", url=url)], clock=clock)
+    assert jobs_by_queue(collection) == {"dsc-tmp": 1}
+    rq.Queue("dsc-tmp", connection=private_redis).delete()
+    clock.now += 1  # before the next discovery: still measured, and gone from the broker
+    with caplog.at_level(logging.WARNING, logger="hirefire_exporter"):
+        assert jobs_by_queue(collection) == {"dsc-tmp": 0}
+    assert "not found on the broker" not in caplog.text

@@ -313,7 +313,9 @@ def test_bad_configuration_is_a_start_up_error_naming_the_proc(monkeypatch, redi
     assert "url do not apply to the beanstalkd backend" in error(queue_backend="beanstalkd", url=redis_url)
     assert "host do not apply to the redis backend" in error(url=redis_url, host="localhost")
     assert "not beanstalkd tube names: ['-dash', 'two words']" in error(host="h", queues=["-dash", "two words", "ok"])
-    assert "needs at least one queue name" in error(host="h", queues=[object()])  # no queues.queues.Queue on Py3
+    assert "each entry of queues must be a queue name" in error(
+        host="h", queues=[object()]
+    )  # no queues.queues.Queue on Py3
     monkeypatch.setenv("QUEUE_BACKEND", "redisd")
     assert "needs a Redis `url` or the QUEUE_REDIS_CONNECTION setting" in error()
     monkeypatch.setenv("QUEUE_REDIS_CONNECTION", "localhost")

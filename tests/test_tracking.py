@@ -307,6 +307,27 @@ def test_huey_consumer_running_a_long_task_is_counted(redis_conn, redis_url, wor
     assert tracker_keys(redis_conn) == []
 
 
+def test_a_glob_huey_proc_finds_a_queue_whose_only_task_runs(redis_conn, redis_url, workers):
+    """Huey deletes its queue's key when the consumer takes the last task: discovery finds the queue by the
+    consumer's registration in the tracker, and the running task counts."""
+    import huey_app
+
+    prefix = trk("hueyglob").replace("-", "_")
+    name = f"{prefix}_mail"
+    instance, block = huey_app.make(name, redis_url)
+    key = trk("release")
+    block(key, 40)
+    workers.append(Consumer(name, redis_url, lease=15))
+    wait_for(lambda: redis_conn.llen(f"{key}:started") == 1, "the task to start")
+    wait_for(lambda: len(tracker_keys(redis_conn)) == 2, "the consumer and its task in the tracker")
+    assert not redis_conn.exists(f"huey.redis.{name}")  # nothing of the queue is left in Huey's storage
+
+    proc = HueyProc("worker", huey=instance, queues=f"{prefix}_*", tracker=True)
+    reading = wait_for(lambda: (s := Collection([proc]).collect()).procs[0].reading.quantity == 1 and s, "1 of 1")
+    assert jobs(reading.procs[0].reading, name) == {"queued": 0, "due": 0, "scheduled": 0, "started": 1}
+    redis_conn.rpush(key, "go")
+
+
 def test_huey_process_workers_each_register_and_count_their_task(redis_conn, redis_url, workers):
     import huey_app
 

@@ -140,6 +140,7 @@ class Proc:
     option_checks: ClassVar[Mapping[str, Any]] = {"metric": Choice(METRICS), "discover_every": Seconds()}
 
     _discovery: Discovery | None = None
+    #: The names ``queues`` named: escaped ones (``a[*]b`` as ``a*b``) are not patterns when ``queues`` is split again.
     _names: frozenset[str] = frozenset()
 
     def __init__(self, name: str | None = None, queues: Iterable[str] | str | None = None, **options: Any) -> None:
@@ -148,6 +149,8 @@ class Proc:
             self.name = name
         queues = cls.queues if queues is None else queues
         try:
+            if isinstance(queues, Mapping):
+                raise TypeError
             self.queues = [queues] if isinstance(queues, str) else list(queues or ())
         except TypeError:
             raise ProcConfigError(
@@ -176,9 +179,11 @@ class Proc:
                 f"{label}: the name must be a Procfile process type (letters, digits, '-' and '_'), got {self.name!r}"
             )
         self._split_patterns()
-        if not (self.queues or self._discovery) or not all(isinstance(q, str) and q for q in self.queues):
+        if not (self.queues or self._discovery):
+            raise ProcConfigError(f"proc {self.name!r}: needs at least one queue name or pattern, got none")
+        if bad := [q for q in self.queues if not (isinstance(q, str) and q)]:
             raise ProcConfigError(
-                f"proc {self.name!r}: needs at least one queue name or pattern, got {self.configured_queues()!r}"
+                f"proc {self.name!r}: each entry of queues must be a queue name or pattern (text), got {bad[0]!r}"
             )
         checks: dict[str, Any] = {}
         for klass in reversed(type(self).__mro__):
@@ -193,25 +198,44 @@ class Proc:
         if self._discovery is not None and (problem := self.discovery_problem()):
             shown = ", ".join(map(repr, self._discovery.patterns))
             raise ProcConfigError(f"proc {self.name!r}: queues {shown}: {problem}")
+        self._measure_each_once()
+
+    def _measure_each_once(self) -> None:
+        """Keep the first of names the broker stores as one (Huey's ``my-app`` and ``myapp``): measured twice, a
+        queue would count twice, and ``/metrics`` would repeat its series (which Prometheus refuses)."""
+        first: dict[str, str] = {}
+        twice = []
+        for queue in self.queues:
+            stored = self.stored_name(queue)
+            if stored in first:
+                twice.append(queue)
+            else:
+                first[stored] = queue
+        if twice:
+            log.warning("proc %r: queues %s name queues named before: each is measured once", self.name, twice)
+            self.queues = list(first.values())
 
     # Queue discovery (see hirefire_exporter.discovery)
 
     def _split_patterns(self) -> None:
-        """Move the patterns of ``queues`` into the proc's discovery state: ``queues`` keeps the names it measures,
-        each once (an escaped entry such as ``a[*]b`` as the name it stands for)."""
+        """Move the patterns of ``queues`` into the proc's discovery state: ``queues`` keeps the names it measures (an
+        escaped entry such as ``a[*]b`` as the name it stands for)."""
         if isinstance(self.queues, str):
             self.queues = [self.queues]
         # discovered and escaped names are names, whatever they hold
         known = self._names | set(self._discovery.found if self._discovery else ())
-        patterns, names = [], []
+        patterns, names, escaped = [], [], set()
         for q in self.queues:
-            if isinstance(q, str) and q not in known and is_pattern(q):
+            if not isinstance(q, str) or q in known:
+                names.append(q)
+            elif is_pattern(q):
                 patterns.append(q)
             else:
-                names.append(queue_name(q) if isinstance(q, str) and q not in known else q)
-        self._names = self._names | {q for q in names if isinstance(q, str)}
-        if patterns or len(set(map(repr, names))) < len(names) or names != self.queues:
-            self.queues = list({repr(q): q for q in reversed(names)}.values())[::-1]  # the first of each name
+                names.append(queue_name(q))
+                escaped.add(names[-1])
+        self._names = self._names | escaped
+        if names != self.queues:
+            self.queues = names
         if patterns:
             known_patterns = self._discovery.patterns if self._discovery else ()
             self._discovery = Discovery(tuple(dict.fromkeys((*known_patterns, *patterns))))

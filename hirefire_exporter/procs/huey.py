@@ -145,9 +145,11 @@ class HueyProc(TrackedProc):
         return True
 
     def queue_scope(self) -> Any:
-        """The Redis server, or the SQLite file."""
+        """The Redis server and the storage's kind (a plain and a priority storage on one server keep their queues in
+        keys of different types: neither finds the other's), or the SQLite file."""
         storage = self._storage()
-        return (self.redis_scope(storage.conn if self._is_redis() else None), getattr(storage, "filename", None))
+        redis = storage.conn if self._is_redis() else None
+        return (self.redis_scope(redis), self._is_priority_redis(), getattr(storage, "filename", None))
 
     def _is_sqlite(self) -> bool:
         from huey.storage import SqliteStorage

@@ -279,14 +279,15 @@ class CeleryProc(TrackedProc):
             pipe = client.pipeline(transaction=False)
             for table in sorted(tables):
                 pipe.smembers(table)
-            names = {row.queue for reply in pipe.execute() for row in binding_table(reply, self._keys.sep).rows}
+            replies = [r for r in pipe.execute(raise_on_error=False) if not isinstance(r, Exception)]  # retyped since
+            names = {row.queue for reply in replies for row in binding_table(reply, self._keys.sep).rows}
         conf = self.celery_app().conf
         pidbox, events = f".{self._control_exchange()}.pidbox", f"{conf.event_queue_prefix or 'celeryev'}."
         return {q for q in names if not (q.endswith(pidbox) or q.startswith(events))}
 
     @cached_property
     def _binding_scan(self) -> KeyScan:
-        return KeyScan(glob_escape(self._keys.binding("")) + "*")
+        return KeyScan(glob_escape(self._keys.binding("")) + "*", "set")
 
     def queue_scope(self) -> Any:
         """The broker's queues: the Redis server and key prefix, or the RabbitMQ host and vhost."""
