@@ -625,3 +625,33 @@ def test_a_discovered_queue_that_is_deleted_is_no_typo_to_warn_about(private_red
     with caplog.at_level(logging.WARNING, logger="hirefire_exporter"):
         assert jobs_by_queue(collection) == {"dsc-tmp": 0}
     assert "not found on the broker" not in caplog.text
+
+
+class _BeforeRedis6:
+    """A client on a real server whose SCAN takes no TYPE, as before Redis 6: the only way to get that reply here."""
+
+    def __init__(self, client) -> None:
+        self.client = client
+        self.typed_scans = 0
+
+    def scan(self, cursor, match=None, count=None, _type=None):
+        import redis
+
+        if _type is not None:
+            self.typed_scans += 1
+            raise redis.exceptions.ResponseError("ERR syntax error")
+        return self.client.scan(cursor, match=match, count=count)
+
+    def pipeline(self, transaction=True):
+        return self.client.pipeline(transaction=transaction)
+
+
+def test_before_redis_6_a_scan_keeps_its_type_with_one_pipelined_type_per_key(private_redis):
+    private_redis.rpush("hotqueue:dsc-a", 1)
+    private_redis.set("hotqueue:dsc-x", "garbage")
+    scan = discovery.KeyScan("hotqueue:*", "list")
+    client = _BeforeRedis6(private_redis)
+    assert scan.step(client) == {"hotqueue:dsc-a"}
+    assert scan.step(client) == {"hotqueue:dsc-a"}
+    assert client.typed_scans == 1  # learnt once: no TYPE asked of SCAN again
+    assert discovery.KeyScan("hotqueue:*", "list").step(private_redis) == {"hotqueue:dsc-a"}  # Redis 6 and later

@@ -90,6 +90,7 @@ class _Consumer(RunningTasks):
                     lease=self.lease, flush_every=self.flush_every, states=RUNNING,
                 )  # fmt: skip
                 self._tracker.start()
+            self._tracker.wake()  # registered within SETTLE, with every worker started meanwhile, not a flush later
 
     def worker_stopped(self) -> None:
         with self._lock:
