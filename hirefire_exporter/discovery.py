@@ -79,6 +79,11 @@ def queue_name(entry: str) -> str:
     return entry if name is None else name
 
 
+def escaped(name: str) -> str:
+    """The entry of ``queues`` that names ``name`` (its ``*``, ``?`` and ``[`` in one-character sets)."""
+    return "".join(f"[{char}]" if char in PATTERN_CHARACTERS else char for char in name)
+
+
 def glob_pieces(pattern: str) -> list[tuple[bool, str]]:
     """A pattern's pieces in order, each ``(special, text)``: ``*``, ``?`` and sets are special, runs of other
     characters are not (for a backend that stores names transformed: Huey cleans them)."""

@@ -594,6 +594,10 @@ def test_a_queue_whose_name_holds_glob_characters_is_named_by_escaping_them(priv
     assert jobs_by_queue(collection, 0) == {"dsc-a[1]": 1, "dsc-b*c": 3}
     assert jobs_by_queue(collection, 1) == {"dsc-a1": 2, "dsc-bxc": 4}
     assert discovery.literal("jobs[[]1]") == "jobs[1]" and discovery.is_pattern("jobs[12]")
+    # as configured, in the repr and the configuration digest: the name is not the pattern that reads alike
+    assert repr(procs[0]) == "RQProc(name='named', queues=['dsc-a[[]1]', 'dsc-b[*]c'])"
+    named, pattern = (fingerprint.digest([RQProc("w", queues=[q], url=url)]) for q in ("dsc-b[*]c", "dsc-b*c"))
+    assert named != pattern
 
 
 def test_a_queue_named_twice_is_measured_once(private_redis, caplog):

@@ -15,7 +15,7 @@ from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from ..discovery import KEEP_FOR, Discovery, DiscoveryPending, is_pattern, queue_name, readable_names
+from ..discovery import KEEP_FOR, Discovery, DiscoveryPending, escaped, is_pattern, queue_name, readable_names
 from ..redaction import scrub
 from ..settings_check import Choice, Seconds, refuse_unknown
 
@@ -251,8 +251,8 @@ class Proc:
         return [q for q in self.queues if q not in found]
 
     def configured_queues(self) -> list[str]:
-        """``queues`` as configured: the names, then the patterns."""
-        return [*self.named_queues(), *(self._discovery.patterns if self._discovery else ())]
+        """``queues`` as configured: the names (escaped where they hold pattern characters), then the patterns."""
+        return [*map(escaped, self.named_queues()), *(self._discovery.patterns if self._discovery else ())]
 
     def stored_name(self, queue: str) -> str:
         """How the broker stores the name of ``queue``, as :meth:`discover_queues` finds it (Huey cleans names)."""
