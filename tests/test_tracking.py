@@ -319,7 +319,7 @@ def test_a_glob_huey_proc_finds_a_queue_whose_only_task_runs(redis_conn, redis_u
     block(key, 40)
     workers.append(Consumer(name, redis_url, lease=15))
     wait_for(lambda: redis_conn.llen(f"{key}:started") == 1, "the task to start")
-    wait_for(lambda: len(tracker_keys(redis_conn)) == 2, "the consumer and its task in the tracker")
+    wait_for(lambda: len(tracker_keys(redis_conn)) == 3, "the consumer and its task in the tracker")  # + its queue
     assert not redis_conn.exists(f"huey.redis.{name}")  # nothing of the queue is left in Huey's storage
 
     proc = HueyProc("worker", huey=instance, queues=f"{prefix}_*", tracker=True)

@@ -9,13 +9,13 @@ reading the broker. A store that cannot be read fails the proc, like its broker 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from functools import cached_property
 from typing import Any, ClassVar
 
-from ..discovery import KeyScan, completed, glob_escape
 from ..settings_check import Boolean, ShareURL
-from ..tracking.keys import STATES, WORKERS, Tracked, library_prefix, parse, read_commands
+from ..tracking.keys import STATES, Tracked, live_queues, parse, queues_key, read_commands
 from .base import ProcConfigError
 from .redis_proc import Command, RedisProc, build_client, pipelined, server_key
 
@@ -82,18 +82,14 @@ class TrackedProc(RedisProc):
         return depth[:-size], parse(self.tracker_queues(), self.tracked_states, depth[-size:])
 
     def held_queues(self) -> set[str]:
-        """With a tracker, the queues live workers registered in its store (a budgeted SCAN of the library's
-        ``workers`` keys): discovery finds a queue whose only tasks run, which Huey and Dramatiq keep no key of."""
+        """With a tracker, the queues its live workers consume (one ``ZRANGEBYSCORE`` of the store): discovery finds
+        a queue whose only tasks run, which Huey and Dramatiq keep no key of."""
         if not self.tracked():
             return set()
         store = self._tracker_store if self._tracker_store is not None else self.broker_redis()
-        keys = completed([self._held_scan], store)
-        head = library_prefix(self.tracker_library)
-        return {key[len(head) : -len(WORKERS)] for key in keys or ()}
-
-    @cached_property
-    def _held_scan(self) -> KeyScan:
-        return KeyScan(f"{glob_escape(library_prefix(self.tracker_library))}*{WORKERS}", "zset")
+        return live_queues(
+            pipelined(store, [("ZRANGEBYSCORE", queues_key(self.tracker_library), time.time(), "+inf")])[0]
+        )
 
     def read_tracker(self, now: float) -> Tracked:
         """Read the tracker's own store, in one pipeline. Raises when it cannot be read: never a low count."""

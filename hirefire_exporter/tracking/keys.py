@@ -9,7 +9,10 @@ themselves; every member is scored by the unix time its lease expires, renewed b
 - ``hirefire_exporter:tracker:<library>:<queue>:scheduled``: the same, held until an ETA/countdown;
 - ``hirefire_exporter:tracker:<library>:<queue>:started``: the same, running;
 - ``hirefire_exporter:tracker:<library>:<queue>:workers``: ``<worker id> <slots>``, one per live worker process
-  consuming the queue (its registration; ``slots`` is its concurrency).
+  consuming the queue (its registration; ``slots`` is its concurrency);
+- ``hirefire_exporter:tracker:<library>:queues``: ``<worker id> <queue>``, the queues each live worker process
+  consumes (what queue discovery reads: one command, not a scan of the keyspace). No queue's key is this one: a
+  queue's keys have a state after the queue.
 
 No library name and no state holds a ``:``, so two (library, queue, state) never share a key, whatever the queue names.
 
@@ -36,21 +39,21 @@ RUNNING = ("started",)
 KEY_TTL_LEASES = 3
 
 
-#: The end of a queue's workers key.
-WORKERS = ":workers"
-
-
-def library_prefix(library: str) -> str:
-    """What every key of ``library``'s tracker starts with (its queue name follows)."""
-    return f"{PREFIX}:{library}:"
-
-
 def task_key(library: str, queue: str, state: str) -> str:
-    return f"{library_prefix(library)}{queue}:{state}"
+    return f"{PREFIX}:{library}:{queue}:{state}"
 
 
 def workers_key(library: str, queue: str) -> str:
-    return f"{library_prefix(library)}{queue}{WORKERS}"
+    return f"{PREFIX}:{library}:{queue}:workers"
+
+
+def queues_key(library: str) -> str:
+    return f"{PREFIX}:{library}:queues"
+
+
+def live_queues(members: Iterable[Any]) -> set[str]:
+    """The queue names in the live members of :func:`queues_key`."""
+    return {queue for _, queue in filter(None, map(_split, members))}
 
 
 def member(worker_id: str, item: object) -> str:

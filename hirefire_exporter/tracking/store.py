@@ -176,6 +176,7 @@ class Tracker:
         desired |= {
             (keys.workers_key(self.library, queue), keys.member(self.worker, held.slots)) for queue in held.queues
         }
+        desired |= {(keys.queues_key(self.library), keys.member(self.worker, queue)) for queue in held.queues}
         beat = now - self._last_beat >= self.lease / 3
         adds = desired if beat else desired - self._placed.keys()
         removes = [entry for entry in self._placed if entry not in desired]
@@ -190,11 +191,13 @@ class Tracker:
         for key, members in _grouped(dict.fromkeys(removes)).items():
             pipe.zrem(key, *members)
         if beat:
+            tidied = [keys.queues_key(self.library)]
             for queue in held.queues:
-                states = (keys.task_key(self.library, queue, state) for state in self.states)
-                for key in (*states, keys.workers_key(self.library, queue)):
-                    pipe.zremrangebyscore(key, "-inf", now - self.lease)
-                    pipe.pexpire(key, ttl)
+                tidied += [keys.task_key(self.library, queue, state) for state in self.states]
+                tidied.append(keys.workers_key(self.library, queue))
+            for key in tidied:
+                pipe.zremrangebyscore(key, "-inf", now - self.lease)
+                pipe.pexpire(key, ttl)
         self._placed.update(dict.fromkeys(adds, expiry))
         try:
             pipe.execute()
