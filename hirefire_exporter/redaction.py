@@ -52,9 +52,13 @@ FREE_STANDING = 4
 #: A URL's password, known or not: from the user's ':' to the LAST '@' before a space, a quote or another URL, as
 #: URL parsers (urllib, redis-py, kombu) read it: a password holding an unencoded '@' must not leave its tail.
 _URL_PASSWORD = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s\[\]'\"]*:)(?:(?!://)[^\s'\"])*@")
-#: A URL with the host left out (``redis://app:password/0``): parsers read the password as the port. A number is one.
+#: A URL with the host left out (``redis://app:password/0``): parsers read the password as the port. A number is one,
+#: also where a sentence goes on after the URL (``http://host:15672: HTTP Error 401``, ``(http://host:15672),``): a
+#: number and closing punctuation before a space or the end.
 _URL_PORT_PASSWORD = re.compile(
-    r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s\[\]'\"]*:)(?![0-9]*(?:[/?#\s'\"]|$))[^/@\s'\"]+(?=[/\s'\"]|$)"
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^:/@\s\[\]'\"]*:)"
+    r"(?![0-9]*(?:[/?#\s'\"]|$)|[0-9]+[.,:;!?)\]>]+(?:[\s'\"]|$))"
+    r"[^/@\s'\"]+(?=[/\s'\"]|$)"
 )
 #: A scheme and its separator, however mistyped: ``redis://``, ``redis:/``, ``redis:///``, ``redis:``.
 _SCHEME = re.compile(r"\s*[A-Za-z][A-Za-z0-9+.-]*:/*")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import signal
 import time
 
 import pytest
@@ -101,8 +102,9 @@ def test_one_round_trip_per_server_with_rq_plus_one_for_follow_ups(private_redis
     }
     assert snapshot.procs[0].reading.quantity == 1
     counts = command_counts(private_redis)
-    # dramatiq: 1 ZRANGEBYSCORE of live brokers; per queue LLEN, 2 HLEN, ZCARD; one SCARD per live broker of a queue
-    # with fetched messages; per queue HVALS of the delay queue and the head script (LINDEX, HGET)
+    # dramatiq: 1 ZRANGEBYSCORE of live brokers, 1 ZCARD of all brokers; per queue LLEN, 2 HLEN, ZCARD; one SCARD per
+    # live broker of a queue with fetched messages; per queue HVALS of the delay queue and the head script (LINDEX of
+    # the head and the tail, HGET of each: one when they are the same message)
     # the scripts are loaded at most once each: the head script, and the reader script that runs the plain reads of
     # both procs on the server (once per server and process: an earlier test may have loaded it)
     assert 1 <= counts.pop("script|load") <= 2
@@ -110,14 +112,14 @@ def test_one_round_trip_per_server_with_rq_plus_one_for_follow_ups(private_redis
         "zrangebyscore": 1,
         "llen": 3 + 1,  # + RQ's of its queue
         "hlen": 6,
-        "zcard": 3 + 1,  # + RQ's of its scheduled registry
+        "zcard": 1 + 3 + 1,  # + RQ's of its scheduled registry
         "exists": 1,  # RQ's one check of three mostly absent keys
         "scard": 1,
         "hvals": 3,
         "evalsha": 3,  # the head scripts
         "evalsha_ro": 2,  # the reader script: one call per round trip (RQ's queue reads, its oldest job inside)
-        "lindex": 3 + 1,
-        "hget": 3 + 1,
+        "lindex": 3 * 2 + 1,
+        "hget": 1 + 2 + 2 + 1,  # names[0] has one waiting message, the others three
         "smembers": 1,  # RQ's worker set of its queue
     }
 
@@ -167,7 +169,8 @@ def test_missing_queue_and_garbage_fail_only_what_they_touch(redis_conn, redis_u
     }
     assert reading.latency is None
     assert snapshot.procs[1].reading is None and "WRONGTYPE" in snapshot.procs[1].error
-    assert "not JSON" in caplog.text
+    assert "1 delayed messages do not decode to a JSON object (another encoder, or garbage)" in caplog.text
+    assert "its oldest message's age is unknown: its body is not a JSON object" in caplog.text
 
 
 def test_the_sharing_digest_tells_brokers_apart_and_holds_no_password(redis_url):
@@ -220,3 +223,178 @@ def test_the_brokers_heartbeat_timeout_and_the_latency_metric(redis_conn, redis_
 
     time.sleep(1.1)  # past the broker's heartbeat timeout without a beat from the consumer
     assert jobs(Collection([proc]).collect())[q]["orphaned"] == 1
+
+
+# Names of derived queues, other namespaces' queues (see also test_dramatiq_discovery.py)
+
+
+@pytest.mark.parametrize("url", ["redis://127.0.0.1:6379/10", "amqp://guest:guest@127.0.0.1:5672/%2F"])
+@pytest.mark.parametrize(("named", "kind"), [("jobs.DQ", "delay queue"), ("jobs.XQ", "dead-letter queue")])
+def test_a_delay_or_dead_letter_queue_named_as_a_queue_is_refused(url, named, kind):
+    from hirefire_exporter.loading import load_proc
+    from hirefire_exporter.procs.base import ProcConfigError
+
+    with pytest.raises(ProcConfigError) as caught:
+        load_proc(DramatiqProc("worker", queues=["jobs", named], url=url))
+    assert str(caught.value).endswith(
+        f"proc 'worker': queue '{named}' is the {kind} of 'jobs': name the base queue 'jobs' (its delay and"
+        " dead-letter queues are read with it)"
+    )
+
+
+# Delayed messages: dramatiq's reading of their eta, and past the scan limit
+
+
+def delayed_message(queue: str, name: str, **options) -> dramatiq.Message:
+    """A message for the delay queue of ``queue`` with ``options`` as given (an ``eta`` of any JSON value, or none),
+    encoded by dramatiq's own JSONEncoder."""
+    return dramatiq.Message(queue_name=f"{queue}.DQ", actor_name="hold", args=(name,), kwargs={}, options=options)
+
+
+def test_a_delayed_message_without_a_usable_eta_is_due_as_dramatiqs_worker_runs_it(
+    redis_conn, redis_url, flags, workers
+):
+    q, garbage = unique_queue(), unique_queue()
+    producer = RedisBroker(url=redis_url)
+    bad_etas = {"string": "1796314196220", "null": None, "true": True, "nan": float("nan"), "list": [1]}
+    for name, eta in bad_etas.items():
+        producer.enqueue(delayed_message(q, name, eta=eta))
+    producer.enqueue(delayed_message(q, "missing"))  # no eta at all
+    producer.enqueue(delayed_message(q, "later", eta=time.time() * 1000 + 3_600_000))
+    redis_conn.hset(f"dramatiq:{garbage}.DQ.msgs", mapping={"a": "[1]", "b": b"\x80", "c": '"text"', "d": "{}"})
+    proc = DramatiqProc("worker", queues=[q, garbage], url=redis_url)
+
+    assert jobs(Collection([proc]).collect()) == {
+        q: {"queued": 0, "started": 0, "orphaned": 0, "due": 6, "delayed": 1, "dead": 0},
+        # a JSON object without options is due too; what does not decode to an object is unreadable
+        garbage: {"queued": 0, "started": 0, "orphaned": 0, "due": 1, "delayed": 0, "unreadable": 3, "dead": 0},
+    }
+    # a real worker runs the six at once, and holds the later one
+    workers.append(DramatiqWorker("redis", redis_url, q, flags, threads=8))
+    for name in [*bad_etas, "missing"]:
+        wait_started(flags, name)
+    assert not (flags / "later.started").exists()
+
+
+def write_delayed(client, queue: str, etas: list[float]) -> None:
+    """Delayed messages of ``queue`` as dramatiq's RedisBroker stores them (the ids list and the bodies' hash, each
+    body dramatiq's encoding with its eta), written in one pipeline: thousands of enqueues would take seconds."""
+    pipe = client.pipeline(transaction=False)
+    for i, eta in enumerate(etas):
+        message = delayed_message(queue, str(i), eta=eta, redis_message_id=f"{queue}-{i}")
+        pipe.hset(f"dramatiq:{queue}.DQ.msgs", f"{queue}-{i}", message.encode())
+        pipe.rpush(f"dramatiq:{queue}.DQ", f"{queue}-{i}")
+    pipe.execute()
+
+
+def test_past_the_scan_limit_due_messages_are_estimated_from_a_bounded_sample(private_redis, caplog):
+    from hirefire_exporter.procs.dramatiq import DELAY_SCAN_LIMIT
+
+    url = f"redis://127.0.0.1:{private_redis.connection_pool.connection_kwargs['port']}/0"
+    now_ms = time.time() * 1000
+    total = DELAY_SCAN_LIMIT + 2_000
+    mixed, all_due, none_due = unique_queue(), unique_queue(), unique_queue()
+    write_delayed(private_redis, mixed, [now_ms - 60_000] * (total // 4) + [now_ms + 3_600_000] * (total * 3 // 4))
+    write_delayed(private_redis, all_due, [now_ms - 60_000] * total)
+    write_delayed(private_redis, none_due, [now_ms + 3_600_000] * total)
+    RedisBroker(url=url).enqueue(dramatiq.Message(queue_name=mixed, actor_name="hold", args=(), kwargs={}, options={}))
+    private_redis.config_resetstat()
+    proc = DramatiqProc("worker", queues=[mixed, all_due, none_due], url=url)
+
+    counts = jobs(Collection([proc]).collect())
+
+    assert counts[all_due] == {"queued": 0, "started": 0, "orphaned": 0, "due": total, "delayed": 0, "dead": 0}
+    assert counts[none_due] == {"queued": 0, "started": 0, "orphaned": 0, "due": 0, "delayed": total, "dead": 0}
+    # a quarter due: the sample's share (binomial, 1,000 draws: 0.25 +- 0.014) scaled to the total
+    assert 0.2 * total < counts[mixed]["due"] < 0.3 * total, counts[mixed]
+    assert counts[mixed]["due"] + counts[mixed]["delayed"] == total
+    stats = command_counts(private_redis)
+    assert stats["hrandfield"] == 3 and "hvals" not in stats  # bounded: 1,000 bodies per queue, not 12,000
+    assert "due ones estimated from a sample" in caplog.text
+
+    proc._sample_by_scan = True  # a server without HRANDFIELD (Redis < 6.2): one HSCAN page instead
+    private_redis.config_resetstat()
+    counts = jobs(Collection([proc]).collect())
+    assert command_counts(private_redis)["hscan"] == 3
+    assert counts[all_due]["due"] == total and counts[none_due]["due"] == 0
+    assert 0.15 * total < counts[mixed]["due"] < 0.35 * total, counts[mixed]
+
+
+def test_a_sample_holding_a_due_message_never_reads_as_0_due():
+    from redis.exceptions import ResponseError
+
+    from hirefire_exporter.procs.dramatiq import DELAY_SAMPLE, _scaled
+
+    assert _scaled({"due": 1, "delayed": DELAY_SAMPLE - 1, "unreadable": 0}, 50) == {
+        "due": 1, "delayed": 49, "unreadable": 0,
+    }  # fmt: skip
+    assert _scaled({"due": 0, "delayed": 0, "unreadable": 0}, 20_000) == {"due": 0, "delayed": 20_000, "unreadable": 0}
+    proc = DramatiqProc("worker", queues=["drq-x"], url="redis://127.0.0.1:6379/10")
+    with pytest.raises(ResponseError):  # the cycle fails (no guessed 0), the next ones sample with HSCAN
+        proc._delayed("drq-x", ResponseError("unknown command 'HRANDFIELD'"), 20_000, time.time())
+    assert proc._sample_by_scan
+    assert proc._delay_read("k", 20_000)[0] == "HSCAN" and proc._delay_read("k", 20)[0] == "HVALS"
+
+
+# Latency: implausible stamps, and dramatiq's requeue to the tail
+
+
+@pytest.mark.parametrize("stamp", [True, -5, 1_764_000_000, 1e20, float("nan"), "1764000000000", None])
+def test_an_implausible_message_timestamp_leaves_the_latency_unknown(redis_conn, redis_url, caplog, stamp):
+    q = unique_queue()
+    message = dramatiq.Message(queue_name=q, actor_name="hold", args=(), kwargs={}, options={}, message_timestamp=stamp)
+    RedisBroker(url=redis_url).enqueue(message)
+    snapshot = Collection([DramatiqProc("worker", queues=[q], url=redis_url)]).collect()
+    reading = snapshot.procs[0].reading
+    assert reading.queues[0].latency is None and reading.latency is None  # not 57 years, not 0
+    assert jobs(snapshot)[q]["queued"] == 1 and reading.quantity == 1  # the counts stand
+    assert "its oldest message's age is unknown: its message_timestamp" in caplog.text
+
+
+def test_the_latency_counts_a_message_requeued_to_the_tail_by_a_stopping_worker(redis_conn, redis_url, flags, workers):
+    q = unique_queue()
+    producer = RedisBroker(url=redis_url)
+    worker = DramatiqWorker("redis", redis_url, q, flags, threads=1)
+    workers.append(worker)
+    send(producer, q, "hold", "a")
+    send(producer, q, "hold", "b")
+    wait_started(flags, "a")
+    wait_until(lambda: redis_conn.llen(f"dramatiq:{q}") == 0, what="the worker to prefetch `b`")
+    time.sleep(1.5)
+    send(producer, q, "hold", "c")
+    send(producer, q, "hold", "d")
+    (flags / "b.release").touch()  # were `b` run, the test fails below instead of waiting for ever
+    worker.process.send_signal(signal.SIGTERM)
+    time.sleep(3)  # the worker process sees the signal within a second and stops its threads taking messages
+    (flags / "a.release").touch()
+    assert worker.process.wait(30) == 0
+    ids = redis_conn.lrange(f"dramatiq:{q}", 0, -1)
+    bodies = [json.loads(redis_conn.hget(f"dramatiq:{q}.msgs", i)) for i in ids]
+    assert [body["args"] for body in bodies] == [["c"], ["d"], ["b"]]  # dramatiq's requeue appends `b` to the tail
+    c_stamp, b_stamp = bodies[0]["message_timestamp"] / 1000, bodies[2]["message_timestamp"] / 1000
+    assert c_stamp - b_stamp >= 1.5
+
+    before = time.time()
+    latency = Collection([DramatiqProc("worker", queues=[q], url=redis_url)]).collect().procs[0].reading.latency
+    assert before - b_stamp <= latency <= time.time() - b_stamp  # the age of `b`, the oldest, not of `c` at the head
+
+
+# A namespace nobody uses
+
+
+def test_a_namespace_no_dramatiq_broker_used_reads_not_found_and_warns_once(redis_conn, redis_url, caplog):
+    q = unique_queue()
+    send(RedisBroker(url=redis_url, namespace="drq-app"), q, "hold", "x")
+    wrong = DramatiqProc("worker", queues=[q, "default"], url=redis_url, namespace="drq-typo")
+    collection = Collection([wrong])
+    for _ in range(2):
+        reading = collection.collect().procs[0].reading
+        assert [(r.name, r.found, r.quantity) for r in reading.queues] == [(q, False, 0), ("default", False, 0)]
+    message = "no dramatiq worker has used namespace 'drq-typo' on this Redis db"
+    assert caplog.text.count(message) == 1, caplog.text
+
+    caplog.clear()
+    right = DramatiqProc("worker", queues=[q, "default"], url=redis_url, namespace="drq-app")
+    reading = Collection([right]).collect().procs[0].reading
+    assert [(r.name, r.found, r.quantity) for r in reading.queues] == [(q, True, 1), ("default", None, 0)]
+    assert "no dramatiq worker" not in caplog.text

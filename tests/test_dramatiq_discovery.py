@@ -112,6 +112,31 @@ def test_a_glob_leaves_out_named_queues_and_another_namespace_is_other_queues(re
     }
 
 
+def test_a_namespace_followed_by_a_colon_is_another_apps_not_queues_of_this_one(redis_conn, redis_url):
+    """``<ns>:*.msgs`` also matches the keys of the namespace ``<ns>:staging``; dramatiq's queue names hold no ``:``."""
+    app, staging = (
+        RedisBroker(url=redis_url, namespace="dq2app"),
+        RedisBroker(url=redis_url, namespace="dq2app:staging"),
+    )
+    send(app, "dq2-mail", "hold", "a")
+    for name in "bc":
+        send(staging, "dq2-mail", "hold", name)
+    send(staging, "dq2-reports", "hold", "d", delay=1)
+    assert redis_conn.exists("dq2app:staging:dq2-mail.msgs", "dq2app:staging:dq2-reports.DQ.msgs") == 2
+    procs = [
+        DramatiqProc("worker", queues="*", url=redis_url, namespace="dq2app"),
+        DramatiqProc("staging", queues="*", url=redis_url, namespace="dq2app:staging"),
+    ]
+    snapshot = Collection(procs).collect()
+    assert by_queue(snapshot, 0) == {
+        "dq2-mail": {"queued": 1, "started": 0, "orphaned": 0, "due": 0, "delayed": 0, "dead": 0}
+    }
+    assert by_queue(snapshot, 1) == {
+        "dq2-mail": {"queued": 2, "started": 0, "orphaned": 0, "due": 0, "delayed": 0, "dead": 0},
+        "dq2-reports": {"queued": 0, "started": 0, "orphaned": 0, "due": 1, "delayed": 0, "dead": 0},
+    }
+
+
 def test_discovery_costs_one_scan_and_nothing_in_between(private_redis):
     url = private_url(private_redis)
     producer = RedisBroker(url=url)

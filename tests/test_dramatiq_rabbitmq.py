@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import base64
+import json
+import uuid
+from urllib.parse import urlsplit
+from urllib.request import Request, urlopen
+
 import pytest
 from dramatiq_support import DramatiqWorker, unique_queue, wait_started
 from support import wait_until
@@ -91,3 +97,38 @@ def test_management_api_errors_fail_the_proc_without_the_password(management):
     snapshot = Collection([DramatiqProc("worker", queues=["drq-x"], url=amqp, management_url=wrong)]).collect()
     status = snapshot.procs[0]
     assert status.reading is None and "401" in status.error and "hunter2" not in status.error
+    port = urlsplit(api).port
+    # the port is no password: kept; the API's reason says what is wrong
+    assert f"API http://127.0.0.1:{port}: HTTP Error 401: Unauthorized (reason: Login failed)" in status.error
+
+
+def management_call(api: str, method: str, path: str, body: dict | None = None) -> None:
+    """A call to the management API as its administrator (the test node's guest)."""
+    parts = urlsplit(api)
+    request = Request(
+        f"{parts.scheme}://{parts.hostname}:{parts.port}{path}",
+        method=method,
+        data=json.dumps(body).encode() if body is not None else None,
+        headers={"content-type": "application/json"},
+    )
+    token = base64.b64encode(f"{parts.username}:{parts.password}".encode()).decode()
+    request.add_header("Authorization", f"Basic {token}")
+    urlopen(request, timeout=10).close()
+
+
+def test_a_user_without_access_to_the_vhost_is_told_apart_from_a_wrong_password(management):
+    amqp, api = management
+    user, password = f"drq-{uuid.uuid4().hex[:8]}", "monitor-Pw-123"
+    management_call(api, "PUT", f"/api/users/{user}", {"password": password, "tags": "monitoring"})  # no vhost rights
+    try:
+        parts = urlsplit(api)
+        url = f"http://{user}:{password}@{parts.hostname}:{parts.port}"
+        status = Collection(
+            [DramatiqProc("worker", queues=["drq-x"], url=pika_url(amqp), management_url=url)]
+        ).collect()
+        error = status.procs[0].error
+        assert f"http://{parts.hostname}:{parts.port}: HTTP Error 401: Unauthorized" in error, error
+        assert "(reason: User not authorised to access virtual host)" in error, error
+        assert password not in error and password.lower() not in error
+    finally:
+        management_call(api, "DELETE", f"/api/users/{user}")

@@ -148,6 +148,33 @@ def test_rabbitmq_without_the_management_api_counts_running_messages_from_the_tr
     assert reading(DramatiqProc("worker", queues=[q], url=url)).quantity == 2  # without the tracker
 
 
+def test_two_deliveries_of_one_message_id_in_one_process_each_count_until_each_ends(
+    amqp_url, redis_conn, redis_url, tmp_path, workers, rabbit_queues
+):
+    """A message sent twice (or redelivered after a reconnect) runs twice at once under one message id: the tracker
+    counts each delivery, and the first to end leaves the other counted."""
+    url, q = pika_url(amqp_url), unique_queue()
+    producer = RabbitmqBroker(url=url)
+    rabbit_queues.append((producer, q))
+    workers.append(DramatiqWorker("rabbitmq", url, q, tmp_path, threads=2, track=redis_url))
+    first = dramatiq.Message(queue_name=q, actor_name="hold", args=("a",), kwargs={}, options={})
+    producer.enqueue(first)
+    producer.enqueue(first.copy(args=("b",)))  # the same message_id, another delivery
+    wait_started(tmp_path, "a")
+    wait_started(tmp_path, "b")
+    proc = DramatiqProc("worker", queues=[q], url=url, tracker_url=redis_url)
+    expected = {q: {"queued": 0, "started": 2, "delayed": 0, "dead": 0}}
+    wait_until(lambda: jobs(proc) == expected, what=f"both deliveries running: {expected}")
+    assert reading(proc).workers == Workers(online=1, slots=2, busy_slots=2, busy=1)
+
+    release(tmp_path, "a")
+    expected = {q: {"queued": 0, "started": 1, "delayed": 0, "dead": 0}}
+    wait_until(lambda: jobs(proc) == expected, what=f"the second delivery still counted: {expected}")
+    assert reading(proc).workers == Workers(online=1, slots=2, busy_slots=1, busy=1)
+    release(tmp_path, "b")
+    wait_until(lambda: jobs(proc)[q]["started"] == 0, what="both deliveries done")
+
+
 def test_rabbitmq_with_the_management_api_keeps_its_started_and_gains_workers(
     management, redis_conn, redis_url, tmp_path, workers, rabbit_queues
 ):

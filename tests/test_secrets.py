@@ -226,6 +226,25 @@ def test_no_configuration_error_quotes_any_part_of_the_password(password, backen
 
 
 @pytest.mark.parametrize(
+    ("text", "scrubbed"),
+    [
+        # a port followed by the sentence's punctuation is still a port
+        ("API http://127.0.0.1:15672: HTTP Error 401", "API http://127.0.0.1:15672: HTTP Error 401"),
+        ("(at http://127.0.0.1:15672), then", "(at http://127.0.0.1:15672), then"),
+        ("see redis://h:6379.", "see redis://h:6379."),
+        # a password read as the port is masked however the sentence goes on
+        ("API redis://app:Hunt3rSecret: failed", "API redis://app:*** failed"),
+        ("(redis://app:Hunt3rSecret), then", "(redis://app:*** then"),
+        ("redis://app:123:secret/0", "redis://app:***/0"),
+        ("redis://app:1234!/0", "redis://app:***/0"),
+        ("redis://app:123abc: x", "redis://app:*** x"),
+    ],
+)
+def test_unknown_urls_keep_their_port_and_lose_their_password(text, scrubbed):
+    assert SECRETS.scrub(text) == scrubbed
+
+
+@pytest.mark.parametrize(
     ("url", "password"),
     [
         ("redis://:abc/def@127.0.0.1:6394/0", "abc/def"),

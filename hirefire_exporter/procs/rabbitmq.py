@@ -22,6 +22,7 @@ import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+from urllib.error import HTTPError
 from urllib.parse import quote, unquote, urlsplit, urlunsplit
 from urllib.request import Request, urlopen
 
@@ -86,7 +87,7 @@ def management_counts(management_url: str, vhost: str, timeout: float) -> dict[s
         with urlopen(request, timeout=timeout) as response:
             rows = json.load(response)
     except Exception as exc:  # HTTPError, URLError, timeouts, bad JSON: name the API, never the password
-        raise ConnectionError(scrub(f"RabbitMQ management API {base}: {exc}")) from None
+        raise ConnectionError(scrub(f"RabbitMQ management API {base}: {exc}{_error_reason(exc)}")) from None
     out: dict[str, QueueCounts | None] = {}
     for row in rows:
         ready, unacked = row.get("messages_ready"), row.get("messages_unacknowledged")
@@ -102,6 +103,26 @@ def management_counts(management_url: str, vhost: str, timeout: float) -> dict[s
             found=True,
         )
     return out
+
+
+#: How much of an error answer's body is read for its ``reason``, and how much of the reason is shown.
+_ERROR_BODY = 4096
+_REASON_CHARS = 200
+
+
+def _error_reason(exc: BaseException) -> str:
+    """`` (reason: ...)`` from an HTTP error answer's JSON body (``{"error": ..., "reason": ...}``), which tells a
+    wrong password from a user without access to the vhost (both 401); empty when there is none. Scrubbed by the
+    caller; never raises."""
+    if not isinstance(exc, HTTPError):
+        return ""
+    try:
+        reason = json.loads(exc.read(_ERROR_BODY)).get("reason")
+    except Exception:  # no body, not JSON, not an object, a broken connection
+        return ""
+    if not isinstance(reason, str) or not reason.strip():
+        return ""
+    return f" (reason: {' '.join(reason.split())[:_REASON_CHARS]})"
 
 
 def management_queues(management_url: str, vhost: str, timeout: float) -> set[str]:

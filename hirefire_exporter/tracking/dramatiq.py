@@ -6,6 +6,11 @@ middleware: ``before_process_message`` notes a message as running, ``after_proce
 ``after_skip_message`` forget it, all in memory on the worker thread. Each worker process starts one tracker thread
 when it boots (:mod:`hirefire_exporter.tracking.store`), registered for the queues it consumes with as many slots as
 worker threads, and removes its entries after a clean shutdown (once its threads finished their messages).
+
+A running message is keyed by its delivery, not its message id: one process may run two deliveries of one id at once
+(a message sent twice, a redelivery after a reconnect), and each holds a thread until it ends. The hooks get the
+same ``MessageProxy`` from before to after processing; each delivery's member in the store is the message id and a
+number unique in the process (``<id>#<n>``).
 """
 
 from __future__ import annotations
@@ -84,12 +89,15 @@ class _Account(RunningTasks):
         self.lease = lease
         self.flush_every = flush_every
         self._worker: Any = None
+        #: id() of a running delivery's MessageProxy -> (the proxy, held so its id() is not reused; its task key).
+        self._deliveries: dict[int, tuple[Any, str]] = {}
+        self._delivered = 0
 
     def boot(self, worker: Any) -> None:
         with self._lock:
             if self._tracker is not None:
                 return  # a second Worker in this process: the first one's tracker stays
-            self._worker, self._running = worker, {}
+            self._worker, self._running, self._deliveries = worker, {}, {}
             tracker = self._tracker = Tracker(
                 self.client, "dramatiq", worker_id(f"dramatiq@{os.uname().nodename}"), self.held, lease=self.lease,
                 flush_every=self.flush_every, states=RUNNING,
@@ -106,10 +114,18 @@ class _Account(RunningTasks):
     def started_message(self, message: Any) -> None:
         from dramatiq.common import q_name
 
-        self.started(message.message_id, q_name(message.queue_name))
+        with self._lock:
+            self._delivered += 1
+            task = f"{message.message_id}#{self._delivered}"
+            self._deliveries[id(message)] = (message, task)
+        self.started(task, q_name(message.queue_name))
 
     def done(self, message: Any) -> None:
-        self.finished(message.message_id)
+        """The delivery ended (processed, failed or skipped); a skip before it started is no delivery of ours."""
+        with self._lock:
+            delivery = self._deliveries.pop(id(message), None)
+        if delivery is not None:
+            self.finished(delivery[1])
 
     def held(self) -> Held:
         """The running messages, and the queues the worker consumes (its consumers: ``q`` and ``q.DQ`` are ``q``)."""
