@@ -451,8 +451,8 @@ class Collection:
                     continue
                 self._missing_queues.add((proc.name, queue.name))
                 log.warning(
-                    "proc %r: queue %r not found on the broker: it reads as 0 jobs (a typo in `queues`, or no job"
-                    " was ever sent to it?)",
+                    "proc %r: queue %r not found on the broker: it reads as 0 jobs (a typo in `queues`, the wrong"
+                    " database or key prefix, or no job was ever sent to it?)",
                     proc.name,
                     queue.name,
                 )

@@ -58,8 +58,8 @@ def test_rq_queue_with_a_typo_reads_zero_says_not_found_and_warns_once(redis_con
     }
     warnings = [r.getMessage() for r in caplog.records if "not found" in r.getMessage()]
     assert warnings == [
-        "proc 'worker': queue 'defualt' not found on the broker: it reads as 0 jobs (a typo in `queues`, or no job"
-        " was ever sent to it?)"
+        "proc 'worker': queue 'defualt' not found on the broker: it reads as 0 jobs (a typo in `queues`, the wrong"
+        " database or key prefix, or no job was ever sent to it?)"
     ]  # once over two cycles
 
 
