@@ -119,6 +119,7 @@ def test_one_round_trip_per_server_with_rq_plus_one_for_follow_ups(private_redis
         "lindex": 3 + 1,
         "hget": 3 + 1,
         "smembers": 1,  # RQ's worker set of its queue
+        "role": 2,  # one per round trip: whether the server is a replica cut off from its master
     }
 
 
