@@ -12,7 +12,9 @@ the proc that asked for it.
   ``EVALSHA``); the script is loaded
   (``SCRIPT LOAD``) in the first pipeline to each server and again after ``NOSCRIPT`` (a restart, ``SCRIPT FLUSH``);
 - chunks of at most :data:`CHUNK_COST` (about 0.3 ms of Redis time each), so that one call never holds Redis for
-  long while other clients wait: a call is atomic;
+  long while other clients wait: a call is atomic. A read whose reply has no size bound (``HVALS``, ``SMEMBERS``, a
+  whole range: :data:`UNBOUNDED`) costs what its reply's size costs, which no cost per command tells in advance:
+  it is sent as a plain command beside the calls, in the same round trip;
 - keys are passed as ``KEYS`` (one per command; extra keys of a multi-key command would be ``ARGV``: Redis Cluster is
   not supported, the reads of one proc span many slots anyway). A :class:`ReadFunction` may read keys it finds
   (RQ's job hashes), which only a single-node Redis allows;
@@ -58,6 +60,13 @@ SCRIPTABLE = frozenset(
         "ZRANGE", "ZRANGEBYSCORE", "ZSCORE",
     }
 )  # fmt: skip
+#: Commands whose reply has no size bound (a whole hash, set or range): one of them may hold Redis for milliseconds
+#: (HVALS of 10,000 delayed messages: ~25 ms), which a script call would add to the rest of its chunk, holding every
+#: other client meanwhile, and which a cost of 1 would not account for. They are sent as plain commands beside the
+#: calls, in the same round trip, except a range whose indices bound it (``ZRANGE key 0 0``: :func:`_bounded`).
+UNBOUNDED = frozenset({"HGETALL", "HKEYS", "HVALS", "LRANGE", "SMEMBERS", "ZRANGE", "ZRANGEBYSCORE"})
+#: The longest range (``LRANGE``/``ZRANGE`` with indices from 0 up) the script still runs.
+SMALL_RANGE = 16
 #: Cost units per script call: a plain command is 1, about 1 µs of Redis time at most (so about 0.3 ms per call on a
 #: quiet machine; measured in docs/performance.md). Smaller calls cost next to nothing more: they are all in one round
 #: trip, and while Redis runs one the exporter packs the next or parses the last. Where the machine is loaded and
@@ -232,11 +241,29 @@ def execute(client: Redis, plans: Sequence[Sequence[Command]]) -> list[list[Any]
     plain: list[Command] = []
     if not server.refused:
         for command in unique:
-            name = command[0]
-            fits = len(command) > 1 and ((type(name) is str and name in SCRIPTABLE) or type(name) is ReadFunction)
-            (scripted if fits else plain).append(command)
+            (scripted if _scriptable(command) else plain).append(command)
     replies = _scripted(client, server, scripted, plain) if scripted else _pipelined(client, list(unique), server)
     return [[replies[command] for command in plan] for plan in plans]
+
+
+def _scriptable(command: Command) -> bool:
+    """Whether the script runs ``command``: a read function, or a whitelisted command with a key whose reply is
+    bounded (:data:`UNBOUNDED`)."""
+    name = command[0]
+    if type(name) is ReadFunction:
+        return True
+    if len(command) < 2 or type(name) is not str or name not in SCRIPTABLE:
+        return False
+    return name not in UNBOUNDED or _bounded(command)
+
+
+def _bounded(command: Command) -> bool:
+    """A range read whose indices bound its reply: ``LRANGE``/``ZRANGE key start stop`` with ``0 <= start <= stop``
+    and at most :data:`SMALL_RANGE` elements (a huey priority queue's head: ``ZRANGE key 0 0``)."""
+    if command[0] not in ("LRANGE", "ZRANGE") or len(command) != 4:
+        return False
+    start, stop = command[2], command[3]
+    return type(start) is int and type(stop) is int and 0 <= start <= stop < start + SMALL_RANGE
 
 
 def plain_commands(command: Command) -> list[Command]:
