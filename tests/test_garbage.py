@@ -332,3 +332,59 @@ def test_a_custom_proc_measuring_garbage_is_down_never_nan_infinity_or_a_500(rea
     assert metrics.status_code == 200
     assert samples(metrics.get_data(as_text=True), "hirefire_proc_jobs") == {("fine",): 4.0}
     assert collection.latest.procs[0].error == f"ValueError: not a count or an age in seconds: {problem}"
+
+
+# The script and the pipeline read garbage alike
+
+
+def both_paths(monkeypatch, redis_conn, make_proc, alone: bool = False) -> list:
+    """One cycle of ``make_proc()`` (next to a clean RQ neighbour unless ``alone``) in the server-side script, one
+    with plain pipelined commands (as where scripts are refused): the two statuses."""
+    from hirefire_exporter.procs import redis_script
+
+    statuses = []
+    for pipeline in (False, True):
+        monkeypatch.setattr(redis_script, "_SERVERS", {})  # nothing learnt: the script path
+        if pipeline:
+            redis_script.pipeline_only(redis_conn)
+        if alone:
+            collection = Collection([make_proc()], max_age=0)
+            statuses.append(collection.collect().procs[0])
+            collection.close()
+        else:
+            statuses.append(cycle(redis_conn, make_proc()))
+    return statuses
+
+
+def test_rq_queues_of_the_wrong_type_leave_the_counts_standing_on_both_paths(monkeypatch, redis_conn):
+    """``rq:queues`` only says whether RQ knows an empty queue: unreadable (``SET rq:queues oops``), that is
+    unknown, and the queues' counts stand, whether they are empty or not."""
+    for _ in range(3):
+        rq.Queue("busy", connection=redis_conn).enqueue("rq_jobs.noop")
+    redis_conn.delete("rq:queues")
+    redis_conn.set("rq:queues", "oops")
+
+    make = lambda: RQProc("rq", connection=redis_conn, queues=["busy", "empty"])  # noqa: E731
+    for status in both_paths(monkeypatch, redis_conn, make, alone=True):  # (the neighbour's enqueue would fail)
+        assert status.up, status.error
+        assert [(q.name, q.jobs["queued"], q.found) for q in status.reading.queues] == [
+            ("busy", 3, True),
+            ("empty", 0, None),
+        ]
+
+
+@pytest.mark.parametrize("waiting", [0, 2])
+def test_a_celery_binding_table_of_the_wrong_type_leaves_the_counts_standing_on_both_paths(
+    monkeypatch, redis_conn, redis_url, waiting
+):
+    for _ in range(waiting):
+        redis_conn.lpush("celery", json.dumps({"headers": {}, "properties": {}}))
+    redis_conn.set("_kombu.binding.celery", "oops")
+
+    statuses = both_paths(
+        monkeypatch, redis_conn, lambda: celery_proc.CeleryProc("w", queues=["celery"], url=redis_url)
+    )
+    for status in statuses:
+        assert status.up, status.error
+        assert status.reading.quantity == waiting
+    assert statuses[0].reading == statuses[1].reading

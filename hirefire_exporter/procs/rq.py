@@ -20,6 +20,8 @@ scheduler run Lua scripts on the same server.
 
 Whether a queue exists: RQ adds every queue it enqueues to (its key) to the set ``rq:queues``; a queue in neither
 that set nor any of its keys has never had a job, which reads as 0 jobs and ``found = False`` (a typo in ``queues``?).
+Where that set cannot be read (a key of the wrong type), an empty queue reads 0 jobs and ``found = None`` (unknown):
+the counts stand, on both paths.
 
 Workers: an RQ worker adds its key ``rq:worker:<name>`` to ``rq:workers`` and to ``rq:workers:<q>`` for each queue
 it listens on, and keeps the hash at that key alive with a TTL it renews on each heartbeat (``worker_ttl`` + 60 s,
@@ -122,7 +124,8 @@ if call('EXISTS', intermediate, deferreds, faileds) > 0 then -- one call for thr
 end
 local known = 1
 if waiting + planned + popped + running + deferred + failed == 0 then
-  known = call('SISMEMBER', prefix .. ':queues', key)
+  known = redis.pcall('SISMEMBER', prefix .. ':queues', key)
+  if type(known) ~= 'number' then known = -1 end -- rq:queues of the wrong type: whether RQ knows it is unknown
 end
 local skipped, outcome = 0, '-'
 if waiting > 0 then
@@ -206,7 +209,10 @@ def _queue_reading(name: str, counts: Sequence[int], head: Any, now: float) -> Q
         "failed": failed,
         "expired": expired,
     }
-    found = known > 0 or waiting + popped + running + due + later + deferred + failed > 0
+    if waiting + popped + running + due + later + deferred + failed > 0:
+        found: bool | None = True
+    else:  # -1: RQ's set of queues could not be read (a key of the wrong type): unknown, not missing
+        found = known > 0 if known >= 0 else None
     return QueueReading.of(name, jobs, COUNTED, age, found)
 
 
@@ -264,9 +270,13 @@ def _queue_commands(key: str, p: str, q: str, now: float, limit: int) -> list[Co
 
 def _finish_queue(replies: list[Any], *_command: Any) -> Any:
     """The pipeline path's replies as a :class:`_Queue`: a failed count fails the queue, a failed worker set only its
-    workers."""
-    counts = replies[:_COUNTS]
-    return first_error(counts) or _Queue(list(map(int, counts)), None, replies[_COUNTS])
+    workers, a failed SISMEMBER of ``rq:queues`` (a key of the wrong type) only whether RQ knows the queue (``-1``,
+    as :data:`QUEUE_READ` says it)."""
+    *counts, known = replies[:_COUNTS]
+    failed = first_error(counts)
+    if failed is not None:
+        return failed
+    return _Queue([*map(int, counts), -1 if isinstance(known, Exception) else int(known)], None, replies[_COUNTS])
 
 
 _QUEUE = read_function(

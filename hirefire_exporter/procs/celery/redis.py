@@ -223,8 +223,9 @@ end
 #: One Celery queue on the server. KEYS[1]: its base list; ARGV: the queue's name, kombu's ``sep``, how many more
 #: lists it has (its priority lists), those lists, then the binding tables that may name it. The reply is one line
 #: of text: whether a binding table names the queue (``1``/``0``, asked only of a queue with no message waiting:
-#: ``-`` otherwise), how many messages wait over its lists, then for each non-empty list its oldest message's stamp
-#: (:data:`_STAMP`; ``?`` for a message without one). A binding names the queue when it has kombu's three fields and
+#: ``-`` otherwise; ``?`` when none does and one could not be read, a key of the wrong type), how many messages wait
+#: over its lists, then for each non-empty list its oldest message's stamp (:data:`_STAMP`; ``?`` for a message
+#: without one). A binding names the queue when it has kombu's three fields and
 #: the queue is the third (its pattern is not compiled here).
 QUEUE_READ = (
     _STAMP
@@ -246,11 +247,16 @@ if total == 0 then
   bound = '0'
   local tail, width = sep .. queue, #sep
   for t = 4 + more, #ARGV do
-    for _, member in ipairs(call('SMEMBERS', ARGV[t])) do
-      if string.sub(member, -#tail) == tail then
-        local a = string.find(member, sep, 1, true)
-        local b = a and string.find(member, sep, a + width, true)
-        if b and b == #member - #tail + 1 and not string.find(member, sep, b + width, true) then bound = '1' end
+    local members = redis.pcall('SMEMBERS', ARGV[t])
+    if members.err then -- a table of the wrong type: unknown, unless another one names the queue
+      if bound == '0' then bound = '?' end
+    else
+      for _, member in ipairs(members) do
+        if string.sub(member, -#tail) == tail then
+          local a = string.find(member, sep, 1, true)
+          local b = a and string.find(member, sep, a + width, true)
+          if b and b == #member - #tail + 1 and not string.find(member, sep, b + width, true) then bound = '1' end
+        end
       end
     end
   end
@@ -266,7 +272,8 @@ _JSON_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?|-?(?:nan
 @dataclass(frozen=True)
 class QueueLists:
     """One queue's lists as read: how many messages wait over them, the stamp of each non-empty list's oldest message
-    (``None`` where it has none), and whether a binding table names the queue (``None``: not asked, messages wait)."""
+    (``None`` where it has none), and whether a binding table names the queue (``None``: not asked, messages wait;
+    or unknown, a table that could not be read and none that names it)."""
 
     waiting: int
     stamps: tuple[float | None, ...]
@@ -281,7 +288,7 @@ def _stamp(text: str) -> float | None:
 
 def _parse_queue(reply: Any, *_command: Any) -> QueueLists:
     bound, waiting, *stamps = (as_text(reply) or "").split(" ")
-    return QueueLists(int(waiting), tuple(_stamp(text) for text in stamps), None if bound == "-" else bound == "1")
+    return QueueLists(int(waiting), tuple(_stamp(text) for text in stamps), None if bound in "-?" else bound == "1")
 
 
 def _queue_commands(key: str, queue: str, sep: str, more: int, *keys: str) -> list[Any]:
@@ -291,16 +298,20 @@ def _queue_commands(key: str, queue: str, sep: str, more: int, *keys: str) -> li
 
 
 def _finish_queue(replies: list[Any], key: str, queue: str, sep: str, more: int, *keys: str) -> Any:
-    failed = first_error(replies)
+    """The pipeline path's replies as :class:`QueueLists`: a failed list fails the queue, a failed binding table
+    only whether the queue is bound (unknown, unless another table names it), as on the server."""
+    lists, tables = replies[: 2 * (more + 1)], replies[2 * (more + 1) :]
+    failed = first_error(lists)
     if failed is not None:
         return failed
-    lists = replies[: 2 * (more + 1)]
     lengths, heads = [int(n) for n in lists[0::2]], lists[1::2]
     waiting = sum(lengths)
     bound = None
     if not waiting:  # the script's rule: kombu's three fields, the queue the third
-        members = (as_text(member) or "" for table in replies[2 * (more + 1) :] for member in table)
-        bound = any(len(parts) == 3 and parts[2] == queue for parts in (member.split(sep) for member in members))
+        readable = [table for table in tables if not isinstance(table, Exception)]
+        members = (as_text(member) or "" for table in readable for member in table)
+        named = any(len(parts) == 3 and parts[2] == queue for parts in (member.split(sep) for member in members))
+        bound = True if named else None if len(readable) < len(tables) else False
     return QueueLists(waiting, tuple(message_stamp(head) for n, head in zip(lengths, heads) if n), bound)
 
 
