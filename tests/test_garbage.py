@@ -388,3 +388,49 @@ def test_a_celery_binding_table_of_the_wrong_type_leaves_the_counts_standing_on_
         assert status.up, status.error
         assert status.reading.quantity == waiting
     assert statuses[0].reading == statuses[1].reading
+
+
+_T = f"{time.time() - 100:.3f}"  # a stamp 100 s old
+
+
+def at(template: str, whole: bool = False) -> str:
+    """``template`` with the stamp in place of ``@`` (its whole seconds with ``whole``)."""
+    return template.replace("@", _T.split(".")[0] if whole else _T)
+
+
+@pytest.mark.parametrize(
+    ("raw", "stamped"),
+    [
+        (at('{"headers": {"hirefire_enqueued_at": @}}'), True),
+        (at('{"hirefire_enqueued_at": 1, "headers": {"hirefire_enqueued_at": @}}'), True),  # also named outside
+        (at('{"headers": {"hirefire_enqueued_at": "x"}, "properties": {"timestamp": @}}'), True),
+        (at('{"headers": {}, "hirefire_enqueued_at": @}'), False),  # outside headers
+        (at('{"headers": {"x": {"hirefire_enqueued_at": @}}}'), False),  # nested deeper
+        (at('{"properties": {}, "timestamp": @}'), False),
+        (at('{"headers": {"hirefire_enqueued_at": @, "id": "abc'), False),  # truncated
+        (at('garbage "hirefire_enqueued_at": @}'), False),  # not JSON
+        (at('\xff{"headers": {"hirefire_enqueued_at": @}}'), False),
+        ('{"headers": {"hirefire_enqueued_at": 0x10}}', False),  # cjson takes hex, JSON does not
+        (at('{"headers": {"hirefire_enqueued_at": 0x10}, "properties": {"timestamp": @}}'), False),
+        (at('{"headers": {"hirefire_enqueued_at": NaN}, "properties": {"timestamp": @}}'), False),
+        ('{"headers": {"hirefire_enqueued_at": -Infinity}}', False),
+        (at('{"headers": {"hirefire_enqueued_at": +@}}'), False),
+        (at('{"headers": {"hirefire_enqueued_at": 0@}}'), False),
+        (at('{"headers": {"hirefire_enqueued_at": @.}}', whole=True), False),
+        (at('{"headers": {"hirefire_enqueued_at": @e0}}'), True),
+        ('{"headers": {"hirefire_enqueued_at": 1E400}}', False),  # a JSON number, no time at all: unknown
+    ],
+)
+def test_celery_stamps_are_read_by_one_rule_in_the_script_and_the_pipeline(monkeypatch, redis_conn, redis_url, raw,
+                                                                           stamped):  # fmt: skip
+    """The header inside the message's ``headers`` (else ``properties.timestamp``), a JSON number; anything else is
+    no stamp, on the server (cjson, which takes more than JSON) as in Python."""
+    redis_conn.lpush("celery", raw.encode("latin-1"))
+    make = lambda: celery_proc.CeleryProc("w", queues=["celery"], url=redis_url, metric="latency")  # noqa: E731
+
+    script, pipeline = both_paths(monkeypatch, redis_conn, make)
+
+    assert script.up and pipeline.up, (script.error, pipeline.error)
+    assert script.reading.quantity == pipeline.reading.quantity == 1
+    for latency in (script.reading.queues[0].latency, pipeline.reading.queues[0].latency):  # (two cycles apart)
+        assert (latency is not None and 100 <= latency < 1000) if stamped else latency is None, latency  # _T: import
