@@ -217,9 +217,9 @@ _LOCK = threading.Lock()
 
 
 def _server(client: Redis) -> _Server:
-    from .redis_proc import server_key
+    from .redis_proc import batch_key
 
-    key = server_key(client)
+    key = batch_key(client)  # per user and client: what one user's ACL allows, another's may not
     with _LOCK:
         return _SERVERS.setdefault(key, _Server())
 
