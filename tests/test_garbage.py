@@ -345,14 +345,16 @@ def both_paths(monkeypatch, redis_conn, make_proc, alone: bool = False) -> list:
     statuses = []
     for pipeline in (False, True):
         monkeypatch.setattr(redis_script, "_SERVERS", {})  # nothing learnt: the script path
-        if pipeline:
-            redis_script.pipeline_only(redis_conn)
+        proc = make_proc()
+        if pipeline:  # the proc's own client: a client that reads alike reads for it (batch_key), redis_conn not
+            redis_script.pipeline_only(proc.redis_client())
         if alone:
-            collection = Collection([make_proc()], max_age=0)
+            collection = Collection([proc], max_age=0)
             statuses.append(collection.collect().procs[0])
             collection.close()
         else:
-            statuses.append(cycle(redis_conn, make_proc()))
+            statuses.append(cycle(redis_conn, proc))
+        assert redis_script._server(proc.redis_client()).refused is pipeline
     return statuses
 
 
