@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, cast
 from .counts import COUNTS_KEY, CycleCounts
 from .discovery import assign_claims
 from .procs.base import Proc, ProcConfigError, QueueReading, Reading
-from .procs.redis_proc import RedisProc, read_redis_procs, server_key
+from .procs.redis_proc import RedisProc, batch_key, read_redis_procs
 from .redaction import describe_error
 from .settings_check import collection_options
 
@@ -199,7 +199,8 @@ def _age(value: object) -> bool:
 
 
 def _plan(procs: Sequence[Proc]) -> list[_Task]:
-    """One task per proc, except that procs reading the same Redis server share one task (and one pipeline)."""
+    """One task per proc, except that procs reading the same Redis server through clients that may read for one
+    another (:func:`~hirefire_exporter.procs.redis_proc.batch_key`) share one task (and one round trip)."""
     by_server: dict[Any, _Task] = {}
     tasks: list[_Task] = []
     for proc in procs:
@@ -207,7 +208,7 @@ def _plan(procs: Sequence[Proc]) -> list[_Task]:
         if client is None:
             tasks.append(_Task([proc]))
             continue
-        key = server_key(client)
+        key = batch_key(client)
         if key not in by_server:
             by_server[key] = _Task([], client)
             tasks.append(by_server[key])

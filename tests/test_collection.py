@@ -276,3 +276,79 @@ def test_a_cycle_that_starts_as_the_last_one_ends_reuses_its_read_thread():
     assert done.wait(5)
     assert results == [2]
     assert threading.active_count() == threads + 1  # one thread ran both
+
+
+# Which procs share a round trip: one keyspace, clients that read alike
+
+
+def _task_sizes(procs) -> list[int]:
+    from hirefire_exporter.collection import _plan
+
+    return [len(task.procs) for task in _plan(procs)]
+
+
+def test_a_client_that_decodes_replies_never_reads_for_a_proc_that_does_not(redis_conn, redis_url):
+    """A user's client with ``decode_responses=True`` first: batched with it, an RQ proc's head job whose stamp is
+    not UTF-8 failed the decode of the whole round trip, so every proc on the server (in either order)."""
+    import redis
+
+    job = rq.Queue("default", connection=redis_conn).enqueue("rq_jobs.noop")
+    redis_conn.hset(job.key, "enqueued_at", b"\xff\xfe not utf-8")
+    redis_conn.rpush("plain", "a", "b")
+    decoding = redis.Redis.from_url(redis_url, decode_responses=True, socket_timeout=5)
+    from hirefire_exporter.procs.queues import QueuesProc
+
+    for order in (1, -1):
+        procs = [QueuesProc("user", ["plain"], connection=decoding), RQProc("rq", url=redis_url)][::order]
+        collection = Collection(procs, max_age=0)
+        statuses = {s.name: s for s in collection.collect().procs}
+        collection.close()
+        assert statuses["user"].up and statuses["user"].reading.quantity == 2
+        assert statuses["rq"].up and statuses["rq"].reading.quantity == 1, statuses["rq"].error
+        assert _task_sizes(procs) == [1, 1]
+    decoding.close()
+
+
+def test_a_client_without_a_socket_timeout_never_reads_for_a_proc_that_has_one(redis_url):
+    import redis
+
+    unbounded = redis.Redis.from_url(redis_url)  # redis-py's default: no socket timeout
+    bounded = [RQProc("a", url=redis_url), RQProc("b", url=redis_url.replace(":6379/", "/"), socket_timeout=5.0)]
+
+    assert _task_sizes([RQProc("user", connection=unbounded), *bounded]) == [1, 2]  # the URL-built ones share one
+    assert _task_sizes([*bounded, RQProc("short", url=redis_url, socket_timeout=0.5)]) == [2, 1]
+    unbounded.close()
+
+
+def test_one_server_spelt_two_ways_is_one_keyspace_and_no_queue_is_discovered_twice(redis_conn, redis_url):
+    """``redis://host/db`` and ``redis://host:6379/db``, the user ``default`` and no user: one server. A
+    ``queues="*"`` proc on one spelling leaves the queue another proc names on the other to that proc."""
+    from hirefire_exporter.procs.redis_proc import batch_key, server_key
+
+    for name, n in (("named", 2), ("other", 3)):
+        for _ in range(n):
+            rq.Queue(name, connection=redis_conn).enqueue("rq_jobs.noop")
+    implicit = redis_url.replace(":6379/", "/").replace("redis://", "redis://default@")
+    assert implicit != redis_url and ":6379" not in implicit
+    every, named = RQProc("every", queues="*", url=implicit), RQProc("named", queues=["named"], url=redis_url)
+    assert server_key(every.redis_client()) == server_key(named.redis_client())
+    assert batch_key(every.redis_client()) == batch_key(named.redis_client())
+
+    collection = Collection([every, named], max_age=0)
+    statuses = {s.name: s for s in collection.collect().procs}
+    collection.close()
+
+    assert [q.name for q in statuses["every"].reading.queues] == ["other"]
+    assert (statuses["every"].reading.quantity, statuses["named"].reading.quantity) == (3, 2)
+
+
+@pytest.mark.parametrize(
+    ("omitted", "given"),
+    [("amqp://guest:guest@127.0.0.1//", "amqp://guest:guest@127.0.0.1:5672//"),
+     ("amqps://guest:guest@broker.example//", "amqps://guest:guest@broker.example:5671//")],
+)  # fmt: skip
+def test_an_amqp_broker_with_its_port_omitted_is_the_same_scope(omitted, given):
+    from hirefire_exporter.procs.celery import CeleryProc
+
+    scopes = {CeleryProc("w", queues=["q"], url=url).queue_scope() for url in (omitted, given)}
+    assert len(scopes) == 1

@@ -406,7 +406,8 @@ def test_redis_huey_instances_sharing_a_redis_are_found_by_scan(private_redis):
     names = ["dsc_later", "dsc_mail", "dsc_reports"]
     reference = cost(private_redis, Collection([HueyProc("worker", huey=instances[0], queues=names)]))
     # a SCAN of the queues' keys and one of the schedules', and the type of the queue key of a name only scheduled
-    extra = {"scan": 2, "type": 1, "evalsha_ro": reference["evalsha_ro"] + 1}
+    # (in a round trip of its own, with its ROLE)
+    extra = {"scan": 2, "type": 1, "evalsha_ro": reference["evalsha_ro"] + 1, "role": reference["role"] + 1}
     assert cost(private_redis, collection) == {**reference, **extra}
     reading = collection.latest.procs[0].reading
     assert {q.name: dict(q.jobs) for q in reading.queues} == {

@@ -121,6 +121,7 @@ def test_one_round_trip_per_server_with_rq_plus_one_for_follow_ups(private_redis
         "lindex": 3 * 2 + 1,
         "hget": 1 + 2 + 2 + 1,  # names[0] has one waiting message, the others three
         "smembers": 1,  # RQ's worker set of its queue
+        "role": 2,  # one per round trip: whether the server is a replica cut off from its master
     }
 
 

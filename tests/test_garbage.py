@@ -332,3 +332,107 @@ def test_a_custom_proc_measuring_garbage_is_down_never_nan_infinity_or_a_500(rea
     assert metrics.status_code == 200
     assert samples(metrics.get_data(as_text=True), "hirefire_proc_jobs") == {("fine",): 4.0}
     assert collection.latest.procs[0].error == f"ValueError: not a count or an age in seconds: {problem}"
+
+
+# The script and the pipeline read garbage alike
+
+
+def both_paths(monkeypatch, redis_conn, make_proc, alone: bool = False) -> list:
+    """One cycle of ``make_proc()`` (next to a clean RQ neighbour unless ``alone``) in the server-side script, one
+    with plain pipelined commands (as where scripts are refused): the two statuses."""
+    from hirefire_exporter.procs import redis_script
+
+    statuses = []
+    for pipeline in (False, True):
+        monkeypatch.setattr(redis_script, "_SERVERS", {})  # nothing learnt: the script path
+        proc = make_proc()
+        if pipeline:  # the proc's own client: a client that reads alike reads for it (batch_key), redis_conn not
+            redis_script.pipeline_only(proc.redis_client())
+        if alone:
+            collection = Collection([proc], max_age=0)
+            statuses.append(collection.collect().procs[0])
+            collection.close()
+        else:
+            statuses.append(cycle(redis_conn, proc))
+        assert redis_script._server(proc.redis_client()).refused is pipeline
+    return statuses
+
+
+def test_rq_queues_of_the_wrong_type_leave_the_counts_standing_on_both_paths(monkeypatch, redis_conn):
+    """``rq:queues`` only says whether RQ knows an empty queue: unreadable (``SET rq:queues oops``), that is
+    unknown, and the queues' counts stand, whether they are empty or not."""
+    for _ in range(3):
+        rq.Queue("busy", connection=redis_conn).enqueue("rq_jobs.noop")
+    redis_conn.delete("rq:queues")
+    redis_conn.set("rq:queues", "oops")
+
+    make = lambda: RQProc("rq", connection=redis_conn, queues=["busy", "empty"])  # noqa: E731
+    for status in both_paths(monkeypatch, redis_conn, make, alone=True):  # (the neighbour's enqueue would fail)
+        assert status.up, status.error
+        assert [(q.name, q.jobs["queued"], q.found) for q in status.reading.queues] == [
+            ("busy", 3, True),
+            ("empty", 0, None),
+        ]
+
+
+@pytest.mark.parametrize("waiting", [0, 2])
+def test_a_celery_binding_table_of_the_wrong_type_leaves_the_counts_standing_on_both_paths(
+    monkeypatch, redis_conn, redis_url, waiting
+):
+    for _ in range(waiting):
+        redis_conn.lpush("celery", json.dumps({"headers": {}, "properties": {}}))
+    redis_conn.set("_kombu.binding.celery", "oops")
+
+    statuses = both_paths(
+        monkeypatch, redis_conn, lambda: celery_proc.CeleryProc("w", queues=["celery"], url=redis_url)
+    )
+    for status in statuses:
+        assert status.up, status.error
+        assert status.reading.quantity == waiting
+    assert statuses[0].reading == statuses[1].reading
+
+
+_T = f"{time.time() - 100:.3f}"  # a stamp 100 s old
+
+
+def at(template: str, whole: bool = False) -> str:
+    """``template`` with the stamp in place of ``@`` (its whole seconds with ``whole``)."""
+    return template.replace("@", _T.split(".")[0] if whole else _T)
+
+
+@pytest.mark.parametrize(
+    ("raw", "stamped"),
+    [
+        (at('{"headers": {"hirefire_enqueued_at": @}}'), True),
+        (at('{"hirefire_enqueued_at": 1, "headers": {"hirefire_enqueued_at": @}}'), True),  # also named outside
+        (at('{"headers": {"hirefire_enqueued_at": "x"}, "properties": {"timestamp": @}}'), True),
+        (at('{"headers": {}, "hirefire_enqueued_at": @}'), False),  # outside headers
+        (at('{"headers": {"x": {"hirefire_enqueued_at": @}}}'), False),  # nested deeper
+        (at('{"properties": {}, "timestamp": @}'), False),
+        (at('{"headers": {"hirefire_enqueued_at": @, "id": "abc'), False),  # truncated
+        (at('garbage "hirefire_enqueued_at": @}'), False),  # not JSON
+        (at('\xff{"headers": {"hirefire_enqueued_at": @}}'), False),
+        ('{"headers": {"hirefire_enqueued_at": 0x10}}', False),  # cjson takes hex, JSON does not
+        (at('{"headers": {"hirefire_enqueued_at": 0x10}, "properties": {"timestamp": @}}'), False),
+        (at('{"headers": {"hirefire_enqueued_at": NaN}, "properties": {"timestamp": @}}'), False),
+        ('{"headers": {"hirefire_enqueued_at": -Infinity}}', False),
+        (at('{"headers": {"hirefire_enqueued_at": +@}}'), False),
+        (at('{"headers": {"hirefire_enqueued_at": 0@}}'), False),
+        (at('{"headers": {"hirefire_enqueued_at": @.}}', whole=True), False),
+        (at('{"headers": {"hirefire_enqueued_at": @e0}}'), True),
+        ('{"headers": {"hirefire_enqueued_at": 1E400}}', False),  # a JSON number, no time at all: unknown
+    ],
+)
+def test_celery_stamps_are_read_by_one_rule_in_the_script_and_the_pipeline(monkeypatch, redis_conn, redis_url, raw,
+                                                                           stamped):  # fmt: skip
+    """The header inside the message's ``headers`` (else ``properties.timestamp``), a JSON number; anything else is
+    no stamp, on the server (cjson, which takes more than JSON) as in Python."""
+    redis_conn.lpush("celery", raw.encode("latin-1"))
+    make = lambda: celery_proc.CeleryProc("w", queues=["celery"], url=redis_url, metric="latency")  # noqa: E731
+
+    script, pipeline = both_paths(monkeypatch, redis_conn, make)
+
+    assert script.up and pipeline.up, (script.error, pipeline.error)
+    assert script.reading.quantity == pipeline.reading.quantity == 1
+    for latency in (script.reading.queues[0].latency, pipeline.reading.queues[0].latency):  # (two cycles apart)
+        assert (latency is not None and 100 <= latency < 1000) if stamped else latency is None, latency  # _T: import

@@ -347,3 +347,78 @@ def test_a_reply_that_fails_to_parse_leaves_no_unread_reply_for_the_next_read(pr
         redis_script.execute(client, [[refused("short"), ("ECHO", "left unread")]])  # ECHO: sent beside the call
 
     assert redis_script.execute(client, [[("STRLEN", "long"), ("GET", "long")]]) == [[6, b"abcdef"]]
+
+
+@pytest.fixture
+def slowlog(private_redis):
+    """Every top-level command the private server runs, from SLOWLOG (without a script's own calls)."""
+    private_redis.config_set("slowlog-log-slower-than", 0)
+    private_redis.config_set("slowlog-max-len", 100_000)
+    private_redis.slowlog_reset()
+
+    def commands() -> list[list[str]]:
+        entries = private_redis.slowlog_get(100_000)
+        private_redis.slowlog_reset()
+        names = [
+            [part.decode("utf-8", "replace") for part in e["command"].split()]
+            for e in reversed(entries)
+            if e["client_address"] != b"?:0"
+        ]  # ?:0: a call made by a script
+        return [c for c in names if c[0] not in ("SLOWLOG", "CONFIG", "INFO")]
+
+    try:
+        yield commands
+    finally:
+        private_redis.config_set("slowlog-log-slower-than", 10_000)
+        private_redis.config_set("slowlog-max-len", 128)
+
+
+def test_reads_without_a_bound_on_their_reply_are_sent_beside_the_script(private_redis, slowlog):
+    """HVALS of a hash of any size inside a call would hold Redis for as long as the hash takes, counted as one
+    command: such reads go as plain commands in the same round trip; a range its indices bound stays inside."""
+    private_redis.hset("hash", mapping={f"f{i}": "x" * 100 for i in range(1000)})
+    private_redis.zadd("zset", {f"m{i}": i for i in range(1000)})
+    private_redis.sadd("set", *range(1000))
+    private_redis.rpush("list", *range(1000))
+    commands = [
+        ("HVALS", "hash"), ("HGETALL", "hash"), ("HKEYS", "hash"), ("SMEMBERS", "set"), ("LRANGE", "list", 0, -1),
+        ("ZRANGE", "zset", 0, -1), ("ZRANGEBYSCORE", "zset", 0, "+inf"),
+        ("LLEN", "list"), ("ZRANGE", "zset", 0, 0), ("LRANGE", "list", 0, 3),
+    ]  # fmt: skip
+    client = QueuesProc("worker", ["list"], url=url_of(private_redis)).redis_client()
+    redis_script.execute(client, [[("LLEN", "list")]])  # the script loaded
+    slowlog()
+
+    (scripted,) = redis_script.execute(client, [commands])
+
+    top = slowlog()
+    assert sorted(c[0] for c in top) == sorted(["ROLE", "EVALSHA_RO", *(c[0] for c in commands[:7])])
+    (call,) = [c for c in top if c[0] == "EVALSHA_RO"]
+    assert call[2] == "3" and call[3:6] == ["list", "zset", "list"]  # LLEN, ZRANGE 0 0, LRANGE 0 3 as its KEYS
+    redis_script.pipeline_only(client)
+    (pipelined,) = redis_script.execute(client, [commands])
+    assert scripted == pipelined
+    assert len(scripted[0]) == 1000 and scripted[7] == 1000 and scripted[8] == [b"m0"]
+
+
+def test_an_rq_head_expired_past_a_few_ids_is_walked_in_a_follow_up_call_of_its_own(private_redis, slowlog):
+    """The reader's call walks a few expired ids per queue at most (it holds the reads of ~30 queues); a longer walk
+    is one follow-up call per queue, as on the pipeline path, so no call holds Redis for 30 walks of 1,000 ids."""
+    names = ["a", "b", "c"]
+    queues = [rq.Queue(name, connection=private_redis) for name in names]
+    for n, queue in enumerate(queues):
+        private_redis.rpush(queue.key, *(f"gone-{i}" for i in range(600 + n)))  # ids whose job hash is gone
+        queue.enqueue("rq_jobs.noop")
+    proc = RQProc("rq", queues=names, url=url_of(private_redis), metric="latency")
+    now = time.time() + 30
+    read_all([proc], now)  # the script loaded
+    slowlog()
+
+    (reading,) = read_all([proc], now)
+
+    calls = [c for c in slowlog() if c[0] == "EVALSHA_RO"]
+    assert len(calls) == 1 + 3  # the queues' reads in one call, then one walk per queue, each a call of its own
+    assert [dict(q.jobs)["expired"] for q in reading.queues] == [600, 601, 602]
+    assert reading.quantity == 3 and 30 <= reading.latency < 40
+    redis_script.pipeline_only(proc.redis_client())
+    assert read_all([proc], now) == [reading]

@@ -99,9 +99,9 @@ def test_reads_without_writing_and_ignores_dead_workers_leases(private_redis):
     assert private_redis.zcard("rq:wip:default") == 2  # nothing cleaned up: RQ's registry.count would have
     used = set(command_counts(private_redis))
     # reads only, in the read-only reader script: the counts, rq:queues membership, the oldest live job, the worker
-    # registry (SMEMBERS; HMGET of the workers' hashes)
-    reads = {"llen", "zcount", "zcard", "sismember", "script|load", "evalsha_ro", "lindex", "lrange", "hget", "exists"}
-    assert used <= reads | {"smembers", "hmget"}, used
+    # registry (SMEMBERS; HMGET of the workers' hashes); ROLE, whether a replica is cut off from its master
+    reads = {"role", "llen", "zcount", "zcard", "sismember", "script|load", "evalsha_ro", "lindex", "lrange", "hget"}
+    assert used <= reads | {"exists", "smembers", "hmget"}, used
 
 
 def test_queues_of_one_proc_cost_one_round_trip_with_latency(private_redis, monkeypatch):
@@ -130,6 +130,7 @@ def test_queues_of_one_proc_cost_one_round_trip_with_latency(private_redis, monk
         "evalsha_ro": math.ceil(50 / (CHUNK_COST // _QUEUE.cost)),
         "lindex": 50,
         "hget": 50,
+        "role": 1,  # in the same round trip: whether the server is a replica cut off from its master
     }
 
 

@@ -12,10 +12,12 @@ pipelined (:mod:`~hirefire_exporter.procs.redis_script`). A command is a tuple `
 
 from __future__ import annotations
 
+import inspect
 import math
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -164,24 +166,83 @@ def _check_url(label: str, url: Any) -> None:
 
 
 def server_key(client: Redis) -> tuple[Any, ...]:
-    """Which Redis server, database and credentials a client talks to: procs with the same key share one pipeline,
-    sent through the first one's client. So the key holds everything that changes what a command reads or whether it
-    may: the address (or, for a Sentinel-managed client, which has none, the service name), the database, TLS and
-    the credentials (a proc with a stale password must fail on its own, not ride on its neighbour's)."""
+    """Which keyspace a client reads: the server (its address, or for a Sentinel-managed client, which has none, the
+    service name) and the database, whoever reads it and however. Procs with the same key read the same keys: one
+    discovery scope (a queue named by one proc is not discovered by another), and a tracker store that is the
+    broker's. An omitted port is Redis's 6379 (``redis://host/0`` and ``redis://host:6379/0`` are one server)."""
     pool = client.connection_pool
     kwargs = pool.connection_kwargs
+    service, path = getattr(pool, "service_name", None), kwargs.get("path")
+    tcp = service is None and not path
     return (
+        service,
+        kwargs.get("host") or ("localhost" if tcp else None),
+        kwargs.get("port") or (6379 if tcp else None),
+        path,
+        int(kwargs.get("db") or 0),
+    )
+
+
+#: Connection options that change how a reply is read or how long a read may wait. Procs on one keyspace are sent
+#: in one batch, through the first one's client, only where their clients agree on every one of these (and on TLS,
+#: ``ssl*``, and the credentials): a client that decodes replies would decode another proc's (one non-UTF-8 byte
+#: would fail every proc of the batch), a client without a socket timeout would remove another's.
+BATCH_OPTIONS = (
+    "decode_responses", "encoding", "encoding_errors", "protocol", "legacy_responses", "socket_read_size",
+    "socket_timeout", "socket_connect_timeout", "socket_keepalive", "socket_keepalive_options",
+    "health_check_interval", "retry", "retry_on_error", "retry_on_timeout", "redis_connect_func",
+)  # fmt: skip
+
+
+def batch_key(client: Redis) -> tuple[Any, ...]:
+    """Which clients may read for one another: those on one keyspace (:func:`server_key`) with the same connection
+    kind, TLS, credentials (a proc with a stale password must fail on its own, not ride on its neighbour's; the user
+    ``default`` is no user named) and :data:`BATCH_OPTIONS`, each option's effective value (a client given none has
+    its connection class's default)."""
+    pool = client.connection_pool
+    kwargs = pool.connection_kwargs
+    defaults = _connection_defaults(pool.connection_class)
+    names = sorted({*BATCH_OPTIONS, *(name for name in kwargs if name.startswith("ssl"))})
+    options = tuple((name, _comparable(kwargs.get(name, defaults.get(name)))) for name in names)
+    username = kwargs.get("username")
+    return (
+        server_key(client),
         type(pool),
         pool.connection_class,
-        getattr(pool, "service_name", None),
-        kwargs.get("host"),
-        kwargs.get("port"),
-        kwargs.get("path"),
-        kwargs.get("db", 0),
-        kwargs.get("username"),
+        None if username == "default" else username,
         kwargs.get("password"),
         kwargs.get("credential_provider"),
+        options,
     )
+
+
+@lru_cache(maxsize=64)
+def _connection_defaults(connection_class: type) -> dict[str, Any]:
+    """The defaults of a connection class's keyword arguments, its bases' included (``SSLConnection`` passes most
+    on to ``Connection``)."""
+    defaults: dict[str, Any] = {}
+    for cls in reversed(connection_class.__mro__):
+        try:
+            parameters = inspect.signature(cls.__init__).parameters.values()
+        except (TypeError, ValueError):
+            continue
+        defaults.update((p.name, p.default) for p in parameters if p.default is not p.empty)
+    return defaults
+
+
+def _comparable(value: Any) -> Any:
+    """An option's value as something two clients' can be compared by: a ``Retry`` by its policy (each URL-built client
+    has one of its own), a list as a tuple, a value of any other kind by identity (unknown: assume it differs)."""
+    if value is None or isinstance(value, str | bytes | int | float | type):
+        return value
+    if isinstance(value, list | tuple | frozenset | set):
+        items = [_comparable(v) for v in value]
+        return tuple(items) if isinstance(value, list | tuple) else frozenset(items)
+    if type(value).__name__ == "Retry" and hasattr(value, "_retries"):
+        backoff = getattr(value, "_backoff", None)
+        state = tuple(sorted((k, _comparable(v)) for k, v in vars(backoff).items())) if backoff is not None else ()
+        return ("Retry", value._retries, type(backoff), state, _comparable(getattr(value, "_supported_errors", ())))
+    return ("object", id(value))
 
 
 def read_redis_procs(client: Redis, procs: Sequence[RedisProc], now: float) -> list[Reading | Exception]:

@@ -12,12 +12,20 @@ the proc that asked for it.
   ``EVALSHA``); the script is loaded
   (``SCRIPT LOAD``) in the first pipeline to each server and again after ``NOSCRIPT`` (a restart, ``SCRIPT FLUSH``);
 - chunks of at most :data:`CHUNK_COST` (about 0.3 ms of Redis time each), so that one call never holds Redis for
-  long while other clients wait: a call is atomic;
+  long while other clients wait: a call is atomic. A read whose reply has no size bound (``HVALS``, ``SMEMBERS``, a
+  whole range: :data:`UNBOUNDED`) costs what its reply's size costs, which no cost per command tells in advance:
+  it is sent as a plain command beside the calls, in the same round trip;
 - keys are passed as ``KEYS`` (one per command; extra keys of a multi-key command would be ``ARGV``: Redis Cluster is
   not supported, the reads of one proc span many slots anyway). A :class:`ReadFunction` may read keys it finds
   (RQ's job hashes), which only a single-node Redis allows;
 - a server that refuses scripts (an ACL without ``+evalsha_ro``/``+evalsha`` or ``+script|load``, a managed Redis
-  that disables them, a renamed command) is read with plain pipelined commands from then on, said once in the log.
+  that disables them, a renamed command; an ACL that gives ``EVALSHA`` but only read rights on the keys, which
+  ``EVALSHA`` declares read-write) is read with plain pipelined commands from then on, said once in the log. A call
+  that fails while it runs (an operator's ``SCRIPT KILL``, a Lua error) fails its commands for this cycle only;
+- a replica whose link to its master is down (never synced, or lost since) serves whatever it holds, often nothing:
+  ``ROLE``, asked in the same round trip, tells it, and the server's reads then fail with a transient
+  ``MasterDownError`` (procs keep their last good reading and are reported down, never 0). An ACL that forbids
+  ``ROLE`` turns the check off for that server, said once in the log.
 
 A :class:`ReadFunction` is a read that needs logic on the server (find the first live job, the stamp inside a
 message): a proc declares it like a command, ``(function, key, *args)``. In the script it is a Lua function; on the
@@ -52,6 +60,13 @@ SCRIPTABLE = frozenset(
         "ZRANGE", "ZRANGEBYSCORE", "ZSCORE",
     }
 )  # fmt: skip
+#: Commands whose reply has no size bound (a whole hash, set or range): one of them may hold Redis for milliseconds
+#: (HVALS of 10,000 delayed messages: ~25 ms), which a script call would add to the rest of its chunk, holding every
+#: other client meanwhile, and which a cost of 1 would not account for. They are sent as plain commands beside the
+#: calls, in the same round trip, except a range whose indices bound it (``ZRANGE key 0 0``: :func:`_bounded`).
+UNBOUNDED = frozenset({"HGETALL", "HKEYS", "HVALS", "LRANGE", "SMEMBERS", "ZRANGE", "ZRANGEBYSCORE"})
+#: The longest range (``LRANGE``/``ZRANGE`` with indices from 0 up) the script still runs.
+SMALL_RANGE = 16
 #: Cost units per script call: a plain command is 1, about 1 µs of Redis time at most (so about 0.3 ms per call on a
 #: quiet machine; measured in docs/performance.md). Smaller calls cost next to nothing more: they are all in one round
 #: trip, and while Redis runs one the exporter packs the next or parses the last. Where the machine is loaded and
@@ -193,6 +208,8 @@ class _Server:
     command: str = "EVALSHA_RO"
     loaded: bool = False
     refused: bool = False
+    #: Whether ``ROLE`` is asked with each read (not after the server refused it).
+    role: bool = True
 
 
 _SERVERS: dict[Any, _Server] = {}
@@ -200,9 +217,9 @@ _LOCK = threading.Lock()
 
 
 def _server(client: Redis) -> _Server:
-    from .redis_proc import server_key
+    from .redis_proc import batch_key
 
-    key = server_key(client)
+    key = batch_key(client)  # per user and client: what one user's ACL allows, another's may not
     with _LOCK:
         return _SERVERS.setdefault(key, _Server())
 
@@ -224,11 +241,29 @@ def execute(client: Redis, plans: Sequence[Sequence[Command]]) -> list[list[Any]
     plain: list[Command] = []
     if not server.refused:
         for command in unique:
-            name = command[0]
-            fits = len(command) > 1 and ((type(name) is str and name in SCRIPTABLE) or type(name) is ReadFunction)
-            (scripted if fits else plain).append(command)
-    replies = _scripted(client, server, scripted, plain) if scripted else _pipelined(client, list(unique))
+            (scripted if _scriptable(command) else plain).append(command)
+    replies = _scripted(client, server, scripted, plain) if scripted else _pipelined(client, list(unique), server)
     return [[replies[command] for command in plan] for plan in plans]
+
+
+def _scriptable(command: Command) -> bool:
+    """Whether the script runs ``command``: a read function, or a whitelisted command with a key whose reply is
+    bounded (:data:`UNBOUNDED`)."""
+    name = command[0]
+    if type(name) is ReadFunction:
+        return True
+    if len(command) < 2 or type(name) is not str or name not in SCRIPTABLE:
+        return False
+    return name not in UNBOUNDED or _bounded(command)
+
+
+def _bounded(command: Command) -> bool:
+    """A range read whose indices bound its reply: ``LRANGE``/``ZRANGE key start stop`` with ``0 <= start <= stop``
+    and at most :data:`SMALL_RANGE` elements (a huey priority queue's head: ``ZRANGE key 0 0``)."""
+    if command[0] not in ("LRANGE", "ZRANGE") or len(command) != 4:
+        return False
+    start, stop = command[2], command[3]
+    return type(start) is int and type(stop) is int and 0 <= start <= stop < start + SMALL_RANGE
 
 
 def plain_commands(command: Command) -> list[Command]:
@@ -242,9 +277,13 @@ def plain_commands(command: Command) -> list[Command]:
     return [("EVALSHA", name.sha, 1, *command[1:])]
 
 
-def _pipelined(client: Redis, commands: Sequence[Command]) -> dict[Command, Any]:
-    """The commands in one plain pipeline; read functions as their fallback (or their own script, loaded first)."""
+def _pipelined(client: Redis, commands: Sequence[Command], server: _Server | None = None) -> dict[Command, Any]:
+    """The commands in one plain pipeline; read functions as their fallback (or their own script, loaded first).
+    With ``server``, ``ROLE`` goes first (:func:`_link_down`; without, the caller has just asked it)."""
     pipe = client.pipeline(transaction=False)
+    role = server is not None and server.role
+    if role:
+        pipe.execute_command("ROLE")
     loads = {c[0].sha: c[0].script for c in commands if isinstance(c[0], ReadFunction) and c[0].fallback is None}
     for lua in loads.values():
         pipe.execute_command("SCRIPT", "LOAD", lua)
@@ -252,7 +291,10 @@ def _pipelined(client: Redis, commands: Sequence[Command]) -> dict[Command, Any]
     for each in sent:
         for command in each:
             pipe.execute_command(*command)
-    replies = iter(pipe.execute(raise_on_error=False)[len(loads) :])
+    every = pipe.execute(raise_on_error=False)
+    if role and server is not None and (down := _link_down(client, server, every[0])) is not None:
+        return dict.fromkeys(commands, down)
+    replies = iter(every[int(role) + len(loads) :])
     return {command: _finished(command, [next(replies) for _ in each]) for command, each in zip(commands, sent)}
 
 
@@ -283,6 +325,7 @@ def _scripted(
     results: dict[Command, Any] = {}
     failed: dict[int, tuple[list[list[Command]], Exception]] = {}  # by chunk: a retry hands the same chunk again
     loaded: list[Any] = []  # the last reply to SCRIPT LOAD
+    roles: list[Any] = []  # the reply to ROLE
 
     def chunk_reply(groups: list[list[Command]], reply: Any) -> None:
         if isinstance(reply, Exception):
@@ -292,6 +335,8 @@ def _scripted(
             results.update(_replies(client, groups, reply))
 
     def requests() -> Iterator[tuple[tuple[Any, ...], Callable[[Any], None]]]:
+        if server.role:
+            yield ("ROLE",), roles.append
         if not server.loaded:
             yield ("SCRIPT", "LOAD", source), loaded.append
         for chunk in _chunks(scripted):  # each packed just before it is sent: Redis runs the first meanwhile
@@ -301,6 +346,8 @@ def _scripted(
             yield command, partial(results.__setitem__, command)
 
     _exchange(client, requests())
+    if roles and (down := _link_down(client, server, roles[-1])) is not None:
+        return dict.fromkeys(scripted + plain, down)
     if loaded:
         load = loaded[-1]
         if isinstance(load, Exception) and _transient(load):  # a server starting: try again next cycle
@@ -310,21 +357,74 @@ def _scripted(
         server.loaded = True
     denied: list[Command] = []
     for groups, reply in failed.values():
-        if _transient(reply):  # the server is busy or starting: these commands fail this cycle only
+        if _transient(reply) or _failed_run(reply, sha):  # busy, starting, killed: these commands fail this cycle
             results.update((command, reply) for group in groups for command in group)
         elif _key_denied(reply):  # an ACL without one of the chunk's keys: scripts are fine, that key is not
             denied += [command for group in groups for command in group]
         elif retries and type(reply).__name__ == "NoScriptError":  # gone (a restart, SCRIPT FLUSH): reload it
             server.loaded = False
             return _scripted(client, server, scripted, plain, retries - 1)
-        elif retries and server.command == "EVALSHA_RO":  # before Redis 7, or an ACL that allows only EVALSHA
+        elif retries and server.command == "EVALSHA_RO" and _read_only_refused(reply):  # Redis < 7, or an ACL
             server.command = "EVALSHA"
             return _scripted(client, server, scripted, plain, retries - 1)
         else:
             return _refused(client, server, reply, scripted + plain)
+    if denied and server.command == "EVALSHA" and len(denied) == len(scripted):
+        # EVALSHA declares its keys read-write: a user with read-only key rights (%R~) is denied every chunk
+        return _refused(client, server, _first_failure(failed), scripted + plain, _READ_ONLY_KEYS)
     if denied:  # one more round trip, so that only the commands on a denied key fail, each its own proc
         results.update(_pipelined(client, denied))
     return results
+
+
+_READ_ONLY_KEYS = (
+    "EVALSHA declares its keys read-write, and this user may only read them: allow +evalsha_ro for the faster reads"
+)
+
+
+def _first_failure(failed: dict[int, tuple[list[list[Command]], Exception]]) -> Exception:
+    """One of the failed chunks' error replies (they are alike: all denied)."""
+    return next(iter(failed.values()))[1]
+
+
+def _read_only_refused(error: Exception) -> bool:
+    """``EVALSHA_RO`` itself refused, so that ``EVALSHA`` may do: unknown before Redis 7 (or renamed), or an ACL that
+    names it. Anything else is no reason to declare the keys writable."""
+    text = str(error).lower()
+    return "unknown command" in text or (type(error).__name__ == "NoPermissionError" and "evalsha_ro" in text)
+
+
+def _failed_run(error: Exception, sha: str) -> bool:
+    """A call that failed while it ran, not a refusal to run it: an operator's ``SCRIPT KILL`` or a Lua runtime error
+    (Redis names the running script in such errors: ``script: <sha>`` from 7, ``f_<sha>`` before)."""
+    text = str(error)
+    return f"script: {sha}" in text or f"f_{sha}" in text or "script killed" in text.lower()
+
+
+def _link_down(client: Redis, server: _Server, role: Any) -> Exception | None:
+    """The error that fails a read of a replica whose link to its master is not ``connected`` (its data may be
+    stale, or nothing at all before its first sync), from the reply to ``ROLE``; ``None`` for a master, a connected
+    replica, or a server that cannot tell (an ACL that forbids ``ROLE``: not asked again)."""
+    from redis.exceptions import MasterDownError
+
+    if isinstance(role, Exception):
+        if _transient(role):  # a server loading its data: its reads fail with it, this cycle
+            return role
+        server.role = False
+        log.warning(
+            "Redis %s cannot be asked ROLE (%s): a replica whose master link is down would not be told from a good"
+            " one (allow +role to check it)",
+            _where(client),
+            _said(role),
+        )
+        return None
+    parts = [part.decode("utf-8", "replace") if isinstance(part, bytes) else part for part in role or ()]
+    if len(parts) >= 4 and parts[0] in ("slave", "replica") and parts[3] != "connected":
+        return MasterDownError(
+            f"MASTERDOWN a replica whose link to its master {parts[1]}:{parts[2]} is {parts[3]!r}, not 'connected':"
+            " its data may be stale or missing"
+        )
+    return None
 
 
 def _exchange(client: Redis, requests: Iterable[tuple[tuple[Any, ...], Callable[[Any], None]]]) -> None:
@@ -377,19 +477,35 @@ def _key_denied(error: Exception) -> bool:
     return type(error).__name__ == "NoPermissionError" and "keys" in str(error)
 
 
-def _refused(client: Redis, server: _Server, error: Exception, commands: list[Command]) -> dict[Command, Any]:
+def _refused(
+    client: Redis,
+    server: _Server,
+    error: Exception,
+    commands: list[Command],
+    hint: str = "allow +evalsha_ro, +evalsha and +script|load for the faster reads",
+) -> dict[Command, Any]:
     server.refused = True
+    log.warning(
+        "Redis %s refuses server-side scripts (%s): reading it with plain pipelined commands from now on (%s)",
+        _where(client),
+        _said(error),
+        hint,
+    )
+    return _pipelined(client, commands)
+
+
+def _where(client: Redis) -> str:
+    """The server and database, for the log (never the credentials)."""
     pool = client.connection_pool
     kwargs = pool.connection_kwargs
     where = kwargs.get("path") or getattr(pool, "service_name", None) or f"{kwargs.get('host')}:{kwargs.get('port')}"
-    log.warning(
-        "Redis %s db %s refuses server-side scripts (%s): reading it with plain pipelined commands from now on"
-        " (allow +evalsha_ro, +evalsha and +script|load for the faster reads)",
-        where,
-        kwargs.get("db", 0),
-        describe_error(error),
-    )
-    return _pipelined(client, commands)
+    return f"{where} db {kwargs.get('db', 0)}"
+
+
+def _said(error: Exception) -> str:
+    """An error reply for the log, without the arguments Redis quotes for an unknown (renamed) command: queue names,
+    the script's source."""
+    return describe_error(error).split(", with args beginning with", 1)[0]
 
 
 def _resp2_callbacks(client: Redis) -> Any:

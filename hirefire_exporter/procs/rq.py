@@ -20,6 +20,8 @@ scheduler run Lua scripts on the same server.
 
 Whether a queue exists: RQ adds every queue it enqueues to (its key) to the set ``rq:queues``; a queue in neither
 that set nor any of its keys has never had a job, which reads as 0 jobs and ``found = False`` (a typo in ``queues``?).
+Where that set cannot be read (a key of the wrong type), an empty queue reads 0 jobs and ``found = None`` (unknown):
+the counts stand, on both paths.
 
 Workers: an RQ worker adds its key ``rq:worker:<name>`` to ``rq:workers`` and to ``rq:workers:<q>`` for each queue
 it listens on, and keeps the hash at that key alive with a TTL it renews on each heartbeat (``worker_ttl`` + 60 s,
@@ -55,7 +57,7 @@ from ..redaction import describe_error
 from ..settings_check import OrNone, Text
 from .base import ClientProc, QueueReading, Reading, Workers
 from .redis_proc import Command, RedisProc, age_since, as_text, parse_utc
-from .redis_script import first_error, read_function
+from .redis_script import CHUNK_COST, first_error, read_function
 
 log = logging.getLogger("hirefire_exporter")
 
@@ -64,8 +66,11 @@ COUNTED = frozenset({"queued", "started", "due"})
 #: A queue's counts, in the order of :data:`QUEUE_READ`'s summary: waiting ids, popped, running, due, scheduled for
 #: later, deferred, failed, and whether RQ knows the queue (then the walk).
 _COUNTS = 8
-#: How many ids at the head of a queue the script looks at, at most, to find a live job (about 1 ms of Redis time).
+#: How many ids at the head of a queue the walk looks at, at most, to find a live job (about 1-3 ms of Redis time).
 HEAD_SCAN_LIMIT = 1000
+#: How many ids :data:`QUEUE_READ` walks inside the reader's call, where the reads of up to ~30 queues share one call:
+#: a queue whose head is expired past these is walked on in a follow-up :data:`FIRST_LIVE_JOB` call of its own.
+SCRIPT_WALK_LIMIT = 4
 
 #: KEYS[1]: a queue's id list; ARGV[1]: the job key prefix (``rq:job:``); ARGV[2]: how many ids to look at, at most.
 #: Returns ``{skipped, enqueued_at}`` for the first id whose job hash exists (``enqueued_at`` is ``""`` when the hash
@@ -88,17 +93,20 @@ while start < limit do
 end
 return {start, false, 0}
 """
-_FIRST_LIVE = read_function("rq_first_live_job", FIRST_LIVE_JOB, cost=6)
+#: Its cost: a walk of :data:`HEAD_SCAN_LIMIT` ids takes a call of its own (a live head costs next to nothing, but
+#: nothing tells in advance how far a walk goes).
+_FIRST_LIVE = read_function("rq_first_live_job", FIRST_LIVE_JOB, cost=CHUNK_COST)
 
-#: KEYS[1]: a queue's id list; ARGV: the prefix, the queue's name, now, :data:`HEAD_SCAN_LIMIT`. One queue's reads, on
-#: the server: its counts, whether RQ knows it (asked only of a queue with no job in any state), for a non-empty queue
-#: its oldest live job (the head's hash, and only when that is gone the walk of :data:`FIRST_LIVE_JOB`), and its worker
-#: set. The reply is one line of text, the summary, so that a queue
-#: costs the client one reply to parse, not a dozen: the eight counts and how many expired ids the walk skipped, then
-#: ``|`` and the oldest job (``-`` when not looked for; ``S<enqueued_at>``, ``E`` when every id was expired, ``L`` at
-#: the limit, or ``!<error>``). The numbers come first, apart: a line of them recurs from queue to queue and cycle to
-#: cycle, and is parsed once (:func:`_numbers`). A queue with workers registered, or whose set cannot be read, replies
-#: ``{summary, members or error}`` instead. The other keys are derived from the name (Redis Cluster is not supported).
+#: KEYS[1]: a queue's id list; ARGV: the prefix, the queue's name, now, :data:`SCRIPT_WALK_LIMIT`. One queue's reads,
+#: on the server: its counts, whether RQ knows it (asked only of a queue with no job in any state), for a non-empty
+#: queue its oldest live job (the head's hash, and only when that is gone the walk of :data:`FIRST_LIVE_JOB`, over a
+#: few ids: past them, the follow-up walks on), and its worker set. The reply is one line of text, the summary, so
+#: that a queue costs the client one reply to parse, not a dozen: the eight counts and how many expired ids the walk
+#: skipped, then ``|`` and the oldest job (``-`` when not looked for; ``S<enqueued_at>``, ``E`` when every id was
+#: expired, ``L`` at the limit, or ``!<error>``). The numbers come first, apart: a line of them recurs from queue to
+#: queue and cycle to cycle, and is parsed once (:func:`_numbers`). A queue with workers registered, or whose set
+#: cannot be read, replies ``{summary, members or error}`` instead. The other keys are derived from the name (Redis
+#: Cluster is not supported).
 QUEUE_READ = """
 local prefix, queue, now = ARGV[1], ARGV[2], ARGV[3]
 local call = redis.call
@@ -116,7 +124,8 @@ if call('EXISTS', intermediate, deferreds, faileds) > 0 then -- one call for thr
 end
 local known = 1
 if waiting + planned + popped + running + deferred + failed == 0 then
-  known = call('SISMEMBER', prefix .. ':queues', key)
+  known = redis.pcall('SISMEMBER', prefix .. ':queues', key)
+  if type(known) ~= 'number' then known = -1 end -- rq:queues of the wrong type: whether RQ knows it is unknown
 end
 local skipped, outcome = 0, '-'
 if waiting > 0 then
@@ -200,7 +209,10 @@ def _queue_reading(name: str, counts: Sequence[int], head: Any, now: float) -> Q
         "failed": failed,
         "expired": expired,
     }
-    found = known > 0 or waiting + popped + running + due + later + deferred + failed > 0
+    if waiting + popped + running + due + later + deferred + failed > 0:
+        found: bool | None = True
+    else:  # -1: RQ's set of queues could not be read (a key of the wrong type): unknown, not missing
+        found = known > 0 if known >= 0 else None
     return QueueReading.of(name, jobs, COUNTED, age, found)
 
 
@@ -218,8 +230,10 @@ def _parse_queue(reply: Any, _key: str, _prefix: str, queue: str, now: float, _l
         from redis.exceptions import ResponseError
 
         head = ResponseError(outcome[1:].decode("utf-8", "replace"))
+    elif kind == b"L":  # expired ids past the few walked in the call: the follow-up walks on (latency_commands)
+        return _Queue(counts, None, workers)
     elif kind != b"-":
-        head = skipped, (_NOTHING_WAITS if outcome == b"E" else None)
+        head = skipped, _NOTHING_WAITS
     return _Queue(counts, head, workers, _queue_reading(queue, counts, head, now))
 
 
@@ -256,9 +270,13 @@ def _queue_commands(key: str, p: str, q: str, now: float, limit: int) -> list[Co
 
 def _finish_queue(replies: list[Any], *_command: Any) -> Any:
     """The pipeline path's replies as a :class:`_Queue`: a failed count fails the queue, a failed worker set only its
-    workers."""
-    counts = replies[:_COUNTS]
-    return first_error(counts) or _Queue(list(map(int, counts)), None, replies[_COUNTS])
+    workers, a failed SISMEMBER of ``rq:queues`` (a key of the wrong type) only whether RQ knows the queue (``-1``,
+    as :data:`QUEUE_READ` says it)."""
+    *counts, known = replies[:_COUNTS]
+    failed = first_error(counts)
+    if failed is not None:
+        return failed
+    return _Queue([*map(int, counts), -1 if isinstance(known, Exception) else int(known)], None, replies[_COUNTS])
 
 
 _QUEUE = read_function(
@@ -310,11 +328,12 @@ class RQProc(RedisProc, ClientProc):
     def depth_commands(self, now: float) -> list[Command]:
         """One :data:`QUEUE_READ` per queue (on the pipeline path its nine commands)."""
         p = self.prefix
-        return [_QUEUE(f"{p}:queue:{q}", p, q, now, HEAD_SCAN_LIMIT) for q in self.queues]
+        return [_QUEUE(f"{p}:queue:{q}", p, q, now, SCRIPT_WALK_LIMIT) for q in self.queues]
 
     def latency_commands(self, depth: list[Any]) -> list[Command]:
-        """The first live job of each non-empty queue whose walk the server did not do already (the pipeline path):
-        :data:`FIRST_LIVE_JOB` as a script of its own; then the hashes of the workers the sets named."""
+        """The first live job of each non-empty queue whose walk the server did not do already (the pipeline path, or
+        a head expired past :data:`SCRIPT_WALK_LIMIT` ids): :data:`FIRST_LIVE_JOB`, up to :data:`HEAD_SCAN_LIMIT`
+        ids, in a call of its own; then the hashes of the workers the sets named."""
         p = self.prefix  # once: it reads the environment
         walks: list[Command] = [
             _FIRST_LIVE(f"{p}:queue:{q}", f"{p}:job:", HEAD_SCAN_LIMIT)

@@ -17,7 +17,7 @@ from typing import Any, ClassVar
 from ..settings_check import Boolean, ShareURL
 from ..tracking.keys import STATES, Tracked, live_queues, parse, queues_key, read_commands
 from .base import ProcConfigError
-from .redis_proc import Command, RedisProc, build_client, pipelined, server_key
+from .redis_proc import Command, RedisProc, batch_key, build_client, pipelined
 
 
 class TrackedProc(RedisProc):
@@ -55,12 +55,13 @@ class TrackedProc(RedisProc):
 
     @cached_property
     def _tracker_store(self) -> Any:
-        """A client on the tracker's store when it is not the broker's server, else None (read in its pipeline)."""
+        """A client on the tracker's store unless the broker's client may read it for it (the same server, read
+        alike: :func:`~hirefire_exporter.procs.redis_proc.batch_key`), else None (read in the broker's round trip)."""
         if not self.tracker_url:
             return None
         client = build_client(f"proc {self.name!r}: tracker_url", self.tracker_url, socket_timeout=self.socket_timeout)
         broker = self.broker_redis()
-        return None if broker is not None and server_key(broker) == server_key(client) else client
+        return None if broker is not None and batch_key(broker) == batch_key(client) else client
 
     def tracker_inline(self) -> bool:
         """Whether the tracker's commands go in the broker's pipeline."""

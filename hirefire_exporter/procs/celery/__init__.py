@@ -295,7 +295,10 @@ class CeleryProc(TrackedProc):
         if client is not None:
             return (self.redis_scope(client), self._keys.prefix)
         parts = urlsplit(self.broker_url())
-        return (self.redis_scope(None), parts.hostname, parts.port, self._vhost)
+        scheme, port = parts.scheme.lower(), parts.port
+        if port is None and ("amqp" in scheme or scheme == "librabbitmq"):  # AMQP's, where omitted: one broker
+            port = 5671 if scheme.endswith("amqps") else 5672
+        return (self.redis_scope(None), parts.hostname, port, self._vhost)
 
     def _broadcasts(self) -> list[str]:
         """The inspect methods this proc broadcasts: only what the broker cannot tell."""

@@ -183,38 +183,63 @@ def _binding_row(member: Any, sep: str) -> BindingRow | None:
 
 
 def message_stamp(head: Any) -> float | None:
-    """The publish stamp of a waiting message (a list's ``LINDEX -1``); None when it has none."""
+    """The publish stamp of a waiting message (a list's ``LINDEX -1``); None when it has none: the header inside the
+    message's ``headers``, else ``properties.timestamp``, a JSON number (the rule of :data:`_STAMP` on the server)."""
     raw = as_text(head)
     if not raw:
         return None
     try:
-        message = json.loads(raw)
+        message = json.loads(raw, parse_constant=_no_constant)
     except (ValueError, RecursionError):  # not JSON, or nested too deep to parse
         return None
     return enqueued_at(message) if isinstance(message, dict) else None
 
 
-#: The stamp of a kombu message (``raw``, a list's ``LINDEX -1``) as :func:`message_stamp` reads it, as text (exact:
-#: the number as written, or 17 digits), so that no message crosses the wire; false for a message without one. The
-#: header is found by its name in the text when it occurs once, followed by a number (kombu writes it in ``headers``;
-#: about 1 µs); otherwise the message is decoded (cjson, tens of µs) and read as :func:`message_stamp` does. A
-#: message naming neither the header nor ``timestamp`` is not decoded at all.
+def _no_constant(name: str) -> Any:
+    """``NaN``, ``Infinity``: Python's json takes them, JSON does not (nor does :data:`_STAMP`)."""
+    raise ValueError(f"not JSON: {name}")
+
+
+#: The stamp of a kombu message (``raw``, a list's ``LINDEX -1``) by :func:`message_stamp`'s rule, as text (exact: 17
+#: digits), so that no message crosses the wire; false for a message without one. One rule on both paths: the message
+#: is JSON (decoded by cjson), its ``headers`` hold the header as a JSON number, else its ``properties`` hold
+#: ``timestamp`` as one. cjson takes numbers JSON does not (``0x10``, ``+5``, ``01``, ``1.``, ``inf``, ``nan``, and the
+#: ``NaN``/``Infinity`` Python's json takes): a message where either field's value is written so is no JSON, as
+#: Python's json (with :func:`_no_constant`) reads it. A message naming neither field is not decoded at all.
 _STAMP = f"""
-local function stamp_of(raw)
-  local name = '"{HEADER}"'
+local function json_number(t)
+  local i = string.match(t, '^-?0()') or string.match(t, '^-?[1-9]%d*()')
+  if not i then return false end
+  i = string.match(t, '^%.%d+()', i) or i
+  i = string.match(t, '^[eE][-+]?%d+()', i) or i
+  return i == #t + 1
+end
+local words = {{['null'] = true, ['true'] = true, ['false'] = true, [''] = true}}
+local function plain_values(raw, name)  -- every value written after the name is JSON's own (or not a scalar)
   local at = string.find(raw, name, 1, true)
-  if at and not string.find(raw, name, at + 1, true) then
-    local number = string.match(raw, '^%s*:%s*(-?%d+%.?%d*[eE]?[-+]?%d*)%s*[,}}]', at + #name)
-    if number then return number end
+  while at do
+    local token = string.match(raw, '^%s*:%s*([%w%.%+%-]*)', at + #name)
+    if token and not words[token] and not json_number(token) then return false end
+    at = string.find(raw, name, at + #name, true)
   end
-  if not at and not string.find(raw, '"timestamp"', 1, true) then return false end
-  local ok, message = pcall(cjson.decode, raw)
-  if ok and type(message) == 'table' then
-    for _, field in ipairs({{{{'headers', '{HEADER}'}}, {{'properties', 'timestamp'}}}}) do
-      local part = message[field[1]]
-      local value = type(part) == 'table' and part[field[2]]
-      if type(value) == 'number' then return string.format('%.17g', value) end
+  return true
+end
+local fields = {{{{'headers', '{HEADER}', '"{HEADER}"'}}, {{'properties', 'timestamp', '"timestamp"'}}}}
+local function stamp_of(raw)
+  local named = false
+  for _, field in ipairs(fields) do
+    if string.find(raw, field[3], 1, true) then
+      if not plain_values(raw, field[3]) then return false end
+      named = true
     end
+  end
+  if not named then return false end
+  local ok, message = pcall(cjson.decode, raw)
+  if not ok or type(message) ~= 'table' then return false end
+  for _, field in ipairs(fields) do
+    local part = message[field[1]]
+    local value = type(part) == 'table' and part[field[2]]
+    if type(value) == 'number' then return string.format('%.17g', value) end
   end
   return false
 end
@@ -223,8 +248,9 @@ end
 #: One Celery queue on the server. KEYS[1]: its base list; ARGV: the queue's name, kombu's ``sep``, how many more
 #: lists it has (its priority lists), those lists, then the binding tables that may name it. The reply is one line
 #: of text: whether a binding table names the queue (``1``/``0``, asked only of a queue with no message waiting:
-#: ``-`` otherwise), how many messages wait over its lists, then for each non-empty list its oldest message's stamp
-#: (:data:`_STAMP`; ``?`` for a message without one). A binding names the queue when it has kombu's three fields and
+#: ``-`` otherwise; ``?`` when none does and one could not be read, a key of the wrong type), how many messages wait
+#: over its lists, then for each non-empty list its oldest message's stamp (:data:`_STAMP`; ``?`` for a message
+#: without one). A binding names the queue when it has kombu's three fields and
 #: the queue is the third (its pattern is not compiled here).
 QUEUE_READ = (
     _STAMP
@@ -246,11 +272,16 @@ if total == 0 then
   bound = '0'
   local tail, width = sep .. queue, #sep
   for t = 4 + more, #ARGV do
-    for _, member in ipairs(call('SMEMBERS', ARGV[t])) do
-      if string.sub(member, -#tail) == tail then
-        local a = string.find(member, sep, 1, true)
-        local b = a and string.find(member, sep, a + width, true)
-        if b and b == #member - #tail + 1 and not string.find(member, sep, b + width, true) then bound = '1' end
+    local members = redis.pcall('SMEMBERS', ARGV[t])
+    if members.err then -- a table of the wrong type: unknown, unless another one names the queue
+      if bound == '0' then bound = '?' end
+    else
+      for _, member in ipairs(members) do
+        if string.sub(member, -#tail) == tail then
+          local a = string.find(member, sep, 1, true)
+          local b = a and string.find(member, sep, a + width, true)
+          if b and b == #member - #tail + 1 and not string.find(member, sep, b + width, true) then bound = '1' end
+        end
       end
     end
   end
@@ -266,7 +297,8 @@ _JSON_NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][-+]?\d+)?|-?(?:nan
 @dataclass(frozen=True)
 class QueueLists:
     """One queue's lists as read: how many messages wait over them, the stamp of each non-empty list's oldest message
-    (``None`` where it has none), and whether a binding table names the queue (``None``: not asked, messages wait)."""
+    (``None`` where it has none), and whether a binding table names the queue (``None``: not asked, messages wait;
+    or unknown, a table that could not be read and none that names it)."""
 
     waiting: int
     stamps: tuple[float | None, ...]
@@ -281,7 +313,7 @@ def _stamp(text: str) -> float | None:
 
 def _parse_queue(reply: Any, *_command: Any) -> QueueLists:
     bound, waiting, *stamps = (as_text(reply) or "").split(" ")
-    return QueueLists(int(waiting), tuple(_stamp(text) for text in stamps), None if bound == "-" else bound == "1")
+    return QueueLists(int(waiting), tuple(_stamp(text) for text in stamps), None if bound in "-?" else bound == "1")
 
 
 def _queue_commands(key: str, queue: str, sep: str, more: int, *keys: str) -> list[Any]:
@@ -291,16 +323,20 @@ def _queue_commands(key: str, queue: str, sep: str, more: int, *keys: str) -> li
 
 
 def _finish_queue(replies: list[Any], key: str, queue: str, sep: str, more: int, *keys: str) -> Any:
-    failed = first_error(replies)
+    """The pipeline path's replies as :class:`QueueLists`: a failed list fails the queue, a failed binding table
+    only whether the queue is bound (unknown, unless another table names it), as on the server."""
+    lists, tables = replies[: 2 * (more + 1)], replies[2 * (more + 1) :]
+    failed = first_error(lists)
     if failed is not None:
         return failed
-    lists = replies[: 2 * (more + 1)]
     lengths, heads = [int(n) for n in lists[0::2]], lists[1::2]
     waiting = sum(lengths)
     bound = None
     if not waiting:  # the script's rule: kombu's three fields, the queue the third
-        members = (as_text(member) or "" for table in replies[2 * (more + 1) :] for member in table)
-        bound = any(len(parts) == 3 and parts[2] == queue for parts in (member.split(sep) for member in members))
+        readable = [table for table in tables if not isinstance(table, Exception)]
+        members = (as_text(member) or "" for table in readable for member in table)
+        named = any(len(parts) == 3 and parts[2] == queue for parts in (member.split(sep) for member in members))
+        bound = True if named else None if len(readable) < len(tables) else False
     return QueueLists(waiting, tuple(message_stamp(head) for n, head in zip(lengths, heads) if n), bound)
 
 
@@ -310,7 +346,7 @@ def _finish_queue(replies: list[Any], key: str, queue: str, sep: str, more: int,
 QUEUE = read_function(
     "celery_queue",
     QUEUE_READ,
-    cost=10,
+    cost=20,  # ~14 µs to decode a 1 KB message (the stamp is read from it), for its non-empty lists
     parse=_parse_queue,
     fallback=_queue_commands,
     finish=_finish_queue,
