@@ -315,7 +315,7 @@ def test_a_process_with_nothing_to_serve_can_wait_for_the_collectors_first_snaps
     redis_conn.flushdb()
     assert timed(lambda: joiner.await_published(0.3))[1] >= 0.3  # nobody publishes: the wait is bounded
     down = store(f"redis://127.0.0.1:{free_port()}/0")
-    assert timed(lambda: down.await_published(5))[1] < 0.5  # a store that is down is not waited for
+    assert timed(lambda: down.await_published(5))[1] < 2.5  # a store that is down is not waited for (the 5 s)
 
 
 def test_a_snapshot_older_than_max_age_when_published_leaves_no_mark(redis_conn, redis_url):

@@ -400,7 +400,7 @@ class CeleryProc(TrackedProc):
             if tracked is not None:
                 for state, n in tracked.jobs[queue].items():
                     jobs[state] = jobs.get(state, 0) + n
-            found = any(jobs.values()) or bool(lists.bound)
+            found = True if any(jobs.values()) else lists.bound  # None: its binding table could not be read
             queues.append(QueueReading.of(queue, jobs, COUNTED, _oldest(lists, now), found))
         return _with_workers(Reading.from_queues(queues), tracked)
 
