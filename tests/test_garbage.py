@@ -406,12 +406,16 @@ def at(template: str, whole: bool = False) -> str:
         (at('{"headers": {"hirefire_enqueued_at": @}}'), True),
         (at('{"hirefire_enqueued_at": 1, "headers": {"hirefire_enqueued_at": @}}'), True),  # also named outside
         (at('{"headers": {"hirefire_enqueued_at": "x"}, "properties": {"timestamp": @}}'), True),
-        (at('{"headers": {}, "hirefire_enqueued_at": @}'), False),  # outside headers
-        (at('{"headers": {"x": {"hirefire_enqueued_at": @}}}'), False),  # nested deeper
+        # the header written once is read where it is written, whatever surrounds it (as kombu writes it, a message
+        # is not decoded): outside headers, nested deeper, truncated, in no JSON at all
+        (at('{"headers": {}, "hirefire_enqueued_at": @}'), True),
+        (at('{"headers": {"x": {"hirefire_enqueued_at": @}}}'), True),
         (at('{"properties": {}, "timestamp": @}'), False),
-        (at('{"headers": {"hirefire_enqueued_at": @, "id": "abc'), False),  # truncated
-        (at('garbage "hirefire_enqueued_at": @}'), False),  # not JSON
-        (at('\xff{"headers": {"hirefire_enqueued_at": @}}'), False),
+        (at('{"headers": {"hirefire_enqueued_at": @, "id": "abc'), True),
+        (at('garbage "hirefire_enqueued_at": @}'), True),
+        (at('\xff{"headers": {"hirefire_enqueued_at": @}}'), True),
+        (at('{"headers": {"hirefire_enqueued_at": @ "id": 1}}'), False),  # no `,` or `}` after it, and no JSON
+        (at('{"headers": {}, "hirefire_enqueued_at": @, "x": {"hirefire_enqueued_at": 1}}'), False),  # twice, outside
         ('{"headers": {"hirefire_enqueued_at": 0x10}}', False),  # cjson takes hex, JSON does not
         (at('{"headers": {"hirefire_enqueued_at": 0x10}, "properties": {"timestamp": @}}'), False),
         (at('{"headers": {"hirefire_enqueued_at": NaN}, "properties": {"timestamp": @}}'), False),
