@@ -240,12 +240,12 @@ local function plain_values(raw, name)  -- every value written after the name is
   return true
 end
 local fields = {{{{'headers', '{HEADER}', '"{HEADER}"'}}, {{'properties', 'timestamp', '"timestamp"'}}}}
+local name, after = '"{HEADER}"', #'"{HEADER}"'
 local function stamp_of(raw)
-  local name = fields[1][3]
   local at = string.find(raw, name, 1, true)
-  if at and not string.find(raw, name, at + #name, true) then  -- written once: read where it is written
-    local token = string.match(raw, '^%s*:%s*([-%d.eE+]+)%s*[,}}]', at + #name)
-    if token and json_number(token) then return token end
+  if at and not string.find(raw, name, at + after, true) then  -- written once: read where it is written
+    local token = string.match(raw, '^%s*:%s*([-%d.eE+]+)%s*[,}}]', at + after)
+    if token and (string.find(token, '^[1-9]%d*%.%d+$') or json_number(token)) then return token end  -- a stamp, first
   end
   local named = false
   for _, field in ipairs(fields) do
