@@ -49,8 +49,10 @@ SCAN_CALLS = 100
 #: Seconds a discovered queue is still measured after discovery last saw it on the broker.
 KEEP_FOR = 3600.0
 
-#: A glob's pieces: a one-character set (``[x]``), any other set, ``*`` or ``?``, or one literal character.
-_GLOB_PIECE = re.compile(r"\[(.)\]|\[!?\]?[^\]]*\]|[*?]|.", re.DOTALL)
+#: A glob's pieces: a set (``[abc]``, ``[!abc]``, ``[]]``), ``*`` or ``?``, or one literal character.
+_GLOB_PIECE = re.compile(r"\[!?\]?[^\]]*\]|[*?]|.", re.DOTALL)
+#: A set of one character (``[!]`` is none: it is the start of a negated set).
+_ONE_CHARACTER_SET = re.compile(r"\[([^!])\]", re.DOTALL)
 
 
 def is_pattern(entry: str) -> bool:
@@ -62,14 +64,11 @@ def literal(entry: str) -> str | None:
     """The queue name an entry is when its only special characters are one-character sets (``[*]`` is ``*``,
     ``[[]`` is ``[``; ``[1]`` is itself: ``jobs[1]`` names ``jobs[1]``), else None (a pattern)."""
     out = []
-    for piece in _GLOB_PIECE.finditer(entry):
-        text = piece.group()
-        if piece.group(1) is not None and piece.group(1) != "!":
-            out.append(piece.group(1) if piece.group(1) in "*?[]" else text)
-        elif text in ("*", "?") or (text.startswith("[") and len(text) > 1):
+    for special, text in glob_pieces(entry):
+        one = _ONE_CHARACTER_SET.fullmatch(text) if special else None
+        if special and one is None:
             return None
-        else:
-            out.append(text)
+        out.append(text if one is None or one.group(1) not in "*?[]" else one.group(1))
     return "".join(out)
 
 
@@ -111,8 +110,6 @@ class Discovery:
     """A proc's discovery state: its patterns, what other procs claim, and the last list found."""
 
     patterns: tuple[str, ...]
-    #: The patterns as they match the broker's stored names (:meth:`~hirefire_exporter.procs.base.Proc.stored_name`).
-    matchers: tuple[str, ...] = ()
     #: Queue names other procs of the same scope name explicitly, and the patterns of earlier procs of that scope.
     claimed: frozenset[str] = frozenset()
     earlier: tuple[str, ...] = ()
@@ -130,18 +127,18 @@ class Discovery:
         return self.done_at is None or not 0 <= now - self.done_at < every
 
     def select(
-        self, discovered: Iterable[str], named: Sequence[str], now: float, keep_for: float = 0.0
+        self, discovered: Iterable[str], named: Sequence[str], now: float, matchers: Sequence[str], keep_for: float
     ) -> tuple[list[str], list[str]]:
         """The queues this proc measures beyond ``named`` (sorted): those discovered at unix time ``now`` and those
         seen less than ``keep_for`` seconds before; and its patterns that add none (they match no queue of the
-        broker, or only queues that are named or claimed)."""
+        broker, or only queues that are named or claimed). ``matchers``: the patterns as they match the broker's
+        stored names (:meth:`~hirefire_exporter.procs.base.Proc.stored_pattern`)."""
         taken = set(named) | self.claimed
-        patterns = self.matchers or self.patterns
-        fresh = {q for q in discovered if q not in taken and matches(q, patterns) and not matches(q, self.earlier)}
+        fresh = {q for q in discovered if q not in taken and matches(q, matchers) and not matches(q, self.earlier)}
         self.seen.update(dict.fromkeys(fresh, now))
         self.seen = {q: at for q, at in self.seen.items() if q in fresh or (q not in taken and now - at < keep_for)}
         mine = sorted(self.seen)
-        idle = [p for p, m in zip(self.patterns, patterns) if not any(fnmatchcase(q, m) for q in mine)]
+        idle = [p for p, m in zip(self.patterns, matchers) if not any(fnmatchcase(q, m) for q in mine)]
         return mine, idle
 
 

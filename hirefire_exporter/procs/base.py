@@ -224,7 +224,7 @@ class Proc:
             self.queues = [self.queues]
         # discovered and escaped names are names, whatever they hold
         known = self._names | set(self._discovery.found if self._discovery else ())
-        patterns, names, escaped = [], [], set()
+        patterns, names, spelled = [], [], set()
         for q in self.queues:
             if not isinstance(q, str) or q in known:
                 names.append(q)
@@ -232,8 +232,8 @@ class Proc:
                 patterns.append(q)
             else:
                 names.append(queue_name(q))
-                escaped.add(names[-1])
-        self._names = self._names | escaped
+                spelled.add(names[-1])
+        self._names = self._names | spelled
         if names != self.queues:
             self.queues = names
         if patterns:
@@ -315,10 +315,9 @@ class Proc:
                 unreadable,
             )
         named = self.named_queues()
-        if not discovery.matchers:
-            discovery.matchers = tuple(map(self.stored_pattern, discovery.patterns))
+        matchers = [self.stored_pattern(p) for p in discovery.patterns]
         keep_for = KEEP_FOR if self.empty_queues_vanish() else 0.0
-        mine, idle = discovery.select(found, [self.stored_name(q) for q in named], now, keep_for)
+        mine, idle = discovery.select(found, [self.stored_name(q) for q in named], now, matchers, keep_for)
         self.queues = [*named, *mine]
         discovery.found = tuple(mine)
         discovery.done_at = now
